@@ -1,0 +1,3 @@
+"""audiopetl: reproducible parameter-efficient transfer learning for pretrained audio models."""
+
+__version__ = "0.1.0"

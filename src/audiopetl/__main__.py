@@ -1,0 +1,3 @@
+from audiopetl.cli import main
+
+raise SystemExit(main())

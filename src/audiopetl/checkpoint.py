@@ -1,0 +1,70 @@
+"""The resume checkpoint: the whole training state, saved atomically, loaded without pickle code.
+
+Everything that influences the rest of a run goes in: trainable weights, optimizer, scheduler,
+grad scaler, every RNG state, the position in the data order, the history and the best
+weights so far. Restored, a run continues bitwise identically to one never interrupted.
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from audiopetl import compat
+from audiopetl.atomic import atomic_path
+from audiopetl.errors import TrainingError
+
+FORMAT = 1
+STATE_FILE = "state.pt"
+
+
+def rng_state() -> dict[str, Any]:
+    # numpy's state holds an ndarray; it travels as a tensor so weights_only loading accepts it.
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_state(folder: Path, state: dict[str, Any]) -> Path:
+    target = folder / STATE_FILE
+    with atomic_path(target, ".pt") as tmp:
+        torch.save({"format": FORMAT, **state}, str(tmp))
+    return target
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """Load a checkpoint; a file carrying pickled code is refused, never executed."""
+    try:
+        state = compat.safe_torch_load(path)
+    except pickle.UnpicklingError as err:
+        raise TrainingError(
+            f"{path}: refused to load: it holds objects other than tensors and plain data "
+            f"(weights_only): {str(err).splitlines()[0]}"
+        ) from err
+    except (RuntimeError, EOFError, OSError) as err:
+        raise TrainingError(f"{path}: unreadable checkpoint: {err}") from err
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise TrainingError(f"{path}: not an audiopetl resume checkpoint of format {FORMAT}")
+    return state

@@ -1,0 +1,154 @@
+"""The one command-line entry point: every Snakemake rule and DVC stage calls a subcommand here.
+
+Each subcommand resolves the configuration the same way (config file -> experiment preset ->
+``--set`` overrides) and fails with one clear line and a non-zero exit on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from audiopetl.config import DEFAULT_CONFIG, ConfigError, load_config
+from audiopetl.errors import AudiopetlError
+
+log = logging.getLogger("audiopetl")
+
+EXIT_ERROR = 1
+EXIT_CONFIG = 2
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", type=Path, default=DEFAULT_CONFIG, metavar="FILE",
+        help=f"base configuration (default: {DEFAULT_CONFIG})",
+    )
+    parser.add_argument(
+        "--experiment", metavar="NAME",
+        help="experiment preset from config/experiments/NAME.yaml applied over the base",
+    )
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+        help="override one setting; VALUE is YAML (true/false, 3, 1e-3, [1, 2]); repeatable",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _config(args: argparse.Namespace) -> dict[str, Any]:
+    return load_config(args.config, args.experiment, args.overrides)
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return not args.quiet and sys.stderr.isatty()
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from audiopetl.datasets import fetch
+
+    cfg = _config(args)
+    path = fetch(cfg, args.dataset, force=args.force, progress=_progress(args))
+    print(path)
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from audiopetl.cache import build_cache, read_metadata
+    from audiopetl.datasets import load_manifest
+    from audiopetl.paths import cache_path, manifest_path
+
+    cfg = _config(args)
+    out = Path(args.out) if args.out else cache_path(cfg, args.dataset)
+    manifest_file = manifest_path(cfg, args.dataset)
+    if out.is_file() and not args.force:
+        from audiopetl.cache import file_sha256
+
+        meta = read_metadata(out)
+        if meta.get("manifest_sha256") == file_sha256(manifest_file):
+            print(out)
+            return 0
+        log.info("%s was built from another manifest; rebuilding", out)
+    manifest = load_manifest(cfg, args.dataset)
+    result = build_cache(
+        cfg, args.dataset, manifest, manifest_file, out, skip_bad=args.skip_bad,
+        progress=_progress(args),
+    )
+    for item in result.skipped:
+        log.warning("skipped %s: %s", item["path"], item["error"])
+    print(result.path)
+    return 0
+
+
+def cmd_data_report(args: argparse.Namespace) -> int:
+    from audiopetl.atomic import write_json
+    from audiopetl.cache import read_metadata
+    from audiopetl.data_report import build_report, format_report
+    from audiopetl.datasets import load_manifest
+    from audiopetl.paths import cache_path, data_report_path
+
+    cfg = _config(args)
+    manifest = load_manifest(cfg, args.dataset)
+    cache = cache_path(cfg, args.dataset)
+    meta = read_metadata(cache) if cache.is_file() else None
+    report = build_report(cfg, args.dataset, manifest, meta)
+    out = Path(args.out) if args.out else data_report_path(cfg, args.dataset)
+    write_json(out, report)
+    print(format_report(report, out))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="audiopetl",
+        description="Reproducible parameter-efficient transfer learning for audio models.",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_text: str):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _common(p)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("fetch", cmd_fetch, "put a verified dataset under data/raw/DATASET")
+    p.add_argument("dataset", help="a dataset name from the config's `datasets`")
+    p.add_argument("--force", action="store_true", help="fetch again even if present")
+
+    p = add("cache", cmd_cache, "compute the log-mel feature cache (one parquet file)")
+    p.add_argument("dataset")
+    p.add_argument("--out", help="output file (default: data/features/DATASET-ID.parquet)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave unreadable clips out and list them in the data report")
+    p.add_argument("--force", action="store_true", help="rebuild even if up to date")
+
+    p = add("data-report", cmd_data_report, "what is in a dataset and what is wrong with it")
+    p.add_argument("dataset")
+    p.add_argument("--out", help="JSON report (default: data/reports/DATASET.json)")
+
+    from audiopetl import cli_train
+
+    cli_train.register(add)
+    return parser
+
+
+def _version() -> str:
+    from audiopetl import __version__
+
+    return f"audiopetl {__version__}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as err:
+        print(f"audiopetl {args.command}: config error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    except AudiopetlError as err:
+        print(f"audiopetl {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_ERROR

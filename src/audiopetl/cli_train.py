@@ -1,0 +1,52 @@
+"""Subcommands for training and evaluation, registered by :mod:`audiopetl.cli`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from audiopetl.paths import run_dir
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from audiopetl.cli import _config
+    from audiopetl.train import RunSpec, train_run
+
+    cfg = _config(args)
+    out = Path(args.out) if args.out else run_dir(
+        cfg, args.dataset, args.model, args.strategy, args.fold, args.seed
+    )
+    spec = RunSpec(args.dataset, args.model, args.strategy, args.fold, args.seed, out,
+                   args.pretrained)
+    metrics = train_run(cfg, spec, progress=not args.quiet and sys.stderr.isatty())
+    test = metrics["test"]
+    print(f"{out}: test accuracy {test['accuracy']:.4f} (best epoch {metrics['best_epoch']}, "
+          f"{metrics['trainable_params']:,} of {metrics['total_params']:,} parameters trained)")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from audiopetl.evaluate import evaluate_run
+
+    result = evaluate_run(Path(args.run_dir), Path(args.out) if args.out else None)
+    print(f"{args.run_dir}: test accuracy {result['test']['accuracy']:.4f}, matches the stored "
+          f"run (max logit difference {result['max_abs_logit_difference']:.2g})")
+    return 0
+
+
+def register(add: Callable[..., argparse.ArgumentParser]) -> None:
+    p = add("train", cmd_train, "train one run: dataset x model x strategy x fold x seed")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--strategy", required=True)
+    p.add_argument("--fold", type=int, required=True, help="the test fold")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", help="run folder (default: results/EXPERIMENT/D/M/S/seedN/foldF)")
+    p.add_argument("--pretrained", help="start from this save_pretrained folder or hub id "
+                   "instead of the model's configured `pretrained`")
+
+    p = add("evaluate", cmd_evaluate, "score a finished run folder again from its files")
+    p.add_argument("run_dir")
+    p.add_argument("--out", help="evaluation JSON (default: RUN_DIR/evaluation.json)")

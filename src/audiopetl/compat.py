@@ -1,0 +1,148 @@
+"""Every difference between the library versions we support, in one place.
+
+Supported stacks: modern (torch 2.x, transformers 5.x or 4.x, recent peft) and legacy
+(torch 1.13.1, transformers 4.28.1, the peft of that time). Each difference below names the
+versions it concerns, so that dropping a version means deleting its branch here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from torch import nn
+
+TORCH_VERSION = tuple(int(x) for x in re.findall(r"\d+", torch.__version__)[:2])
+TRANSFORMERS_VERSION = tuple(int(x) for x in re.findall(r"\d+", transformers.__version__)[:2])
+
+
+@dataclass(frozen=True)
+class ModuleLayout:
+    """Module names of AST in one transformers version, as regexes over full module names.
+
+    transformers 5.x renamed AST's modules (``layers.N.attention.q_proj``, ``mlp.fc1``);
+    4.x used ``encoder.layer.N.attention.attention.query`` and friends. Old checkpoints convert
+    on load, but peft target names do not: 4.x names on 5.x silently match only the head.
+    """
+
+    name: str
+    targets: dict[str, str]
+    head: tuple[str, ...]
+    final_norm: str
+
+    def modules_for(self, model: nn.Module, target: str) -> list[str]:
+        pattern = re.compile(self.targets[target])
+        return [n for n, _ in model.named_modules() if pattern.search(n)]
+
+
+LAYOUT_V5 = ModuleLayout(
+    name="transformers>=5",
+    targets={
+        "q": r"\.layers\.\d+\.attention\.q_proj$",
+        "k": r"\.layers\.\d+\.attention\.k_proj$",
+        "v": r"\.layers\.\d+\.attention\.v_proj$",
+        "o": r"\.layers\.\d+\.attention\.o_proj$",
+        "ffn_in": r"\.layers\.\d+\.mlp\.fc1$",
+        "ffn_out": r"\.layers\.\d+\.mlp\.fc2$",
+    },
+    head=("classifier.layernorm", "classifier.dense"),
+    final_norm="audio_spectrogram_transformer.layernorm",
+)
+
+LAYOUT_V4 = ModuleLayout(
+    name="transformers<5",
+    targets={
+        "q": r"\.layer\.\d+\.attention\.attention\.query$",
+        "k": r"\.layer\.\d+\.attention\.attention\.key$",
+        "v": r"\.layer\.\d+\.attention\.attention\.value$",
+        "o": r"\.layer\.\d+\.attention\.output\.dense$",
+        "ffn_in": r"\.layer\.\d+\.intermediate\.dense$",
+        # Anchored on the layer so it cannot also match attention.output.dense.
+        "ffn_out": r"\.layer\.\d+\.output\.dense$",
+    },
+    head=("classifier.layernorm", "classifier.dense"),
+    final_norm="audio_spectrogram_transformer.layernorm",
+)
+
+
+def module_layout() -> ModuleLayout:
+    return LAYOUT_V5 if TRANSFORMERS_VERSION >= (5, 0) else LAYOUT_V4
+
+
+def ast_from_config(config: Any, attn_implementation: str) -> nn.Module:
+    """A randomly initialised ASTForAudioClassification.
+
+    ``attn_implementation`` exists from transformers 4.36; 4.28 has eager attention only, and
+    asking it for sdpa is refused rather than ignored.
+    """
+    from transformers import ASTForAudioClassification
+
+    if TRANSFORMERS_VERSION >= (4, 36):
+        return ASTForAudioClassification._from_config(
+            config, attn_implementation=attn_implementation
+        )
+    if attn_implementation != "eager":
+        raise ValueError(
+            f"attn_implementation {attn_implementation!r} needs transformers >= 4.36 "
+            f"(installed: {transformers.__version__}); use eager"
+        )
+    return ASTForAudioClassification(config)
+
+
+def ast_from_pretrained(source: str, attn_implementation: str) -> nn.Module:
+    from transformers import ASTForAudioClassification
+
+    kwargs: dict[str, Any] = {}
+    if TRANSFORMERS_VERSION >= (4, 36):
+        kwargs["attn_implementation"] = attn_implementation
+    elif attn_implementation != "eager":
+        raise ValueError(f"attn_implementation {attn_implementation!r} needs transformers >= 4.36")
+    return ASTForAudioClassification.from_pretrained(source, **kwargs)
+
+
+def safe_torch_load(path: Path | str) -> Any:
+    """Load a torch file without executing pickled code.
+
+    ``weights_only`` exists from torch 1.13 and is the default only from 2.6; we always pass it.
+    """
+    return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
+def lora_config(rank: int, alpha: float, dropout: float, targets: list[str],
+                modules_to_save: list[str]) -> Any:
+    from peft import LoraConfig
+
+    # An explicit module-name list, never a suffix, so nothing outside the backbone matches.
+    return LoraConfig(
+        r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+        modules_to_save=modules_to_save, bias="none",
+    )
+
+
+def reset_lora(module: nn.Module, adapter: str = "default") -> None:
+    """Initialise a LoRA layer explicitly: A Kaiming-uniform, B zero (a zero update at start).
+
+    peft's own ``reset_lora_parameters`` signature changed across releases (0.3: adapter name
+    only; >= 0.6: plus ``init_lora_weights``); the arithmetic itself never did.
+    """
+    import math
+
+    lora_a = module.lora_A[adapter]
+    lora_b = module.lora_B[adapter]
+    nn.init.kaiming_uniform_(lora_a.weight, a=math.sqrt(5))
+    nn.init.zeros_(lora_b.weight)
+
+
+def sdpa_available() -> bool:
+    return TORCH_VERSION >= (2, 0) and TRANSFORMERS_VERSION >= (4, 36)
+
+
+def grad_scaler(enabled: bool) -> Any:
+    """fp16 loss scaling; ``torch.amp.GradScaler`` replaced ``torch.cuda.amp`` in torch 2.3."""
+    if TORCH_VERSION >= (2, 3):
+        return torch.amp.GradScaler("cuda", enabled=enabled)
+    return torch.cuda.amp.GradScaler(enabled=enabled)

@@ -1,0 +1,374 @@
+"""Load, merge and validate the configuration.
+
+The same function serves the CLI, the Snakefile and DVC, so a setting is checked the same way
+whoever reads it. Layers, later ones winning: ``config/config.yaml`` -> the experiment preset
+``config/experiments/{name}.yaml`` -> ``--set key.path=value`` overrides. Every key remembers the
+layer it came from so an error can name the file as well as the key path.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+DEFAULT_CONFIG = Path("config/config.yaml")
+PRESET_DIR_NAME = "experiments"
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the file and the key path."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML loader whose booleans are only true/false.
+
+    PyYAML follows YAML 1.1, where ``yes``, ``no``, ``on`` and ``off`` are booleans too; a
+    category called ``no`` or a flag written ``off`` would silently change type. Such words
+    stay strings here, and the schema then rejects them where a boolean is expected.
+    """
+
+
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
+def _no_duplicate_keys(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicate_keys)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: not valid YAML: {err}") from err
+
+
+def load_yaml_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    data = parse_yaml(path.read_text(encoding="utf-8"), str(path))
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, not {type(data).__name__}")
+    return data
+
+
+def schema() -> dict[str, Any]:
+    text = resources.files("audiopetl").joinpath("resources/config.schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def schema_path() -> Path:
+    return Path(str(resources.files("audiopetl").joinpath("resources/config.schema.yaml")))
+
+
+@dataclass
+class _Layered:
+    """A merged mapping plus the source of each key path."""
+
+    data: dict[str, Any] = field(default_factory=dict)
+    origin: dict[tuple[str, ...], str] = field(default_factory=dict)
+
+    def merge(self, layer: Mapping[str, Any], source: str) -> None:
+        _merge_into(self.data, layer, (), source, self.origin)
+
+    def source_of(self, path: tuple[str | int, ...]) -> str:
+        keys = tuple(str(p) for p in path)
+        while keys:
+            if keys in self.origin:
+                return self.origin[keys]
+            keys = keys[:-1]
+        return self.origin.get((), "config")
+
+
+def _merge_into(
+    base: dict[str, Any],
+    layer: Mapping[str, Any],
+    prefix: tuple[str, ...],
+    source: str,
+    origin: dict[tuple[str, ...], str],
+) -> None:
+    for key, value in layer.items():
+        path = (*prefix, str(key))
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            origin.setdefault(path, source)
+            _merge_into(base[key], value, path, source, origin)
+        else:
+            base[key] = copy.deepcopy(value)
+            origin[path] = source
+            if isinstance(value, Mapping):
+                _record_origins(value, path, source, origin)
+
+
+def _record_origins(
+    value: Mapping[str, Any], prefix: tuple[str, ...], source: str, origin: dict
+) -> None:
+    for key, sub in value.items():
+        origin[(*prefix, str(key))] = source
+        if isinstance(sub, Mapping):
+            _record_origins(sub, (*prefix, str(key)), source, origin)
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """Turn ``a.b.c=value`` into ``{"a": {"b": {"c": value}}}``; the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY.PATH=VALUE")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".")]
+    if not all(parts):
+        raise ConfigError(f"--set {text!r}: empty key in {key!r}")
+    value = parse_yaml(raw, f"--set {key}") if raw.strip() else ""
+    nested: dict[str, Any] = {}
+    cursor = nested
+    for part in parts[:-1]:
+        cursor = cursor.setdefault(part, {})
+    cursor[parts[-1]] = value
+    return nested
+
+
+def preset_path(config_file: Path, experiment: str) -> Path:
+    return config_file.parent / PRESET_DIR_NAME / f"{experiment}.yaml"
+
+
+def available_presets(config_file: Path) -> list[str]:
+    folder = config_file.parent / PRESET_DIR_NAME
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def load_config(
+    config_file: Path | str = DEFAULT_CONFIG,
+    experiment: str | None = None,
+    overrides: Iterable[str] = (),
+) -> dict[str, Any]:
+    """Return the resolved, validated configuration.
+
+    ``experiment`` names a preset; without one the base file's own ``experiment`` key decides,
+    and a preset of that name is applied when it exists (``default`` has none).
+    """
+    config_file = Path(config_file)
+    layered = _Layered()
+    layered.merge(load_yaml_file(config_file), str(config_file))
+    name = experiment or layered.data.get("experiment")
+    if experiment is not None or (isinstance(name, str) and name != "default"):
+        preset = preset_path(config_file, str(name))
+        if preset.is_file():
+            layered.merge(load_yaml_file(preset), str(preset))
+        elif experiment is not None and experiment != "default":
+            known = available_presets(config_file)
+            hint = _closest(experiment, known)
+            raise ConfigError(
+                f"{preset}: no preset named {experiment!r}{hint} (presets: {', '.join(known)})"
+            )
+        layered.data["experiment"] = name
+        layered.origin[("experiment",)] = str(preset) if preset.is_file() else "--experiment"
+    for text in overrides:
+        layered.merge(parse_override(text), "--set")
+    validate(layered)
+    return layered.data
+
+
+def validate_dict(config: Mapping[str, Any], source: str = "config") -> None:
+    """Validate an already merged configuration (the Snakefile's path into the checks)."""
+    layered = _Layered(dict(config))
+    layered.origin[()] = source
+    validate(layered)
+
+
+def validate(layered: _Layered) -> None:
+    validator_cls = jsonschema.validators.validator_for(schema())
+    validator = validator_cls(schema())
+    errors = sorted(validator.iter_errors(layered.data), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [_describe(err, layered) for err in _leaf_errors(errors)]
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(dict.fromkeys(lines)))
+    _check_references(layered)
+
+
+def _leaf_errors(errors: list[jsonschema.ValidationError]) -> list[jsonschema.ValidationError]:
+    # if/then and $ref wrap the helpful error in a context; report the innermost ones.
+    leaves: list[jsonschema.ValidationError] = []
+    for err in errors:
+        if err.context:
+            leaves.extend(_leaf_errors(list(err.context)))
+        else:
+            leaves.append(err)
+    return leaves
+
+
+def _key_path(path: Iterable[str | int]) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def _closest(word: str, candidates: Iterable[str]) -> str:
+    match = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _describe(err: jsonschema.ValidationError, layered: _Layered) -> str:
+    path = list(err.absolute_path)
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        allowed = list(err.schema.get("properties", {}))
+        unknown = [k for k in err.instance if k not in allowed]
+        parts = []
+        for key in unknown:
+            full = [*path, key]
+            parts.append(
+                f"{layered.source_of(full)}: {_key_path(full)}: unknown key{_closest(key, allowed)}"
+            )
+        return "\n  ".join(parts)
+    where = layered.source_of(path)
+    if err.validator == "type":
+        return (
+            f"{where}: {_key_path(path)}: {err.instance!r} is a "
+            f"{type(err.instance).__name__}, expected {err.validator_value}"
+        )
+    if err.validator == "enum":
+        hint = _closest(str(err.instance), [str(v) for v in err.validator_value])
+        return (
+            f"{where}: {_key_path(path)}: {err.instance!r} is not one of "
+            f"{err.validator_value}{hint}"
+        )
+    if err.validator == "required":
+        return f"{where}: {_key_path(path)}: {err.message}"
+    return f"{where}: {_key_path(path)}: {err.message}"
+
+
+def _check_references(layered: _Layered) -> None:
+    cfg = layered.data
+    problems: list[str] = []
+    for section in ("datasets", "models", "strategies"):
+        for i, name in enumerate(cfg["study"][section]):
+            if name not in cfg[section]:
+                path = ["study", section, i]
+                problems.append(
+                    f"{layered.source_of(path)}: {_key_path(path)}: {section[:-1]} {name!r} "
+                    f"is not defined under {section}{_closest(name, cfg[section])}"
+                )
+    for model_name, model in cfg["models"].items():
+        pretrain = model.get("pretrain")
+        if model.get("pretrained") is None and not model.get("architecture"):
+            path = ["models", model_name]
+            problems.append(
+                f"{layered.source_of(path)}: {_key_path(path)}: needs `pretrained` or "
+                "`architecture` (a random initialisation needs its shape)"
+            )
+        if pretrain:
+            for key, section in (("dataset", "datasets"), ("strategy", "strategies")):
+                if pretrain[key] not in cfg[section]:
+                    path = ["models", model_name, "pretrain", key]
+                    problems.append(
+                        f"{layered.source_of(path)}: {_key_path(path)}: {pretrain[key]!r} is "
+                        f"not defined under {section}{_closest(pretrain[key], cfg[section])}"
+                    )
+    for ds_name in cfg["study"]["datasets"]:
+        dataset = cfg["datasets"].get(ds_name)
+        if dataset is None:
+            continue
+        n_folds = dataset_folds(dataset)
+        for i, fold in enumerate(cfg["study"]["folds"]):
+            if n_folds is not None and fold > n_folds:
+                path = ["study", "folds", i]
+                problems.append(
+                    f"{layered.source_of(path)}: {_key_path(path)}: fold {fold} is outside "
+                    f"dataset {ds_name!r}'s folds 1..{n_folds}"
+                )
+    if cfg["training"]["split"] == "train_val_test":
+        if len(cfg["study"]["folds"]) and any(
+            (dataset_folds(cfg["datasets"][d]) or 3) < 3
+            for d in cfg["study"]["datasets"]
+            if d in cfg["datasets"]
+        ):
+            problems.append(
+                f"{layered.source_of(['training', 'split'])}: training.split: train_val_test "
+                "needs at least 3 folds"
+            )
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def dataset_folds(dataset: Mapping[str, Any]) -> int | None:
+    """The number of folds a dataset declares, or None when it follows from the data."""
+    kind = dataset["kind"]
+    if kind == "synthetic":
+        return int(dataset["synthetic"]["folds"])
+    if kind == "esc50":
+        return int(dataset["esc50"]["folds"])
+    folds = dataset["folder"]["folds"]
+    return None if folds is None else int(folds)
+
+
+def dataset_config(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
+    if name not in cfg["datasets"]:
+        raise ConfigError(
+            f"datasets.{name}: no dataset named {name!r}{_closest(name, cfg['datasets'])} "
+            f"(defined: {', '.join(cfg['datasets'])})"
+        )
+    return cfg["datasets"][name]
+
+
+def feature_settings(cfg: Mapping[str, Any], dataset: str) -> dict[str, Any]:
+    """The global feature block with the dataset's own overrides applied."""
+    merged = dict(cfg["features"])
+    merged.update(dataset_config(cfg, dataset).get("features") or {})
+    return merged
+
+
+def training_settings(cfg: Mapping[str, Any], strategy: str) -> dict[str, Any]:
+    """The global training block with the strategy's own overrides applied."""
+    merged = copy.deepcopy(cfg["training"])
+    for key, value in (strategy_config(cfg, strategy).get("training") or {}).items():
+        merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def strategy_config(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
+    if name not in cfg["strategies"]:
+        raise ConfigError(
+            f"strategies.{name}: no strategy named {name!r}{_closest(name, cfg['strategies'])}"
+        )
+    return cfg["strategies"][name]
+
+
+def model_config(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
+    if name not in cfg["models"]:
+        raise ConfigError(f"models.{name}: no model named {name!r}{_closest(name, cfg['models'])}")
+    return cfg["models"][name]
+
+
+def stable_hash(value: Any, length: int = 12) -> str:
+    """A short content hash of JSON-serialisable settings (key order does not matter)."""
+    blob = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]

@@ -1,0 +1,13 @@
+"""Errors the CLI turns into a one-line message and a non-zero exit instead of a traceback."""
+
+
+class AudiopetlError(RuntimeError):
+    """Base class: the message is for the user and names the file, key or step."""
+
+
+class DataError(AudiopetlError):
+    """Bad input data: a corrupt clip, a checksum mismatch, inconsistent metadata."""
+
+
+class TrainingError(AudiopetlError):
+    """A run that must stop: a non-finite loss, a misconfigured strategy, a failed guard."""

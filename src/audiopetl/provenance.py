@@ -1,0 +1,96 @@
+"""Where a result came from: code version, library versions, hardware, environment."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import resource
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from audiopetl import __version__
+
+# Lock files of the pinned environments; their hash identifies the environment of a result.
+LOCK_FILES = {"modern": "envs/modern.lock.txt", "legacy": "envs/legacy.lock.txt"}
+
+
+def git_state(cwd: Path | None = None) -> dict[str, Any]:
+    def run(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                                 timeout=10, check=True)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip()
+
+    commit = run("rev-parse", "HEAD")
+    status = run("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def environment_name() -> str:
+    """``AUDIOPETL_ENV`` when set (the conda and pip environments set it), else by torch."""
+    name = os.environ.get("AUDIOPETL_ENV")
+    if name:
+        return name
+    return "legacy" if torch.__version__.startswith("1.") else "modern"
+
+
+def lock_hash(name: str, root: Path = Path(".")) -> str | None:
+    path = root / LOCK_FILES.get(name, "")
+    if not path.is_file():
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def versions() -> dict[str, str | None]:
+    import transformers
+
+    try:
+        import peft
+
+        peft_version = peft.__version__
+    except ImportError:
+        peft_version = None
+    return {
+        "audiopetl": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft_version,
+        "numpy": np.__version__,
+    }
+
+
+def hardware(device: torch.device) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "device": str(device),
+        "platform": platform.platform(),
+        "processor": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "gpu": None,
+        "cuda": torch.version.cuda,
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["compute_capability"] = list(torch.cuda.get_device_capability(device))
+    return info
+
+
+def peak_memory_mb(device: torch.device) -> dict[str, float]:
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = {"host_rss_mb": round(rss_kb / 1024.0, 1)}
+    if device.type == "cuda":
+        peak["gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return peak
+
+
+def command_line() -> list[str]:
+    return list(sys.argv)

@@ -1,0 +1,1 @@
+"""Aggregate finished runs into the summary, the thesis tables and the thesis figures."""

@@ -1,0 +1,81 @@
+"""Build the whole report of an experiment: summary, tables and figures, in a fixed order."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from audiopetl.report import figures
+from audiopetl.report.aggregate import (
+    collect_histories,
+    collect_runs,
+    group_columns,
+    order_runs,
+    read_metrics,
+    summarize,
+    write_summary,
+)
+from audiopetl.report.tables import write_tables
+
+FIGURES_DIR = "figures"
+STUDY_KEYS = (("dataset", "datasets"), ("model", "models"), ("strategy", "strategies"))
+
+
+def _study_order(cfg: Mapping[str, Any]) -> dict[str, list[str]]:
+    # The study's own order (e.g. full, linear, lora) reads better than the alphabet.
+    study = cfg.get("study") or {}
+    return {column: list(study[key]) for column, key in STUDY_KEYS if key in study}
+
+
+def _class_figures(
+    runs: pd.DataFrame, summary: pd.DataFrame, report_cfg: Mapping[str, Any], fig_dir: Path
+) -> list[Path]:
+    """Confusion matrix of the best strategy and per-class F1, per dataset and model.
+
+    Classes only make sense within one dataset: with a single dataset and model the files
+    are ``confusion_matrix``/``per_class_f1``; with several each gets a ``-{dataset}-{model}``
+    suffix.
+    """
+    combos = list(dict.fromkeys(zip(summary["dataset"], summary["model"], strict=True)))
+    keys = group_columns(runs)
+    written = []
+    for dataset, model in combos:
+        suffix = "" if len(combos) == 1 else f"-{dataset}-{model}"
+        in_combo = (runs["dataset"] == dataset) & (runs["model"] == model)
+        rows = summary[(summary["dataset"] == dataset) & (summary["model"] == model)]
+        best = figures._best_row(rows, report_cfg["metric"])
+        chosen = in_combo & (runs[keys] == best[keys]).all(axis=1)
+        best_metrics = [read_metrics(Path(d)) for d in runs.loc[chosen, "run_dir"]]
+        written += figures.confusion_matrix(
+            best_metrics,
+            fig_dir / f"confusion_matrix{suffix}",
+            report_cfg,
+            title=figures.config_labels(rows).loc[best.name],
+        )
+        per_strategy: dict[str, list[dict[str, Any]]] = {}
+        labels = figures.config_labels(runs[in_combo])
+        for label, run_dir in zip(labels, runs.loc[in_combo, "run_dir"], strict=True):
+            per_strategy.setdefault(label, []).append(read_metrics(Path(run_dir)))
+        written += figures.per_class_f1(per_strategy, fig_dir / f"per_class_f1{suffix}", report_cfg)
+    return written
+
+
+def build_report(cfg: Mapping[str, Any], run_dirs: Sequence[Path], out_dir: Path) -> list[Path]:
+    """Write summary.csv/json, table.csv/md/tex and the figures under ``out_dir/figures``;
+    return every written path, in the order written."""
+    report_cfg = {**figures.DEFAULT_REPORT, **(cfg.get("report") or {})}
+    out_dir = Path(out_dir)
+    fig_dir = out_dir / FIGURES_DIR
+    runs = order_runs(collect_runs(run_dirs), _study_order(cfg))
+    summary = summarize(runs)
+    written = write_summary(summary, out_dir)
+    written += write_tables(summary, report_cfg, out_dir / "table")
+    histories = collect_histories(runs)
+    written += figures.learning_curves(histories, fig_dir / "learning_curves", report_cfg)
+    written += figures.accuracy_vs_params(summary, fig_dir / "accuracy_vs_params", report_cfg)
+    written += figures.accuracy_per_strategy(runs, fig_dir / "accuracy_per_strategy", report_cfg)
+    written += _class_figures(runs, summary, report_cfg, fig_dir)
+    return written

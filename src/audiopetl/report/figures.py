@@ -1,0 +1,494 @@
+"""Thesis figures: one style for all of them, every configured format, written atomically.
+
+Each function takes already aggregated data and an output stem (``figures/learning_curves``)
+and returns the files it wrote (``learning_curves.pdf``, ``learning_curves.png``...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+# Figures are only ever written to files, often on cluster nodes without a display; Agg needs
+# none and renders the same everywhere.
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib import ticker
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from audiopetl.atomic import atomic_path
+from audiopetl.errors import DataError
+from audiopetl.report.aggregate import METRIC_NAMES, base_metric, is_fraction
+
+# The values of config/config.yaml's report block, for callers without a configuration.
+DEFAULT_REPORT: dict[str, Any] = {
+    "metric": "accuracy",
+    "formats": ["pdf", "png"],
+    "dpi": 300,
+    "text_width_in": 6.3,
+    "font_size": 9,
+    "font_family": "serif",
+    "palette": "colorblind",
+    "decimals": 2,
+}
+# Heatmap cells get their number written in only while it stays legible.
+MAX_ANNOTATED_CLASSES = 15
+MAX_ANNOTATED_CELLS = 400
+
+
+def _report(report_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {**DEFAULT_REPORT, **(report_cfg or {})}
+
+
+def metric_label(metric: str) -> str:
+    name = base_metric(metric)
+    label = METRIC_NAMES.get(name, name.replace("_", " ").capitalize())
+    return f"{label} (%)" if is_fraction(name) else label
+
+
+def _scale(metric: str) -> float:
+    return 100.0 if is_fraction(metric) else 1.0
+
+
+@contextlib.contextmanager
+def thesis_style(report_cfg: Mapping[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+    """Seaborn ``ticks``/``paper`` with the configured font, palette and text width; the
+    previous rcParams come back when the block ends, so a notebook's own style survives."""
+    cfg = _report(report_cfg)
+    size = float(cfg["font_size"])
+    width = float(cfg["text_width_in"])
+    rc = {
+        "font.size": size,
+        "axes.titlesize": size,
+        "axes.labelsize": size,
+        "legend.fontsize": size - 1,
+        "legend.title_fontsize": size - 1,
+        "xtick.labelsize": size - 1,
+        "ytick.labelsize": size - 1,
+        "figure.figsize": (width, width * 0.62),
+        "figure.dpi": 100,
+        "savefig.dpi": cfg["dpi"],
+        # Fixed-size figures whose labels still fit: bbox_inches="tight" would change the
+        # width and LaTeX would rescale the fonts.
+        "figure.constrained_layout.use": True,
+        # Embedded TrueType instead of Type 3: searchable, editable text in the PDF.
+        "pdf.fonttype": 42,
+        "svg.fonttype": "none",
+        "svg.hashsalt": "audiopetl",  # stable SVG ids, so rebuilding changes no bytes
+    }
+    with matplotlib.rc_context():
+        sns.set_theme(
+            context="paper",
+            style="ticks",
+            palette=cfg["palette"],
+            font=cfg["font_family"],
+            rc=rc,
+        )
+        yield cfg
+
+
+def _metadata(fmt: str) -> dict[str, Any] | None:
+    # Without a creation date the same data gives the same bytes: rebuilding changes nothing.
+    return {"pdf": {"CreationDate": None}, "svg": {"Date": None}}.get(fmt)
+
+
+def save_figure(fig: Figure, out: Path, report_cfg: Mapping[str, Any]) -> list[Path]:
+    """Write ``out.{fmt}`` for every configured format, each atomically; close the figure."""
+    out = Path(out)
+    written = []
+    try:
+        for fmt in report_cfg["formats"]:
+            target = out.parent / f"{out.name}.{fmt}"
+            with atomic_path(target, suffix=f".{fmt}") as tmp:
+                fig.savefig(tmp, format=fmt, dpi=report_cfg["dpi"], metadata=_metadata(fmt))
+            written.append(target)
+    finally:
+        plt.close(fig)
+    return written
+
+
+def _figure(cfg: Mapping[str, Any], height_ratio: float, **subplots: Any) -> tuple[Figure, Any]:
+    width = float(cfg["text_width_in"])
+    return plt.subplots(figsize=(width, width * height_ratio), squeeze=False, **subplots)
+
+
+def _varying(frame: pd.DataFrame, columns: Sequence[str]) -> list[str]:
+    return [c for c in columns if c in frame and frame[c].nunique(dropna=False) > 1]
+
+
+def config_labels(frame: pd.DataFrame) -> pd.Series:
+    """A short name per row: the strategy, plus model/environment only where they vary."""
+    extra = _varying(frame, ("model", "environment"))
+    labels = frame["strategy"].astype(str)
+    for column in extra:
+        labels = labels + " · " + frame[column].astype(str)
+    return labels
+
+
+def _colors(labels: Sequence[str], palette: str) -> dict[str, Any]:
+    # One colour per configuration, in first-appearance order, so a strategy keeps its colour
+    # in every figure built from the same ordered data.
+    unique = list(dict.fromkeys(labels))
+    return dict(zip(unique, sns.color_palette(palette, len(unique)), strict=True))
+
+
+def _percent_axis(ax: Axes, metric: str, axis: str = "y") -> None:
+    if is_fraction(metric):
+        target = ax.yaxis if axis == "y" else ax.xaxis
+        target.set_major_formatter(ticker.FormatStrFormatter("%g"))
+
+
+def _panel_keys(frame: pd.DataFrame, columns: Sequence[str]) -> list[tuple[Any, ...]]:
+    return list(dict.fromkeys(frame[list(columns)].itertuples(index=False, name=None)))
+
+
+def _panel_title(keys: tuple[Any, ...], columns: Sequence[str], varying: Sequence[str]) -> str:
+    return " · ".join(str(v) for c, v in zip(columns, keys, strict=True) if c in varying)
+
+
+# --------------------------------------------------------------------------- learning curves
+
+
+def _per_epoch(histories: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Mean and population std over runs of one column per configuration and epoch."""
+    run_keys = ["label", "seed", "fold"]
+    # Several rows per epoch (step logging) -> one value per run and epoch first, so every run
+    # weighs the same in the band; validation is measured at the epoch's end: its last value.
+    how = "mean" if column == "train_loss" else "last"
+    per_run = histories.groupby([*run_keys, "epoch"], sort=False)[column].agg(how).dropna()
+    grouped = per_run.groupby(level=["label", "epoch"], sort=False)
+    stats = pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=0)}).reset_index()
+    return stats.sort_values("epoch", kind="stable")
+
+
+def _curve_panel(
+    ax: Axes, frame: pd.DataFrame, column: str, colors: Mapping[str, Any], scale: float
+) -> None:
+    stats = _per_epoch(frame, column)
+    for label in colors:
+        part = stats[stats["label"] == label]
+        if part.empty:
+            continue
+        x = part["epoch"].to_numpy()
+        mean = part["mean"].to_numpy() * scale
+        std = part["std"].to_numpy() * scale
+        ax.plot(x, mean, color=colors[label], label=label, linewidth=1.2)
+        ax.fill_between(x, mean - std, mean + std, color=colors[label], alpha=0.2, linewidth=0)
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("Epoch")
+
+
+def _validation_name(histories: pd.DataFrame) -> str:
+    names = histories.get("selected_by", pd.Series(dtype=object)).dropna().unique()
+    return str(names[0]) if len(names) == 1 else "metric"
+
+
+def learning_curves(
+    histories: pd.DataFrame, out: Path, report_cfg: Mapping[str, Any] | None = None
+) -> list[Path]:
+    """Validation metric and training loss per epoch: mean over folds and seeds, ±1 std band.
+
+    One row of panels per dataset (and model, where several); without any validation values
+    only the training-loss panel is drawn.
+    """
+    with thesis_style(report_cfg) as cfg:
+        frame = histories.assign(label=config_labels(histories).to_numpy())
+        colors = _colors(list(frame["label"]), cfg["palette"])
+        has_val = bool(frame["val_metric"].notna().any())
+        val_name = _validation_name(frame)
+        columns = (["val_metric"] if has_val else []) + ["train_loss"]
+        panels = _panel_keys(frame, ("dataset", "model"))
+        varying = _varying(frame, ("dataset", "model"))
+        height = 0.36 * len(panels) + 0.08
+        fig, axes = _figure(cfg, height, nrows=len(panels), ncols=len(columns), sharex=True)
+        for row, keys in enumerate(panels):
+            part = frame[(frame["dataset"] == keys[0]) & (frame["model"] == keys[1])]
+            title = _panel_title(keys, ("dataset", "model"), varying)
+            for col, column in enumerate(columns):
+                ax = axes[row][col]
+                scale = _scale(val_name) if column == "val_metric" else 1.0
+                _curve_panel(ax, part, column, colors, scale)
+                if column == "val_metric":
+                    ax.set_ylabel(f"Validation {metric_label(val_name).lower()}")
+                    ax.set_title(f"Validation · {title}" if title else "Validation")
+                else:
+                    ax.set_ylabel("Training loss")
+                    ax.set_title(f"Training · {title}" if title else "Training")
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        axes[0][-1].legend(handles, labels, frameon=False, title="Strategy")
+        sns.despine(fig=fig)
+        return save_figure(fig, out, cfg)
+
+
+# ------------------------------------------------------------------------ accuracy vs params
+
+
+def _mean_column(metric: str) -> str:
+    name = metric if metric.startswith(("test_", "val_")) else f"test_{metric}"
+    return f"{name}_mean"
+
+
+def _require(frame: pd.DataFrame, column: str, what: str) -> None:
+    if column not in frame.columns:
+        raise DataError(
+            f"{what}: no column {column!r}; the runs' metrics hold "
+            f"{', '.join(c for c in frame.columns if c.startswith('test_')) or 'none'}"
+        )
+
+
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "*", "p")
+
+
+def accuracy_vs_params(
+    summary: pd.DataFrame, out: Path, report_cfg: Mapping[str, Any] | None = None
+) -> list[Path]:
+    """Test metric (mean ± std) against trainable parameters on a log axis, one labelled
+    marker per strategy and one panel per dataset: the usual PETL trade-off figure."""
+    with thesis_style(report_cfg) as cfg:
+        metric = cfg["metric"]
+        mean_col = _mean_column(metric)
+        std_col = mean_col.removesuffix("_mean") + "_std"
+        _require(summary, mean_col, "accuracy_vs_params")
+        scale = _scale(metric)
+        frame = summary.assign(label=config_labels(summary).to_numpy())
+        colors = _colors(list(frame["label"]), cfg["palette"])
+        markers = {label: _MARKERS[i % len(_MARKERS)] for i, label in enumerate(colors)}
+        datasets = list(dict.fromkeys(frame["dataset"]))
+        fig, axes = _figure(cfg, 0.5, ncols=len(datasets), sharey=False)
+        for ax, dataset in zip(axes[0], datasets, strict=True):
+            part = frame[frame["dataset"] == dataset]
+            for _, row in part.iterrows():
+                # A log axis has no zero; a frozen model would still train its head.
+                x = max(float(row["trainable_params_mean"]), 1.0)
+                y = float(row[mean_col]) * scale
+                ax.errorbar(
+                    x,
+                    y,
+                    yerr=float(row[std_col]) * scale,
+                    marker=markers[row["label"]],
+                    color=colors[row["label"]],
+                    markersize=5,
+                    capsize=2,
+                    linewidth=1,
+                    linestyle="none",
+                )
+                ax.annotate(
+                    row["label"],
+                    (x, y),
+                    xytext=(4, 4),
+                    textcoords="offset points",
+                    fontsize=float(cfg["font_size"]) - 1,
+                )
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(ticker.EngFormatter(sep=""))
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+            ax.margins(x=0.15, y=0.15)
+            ax.set_xlabel("Trainable parameters (log scale)")
+            ax.set_ylabel(f"Test {metric_label(metric).lower()}")
+            _percent_axis(ax, metric)
+            if len(datasets) > 1:
+                ax.set_title(str(dataset))
+        sns.despine(fig=fig)
+        return save_figure(fig, out, cfg)
+
+
+# -------------------------------------------------------------------- accuracy per strategy
+
+
+def _spread(n: int, width: float = 0.5) -> np.ndarray:
+    # Even offsets instead of random jitter: the same runs always draw the same picture.
+    return np.zeros(1) if n == 1 else np.linspace(-width / 2, width / 2, n)
+
+
+def accuracy_per_strategy(
+    runs: pd.DataFrame, out: Path, report_cfg: Mapping[str, Any] | None = None
+) -> list[Path]:
+    """Bars of the mean test metric per strategy with ±1 std (population, as in the summary)
+    and every fold's value drawn on top; one panel per dataset."""
+    with thesis_style(report_cfg) as cfg:
+        metric = cfg["metric"]
+        column = f"test_{base_metric(metric)}"
+        _require(runs, column, "accuracy_per_strategy")
+        scale = _scale(metric)
+        frame = runs.assign(label=config_labels(runs).to_numpy())
+        colors = _colors(list(frame["label"]), cfg["palette"])
+        datasets = list(dict.fromkeys(frame["dataset"]))
+        fig, axes = _figure(cfg, 0.45, ncols=len(datasets))
+        for ax, dataset in zip(axes[0], datasets, strict=True):
+            part = frame[frame["dataset"] == dataset]
+            labels = list(dict.fromkeys(part["label"]))
+            for i, label in enumerate(labels):
+                values = part.loc[part["label"] == label, column].to_numpy(float) * scale
+                values = values[np.isfinite(values)]
+                ax.bar(
+                    i,
+                    values.mean(),
+                    yerr=values.std(ddof=0),
+                    color=colors[label],
+                    alpha=0.6,
+                    width=0.7,
+                    capsize=3,
+                    error_kw={"linewidth": 1},
+                )
+                ax.scatter(
+                    i + _spread(len(values)),
+                    values,
+                    s=10,
+                    color="black",
+                    zorder=3,
+                    linewidths=0,
+                    label="fold" if i == 0 else None,
+                )
+            ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 6 else 0)
+            ax.set_xlabel("Strategy")
+            ax.set_ylabel(f"Test {metric_label(metric).lower()}")
+            _percent_axis(ax, metric)
+            if len(datasets) > 1:
+                ax.set_title(str(dataset))
+        sns.despine(fig=fig)
+        return save_figure(fig, out, cfg)
+
+
+# ------------------------------------------------------------------------- confusion matrix
+
+
+def _best_row(summary: pd.DataFrame, metric: str) -> pd.Series:
+    mean_col = _mean_column(metric)
+    _require(summary, mean_col, "best_strategy")
+    # Ties go to the cheaper strategy: the PETL question is what the extra parameters buy.
+    ranked = summary.sort_values(
+        [mean_col, "trainable_params_mean"], ascending=[False, True], kind="stable"
+    )
+    return ranked.iloc[0]
+
+
+def best_strategy(summary: pd.DataFrame, metric: str) -> str:
+    """The strategy with the highest mean test ``metric`` (fewer trainable params on ties).
+
+    Pass the summary rows of one dataset and model: the choice is meaningless across them.
+    """
+    return str(_best_row(summary, metric)["strategy"])
+
+
+def _test_metrics(run: Mapping[str, Any]) -> Mapping[str, Any]:
+    # A whole metrics.json or just its "test" block.
+    return run.get("test", run)
+
+
+def _class_names(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    names = [list(_test_metrics(r)["class_names"]) for r in runs]
+    if any(n != names[0] for n in names[1:]):
+        raise DataError("runs disagree on the class names; cannot combine their metrics")
+    return names[0]
+
+
+def confusion_matrix(
+    run_metrics: Sequence[Mapping[str, Any]],
+    out: Path,
+    report_cfg: Mapping[str, Any] | None = None,
+    title: str | None = None,
+) -> list[Path]:
+    """The test confusion matrices of the given runs (one strategy's folds) summed and
+    normalised per true class, so each row reads as recall in percent."""
+    if not run_metrics:
+        raise DataError("confusion_matrix: no runs given")
+    names = _class_names(run_metrics)
+    total = np.sum([np.asarray(_test_metrics(r)["confusion_matrix"]) for r in run_metrics], 0)
+    support = total.sum(axis=1, keepdims=True)
+    # A class without test clips gets an empty row, not a division by zero.
+    normalised = np.divide(100.0 * total, support, out=np.zeros(total.shape), where=support > 0)
+    with thesis_style(report_cfg) as cfg:
+        n = len(names)
+        fig, axes = _figure(cfg, 0.85 if n > MAX_ANNOTATED_CLASSES else 0.75)
+        ax = axes[0][0]
+        small = max(float(cfg["font_size"]) - (3 if n > 20 else 1), 4)
+        sns.heatmap(
+            normalised,
+            ax=ax,
+            vmin=0,
+            vmax=100,
+            cmap="Blues",
+            square=True,
+            annot=n <= MAX_ANNOTATED_CLASSES,
+            fmt=".0f",
+            annot_kws={"fontsize": small},
+            xticklabels=names,
+            yticklabels=names,
+            cbar_kws={"label": "Share of true class (%)", "shrink": 0.8},
+            linewidths=0,
+        )
+        ax.tick_params(axis="both", labelsize=small, length=0)
+        ax.set_xticklabels(ax.get_xticklabels(), rotation=90)
+        ax.set_yticklabels(ax.get_yticklabels(), rotation=0)
+        ax.set_xlabel("Predicted class")
+        ax.set_ylabel("True class")
+        strategy = title or str(run_metrics[0].get("strategy", ""))
+        ax.set_title(f"Confusion matrix · {strategy}" if strategy else "Confusion matrix")
+        return save_figure(fig, out, cfg)
+
+
+# ---------------------------------------------------------------------------- per-class F1
+
+
+def per_class_f1_table(runs_metrics: Mapping[str, Sequence[Mapping[str, Any]]]) -> pd.DataFrame:
+    """Classes x strategies: test F1 averaged over each strategy's runs, in percent."""
+    columns = {}
+    names: list[str] | None = None
+    for strategy, runs in runs_metrics.items():
+        if not runs:
+            continue
+        run_names = _class_names(runs)
+        if names is not None and run_names != names:
+            raise DataError(f"strategy {strategy!r} has other classes than the others")
+        names = run_names
+        f1 = [[_test_metrics(r)["per_class"][c]["f1"] for c in names] for r in runs]
+        columns[str(strategy)] = 100.0 * np.mean(f1, axis=0)
+    if names is None:
+        raise DataError("per_class_f1: no runs given")
+    return pd.DataFrame(columns, index=pd.Index(names, name="class"))
+
+
+def per_class_f1(
+    runs_metrics: Mapping[str, Sequence[Mapping[str, Any]]],
+    out: Path,
+    report_cfg: Mapping[str, Any] | None = None,
+) -> list[Path]:
+    """A classes x strategies heatmap of the per-class test F1 (mean over folds), classes
+    sorted from easiest to hardest so the hard ones group together even with 50 classes."""
+    table = per_class_f1_table(runs_metrics)
+    order = table.mean(axis=1).sort_values(ascending=False, kind="stable").index
+    table = table.loc[order]
+    with thesis_style(report_cfg) as cfg:
+        n_classes, n_strategies = table.shape
+        width = float(cfg["text_width_in"])
+        # About one text line per class, clamped to what fits on a page.
+        height = float(np.clip(0.16 * n_classes + 1.0, 2.5, 8.5))
+        fig, ax = plt.subplots(figsize=(width, height))
+        small = max(float(cfg["font_size"]) - (3 if n_classes > 20 else 1), 4)
+        sns.heatmap(
+            table,
+            ax=ax,
+            vmin=0,
+            vmax=100,
+            cmap="viridis",
+            annot=n_classes * n_strategies <= MAX_ANNOTATED_CELLS,
+            fmt=".0f",
+            annot_kws={"fontsize": small},
+            cbar_kws={"label": "F1 (%)"},
+            yticklabels=True,  # every class, not every other one
+        )
+        ax.tick_params(axis="y", labelsize=small, length=0, rotation=0)
+        ax.tick_params(axis="x", length=0)
+        ax.set_xlabel("Strategy")
+        ax.set_ylabel("Class")
+        ax.set_title("Per-class test F1")
+        return save_figure(fig, out, cfg)

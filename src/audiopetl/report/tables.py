@@ -1,0 +1,208 @@
+"""The results table in CSV, Markdown and LaTeX (booktabs), from the summary.
+
+LaTeX and Markdown come from small formatters here rather than ``DataFrame.style.to_latex``
+(which needs jinja2, not a dependency of this project, and whose booktabs output still needs
+post-editing for ``mean ± std`` cells and bold maxima) or ``to_markdown`` (which needs
+tabulate). Both formats are simple enough that owning them is cheaper than the dependencies.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from audiopetl.atomic import write_text
+from audiopetl.report.aggregate import METRIC_NAMES, base_metric, is_fraction
+
+# The table shows the headline metric and macro F1 (accuracy when macro F1 is the headline):
+# four mean ± std columns would not fit \textwidth; summary.csv holds every metric.
+SECOND_METRIC = {"macro_f1": "accuracy"}
+ID_HEADERS = {"dataset": "Dataset", "model": "Model", "strategy": "Strategy", "environment": "Env."}
+LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A mean ± std cell before it is typeset; ``best`` marks the per-dataset maximum."""
+
+    mean: float
+    std: float
+    best: bool = False
+
+
+def table_metrics(summary: pd.DataFrame, headline: str) -> list[str]:
+    first = base_metric(headline)
+    wanted = [first, SECOND_METRIC.get(first, "macro_f1")]
+    return [m for m in wanted if f"test_{m}_mean" in summary.columns]
+
+
+def id_columns(summary: pd.DataFrame) -> list[str]:
+    """Identifier columns worth a column: the strategy always, the others where they vary."""
+    return [
+        c
+        for c in ID_HEADERS
+        if c in summary.columns and (c == "strategy" or summary[c].nunique(dropna=False) > 1)
+    ]
+
+
+def _scale(metric: str) -> float:
+    return 100.0 if is_fraction(metric) else 1.0
+
+
+def _cells(summary: pd.DataFrame, metric: str, decimals: int) -> list[Cell | None]:
+    scale = _scale(metric)
+    means = summary[f"test_{metric}_mean"].astype(float) * scale
+    stds = summary[f"test_{metric}_std"].astype(float) * scale
+    # Best per dataset on the printed values, so two rows that print the same are both bold.
+    shown = means.round(decimals)
+    best = shown.groupby(summary["dataset"]).transform("max")
+    return [
+        None if math.isnan(m) else Cell(float(m), float(s), bool(r == b))
+        for m, s, r, b in zip(means, stds, shown, best, strict=True)
+    ]
+
+
+def _plain(cell: Cell | None, decimals: int) -> str:
+    if cell is None:
+        return "–"
+    return f"{cell.mean:.{decimals}f} ± {cell.std:.{decimals}f}"
+
+
+def _latex_cell(cell: Cell | None, decimals: int) -> str:
+    if cell is None:
+        return "--"
+    body = f"{cell.mean:.{decimals}f} \\pm {cell.std:.{decimals}f}"
+    return f"$\\mathbf{{{body}}}$" if cell.best else f"${body}$"
+
+
+def _markdown_cell(cell: Cell | None, decimals: int) -> str:
+    text = _plain(cell, decimals)
+    return f"**{text}**" if cell is not None and cell.best else text
+
+
+def _params(value: float) -> str:
+    return "–" if math.isnan(value) else f"{round(value):,}"
+
+
+def _percent(value: float, decimals: int) -> str:
+    return "–" if math.isnan(value) else f"{value:.{decimals}f}"
+
+
+def latex_escape(text: str) -> str:
+    return "".join(LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+def _metric_header(metric: str) -> str:
+    name = METRIC_NAMES.get(metric, metric)
+    return f"{name} (%)" if is_fraction(metric) else name
+
+
+@dataclass(frozen=True)
+class _Layout:
+    ids: list[str]
+    metrics: list[str]
+    decimals: int
+
+
+def _rows(summary: pd.DataFrame, layout: _Layout, cell_format) -> list[list[str]]:
+    cells = {m: _cells(summary, m, layout.decimals) for m in layout.metrics}
+    rows = []
+    for i, (_, row) in enumerate(summary.iterrows()):
+        values = [str(row[c]) for c in layout.ids]
+        values.append(_params(float(row["trainable_params_mean"])))
+        values.append(_percent(float(row["trainable_percent_mean"]), layout.decimals))
+        values += [cell_format(cells[m][i], layout.decimals) for m in layout.metrics]
+        rows.append(values)
+    return rows
+
+
+def _headers(layout: _Layout) -> list[str]:
+    return [
+        *(ID_HEADERS[c] for c in layout.ids),
+        "Trainable params",
+        "Trainable (%)",
+        *(_metric_header(m) for m in layout.metrics),
+    ]
+
+
+def to_markdown(summary: pd.DataFrame, layout: _Layout) -> str:
+    headers = _headers(layout)
+    rows = _rows(summary, layout, _markdown_cell)
+    align = ["---"] * len(layout.ids) + ["---:"] * (len(headers) - len(layout.ids))
+    lines = [_md_line(headers), _md_line(align), *(_md_line(r) for r in rows)]
+    return "\n".join(lines) + "\n"
+
+
+def _md_line(values: Sequence[str]) -> str:
+    return "| " + " | ".join(v.replace("|", r"\|") for v in values) + " |"
+
+
+def to_latex(summary: pd.DataFrame, layout: _Layout) -> str:
+    headers = [latex_escape(h) for h in _headers(layout)]
+    rows = _rows(summary, layout, _latex_cell)
+    n_ids = len(layout.ids)
+    spec = "l" * n_ids + "r" * (len(headers) - n_ids)
+    lines = [
+        "% Generated by audiopetl.report; needs \\usepackage{booktabs}.",
+        f"\\begin{{tabular}}{{{spec}}}",
+        "\\toprule",
+        " & ".join(headers) + " \\\\",
+        "\\midrule",
+    ]
+    datasets = list(summary["dataset"])
+    for i, row in enumerate(rows):
+        if i and datasets[i] != datasets[i - 1]:
+            lines.append("\\midrule")  # a rule between datasets, whose best values differ
+        ids = [latex_escape(v) for v in row[:n_ids]]
+        lines.append(" & ".join([*ids, *row[n_ids:]]) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(summary: pd.DataFrame, layout: _Layout) -> str:
+    """Numbers, not typeset strings: the CSV is for other programs, in the table's units."""
+    ids = [c for c in ID_HEADERS if c in summary.columns]
+    out = summary[[*ids, "n_runs"]].copy()
+    out["trainable_params"] = summary["trainable_params_mean"].round().astype("Int64")
+    out["trainable_percent"] = summary["trainable_percent_mean"].round(layout.decimals + 2)
+    for metric in layout.metrics:
+        unit = "_percent" if is_fraction(metric) else ""
+        for stat in ("mean", "std"):
+            value = summary[f"test_{metric}_{stat}"].astype(float) * _scale(metric)
+            out[f"test_{metric}_{stat}{unit}"] = value.round(layout.decimals)
+    return out.to_csv(index=False, lineterminator="\n")
+
+
+def write_tables(
+    summary: pd.DataFrame, report_cfg: Mapping[str, Any], out_stem: Path
+) -> list[Path]:
+    """Write ``{out_stem}.csv``, ``.md`` and ``.tex`` atomically; return their paths."""
+    layout = _Layout(
+        ids=id_columns(summary),
+        metrics=table_metrics(summary, report_cfg["metric"]),
+        decimals=int(report_cfg["decimals"]),
+    )
+    out_stem = Path(out_stem)
+    written = []
+    for suffix, render in ((".csv", to_csv), (".md", to_markdown), (".tex", to_latex)):
+        # name + suffix, not with_suffix: a stem like "table.v2" must keep its dot.
+        target = out_stem.parent / f"{out_stem.name}{suffix}"
+        write_text(target, render(summary, layout))
+        written.append(target)
+    return written

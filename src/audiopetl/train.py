@@ -1,0 +1,525 @@
+"""One training run: a dataset x model x strategy x fold x seed, from the feature cache to a
+self-describing run folder. Plain PyTorch, deterministic and resumable.
+
+Honesty rules this loop keeps: the best-by-validation weights are a real copy (not references
+to the live ones) and the test metrics come from them, with the epoch they came from; a
+non-finite loss or gradient stops the run at once; a run at chance accuracy fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from audiopetl import checkpoint, compat, provenance
+from audiopetl.atomic import atomic_dir, atomic_path, write_json
+from audiopetl.cache import FeatureSet, read_folds, read_metadata
+from audiopetl.config import (
+    feature_settings,
+    model_config,
+    stable_hash,
+    strategy_config,
+    training_settings,
+)
+from audiopetl.errors import TrainingError
+from audiopetl.metrics import classification_metrics
+from audiopetl.models import build_model
+from audiopetl.paths import cache_path
+from audiopetl.strategies import ParameterCount, Strategy, get_strategy
+
+log = logging.getLogger(__name__)
+
+# Exit status after saving on SIGTERM/SIGUSR1 (EX_TEMPFAIL): "try again", for schedulers.
+EXIT_INTERRUPTED = 75
+HIGHER_IS_BETTER = {"accuracy": True, "balanced_accuracy": True, "macro_f1": True, "loss": False}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    dataset: str
+    model: str
+    strategy: str
+    fold: int
+    seed: int
+    out: Path
+    pretrained: str | None = None
+
+    @property
+    def resume_dir(self) -> Path:
+        # Beside the run folder, not inside it: Snakemake deletes a job's declared outputs
+        # before it reruns the job, and the resume state must survive that.
+        return self.out.parent / f".{self.out.name}.resume"
+
+
+@dataclass
+class Splits:
+    train: list[int]
+    val: list[int]
+    test: list[int]
+
+
+def split_folds(folds: Sequence[int], test_fold: int, scheme: str) -> Splits:
+    """train/val/test with val = the fold after the test fold (PETL_AST, HEAR); or train/test."""
+    folds = sorted(folds)
+    if test_fold not in folds:
+        raise TrainingError(f"fold {test_fold} is not among the dataset's folds {folds}")
+    if scheme == "train_test":
+        return Splits([f for f in folds if f != test_fold], [], [test_fold])
+    if len(folds) < 3:
+        raise TrainingError(f"training.split train_val_test needs 3 folds, the data has {folds}")
+    val_fold = folds[(folds.index(test_fold) + 1) % len(folds)]
+    train = [f for f in folds if f not in (test_fold, val_fold)]
+    return Splits(train, [val_fold], [test_fold])
+
+
+def select_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("training.device is cuda but no CUDA device is visible")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def make_deterministic(seed: int, threads: int, deterministic: bool, device: torch.device) -> None:
+    torch.set_num_threads(threads)
+    if device.type == "cuda":
+        # cuBLAS is deterministic only with a fixed workspace; set before the first CUDA call.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    # warn_only on CUDA: a few fused attention kernels have no deterministic variant.
+    torch.use_deterministic_algorithms(deterministic, warn_only=device.type == "cuda")
+    torch.backends.cudnn.benchmark = False
+    seed_everything(seed)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The data order of an epoch depends on seed and epoch only, so a resumed run can
+    regenerate it and skip what it already consumed."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator)
+
+
+def spec_augment(x: torch.Tensor, freq_mask: int, time_mask: int) -> torch.Tensor:
+    """SpecAugment frequency and time masks (one each per clip), drawn from torch's RNG.
+
+    Written here because torchaudio, which has them, is not installable beside a CPU torch.
+    """
+    batch, frames, bins = x.shape
+    x = x.clone()
+    for width_max, axis_len, dim in ((freq_mask, bins, 2), (time_mask, frames, 1)):
+        if width_max <= 0:
+            continue
+        width = torch.randint(0, width_max + 1, (batch, 1))
+        start = (torch.rand(batch, 1) * (axis_len - width + 1)).long()
+        pos = torch.arange(axis_len).unsqueeze(0)
+        mask = (pos >= start) & (pos < start + width)  # (batch, axis_len)
+        x = x.masked_fill(mask.unsqueeze(dim % 2 + 1).to(x.device), 0.0)
+    return x
+
+
+class StopRequested:
+    """Records SIGTERM/SIGUSR1 so the loop can save at the next step boundary and exit."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequested:
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.signal = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # epochs completed
+    batch_pos: int = 0  # batches of the current epoch already consumed
+    global_step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_score: float | None = None
+    best_weights: dict[str, torch.Tensor] | None = None
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    elapsed: float = 0.0
+    epoch_loss_sum: float = 0.0
+    epoch_samples: int = 0
+
+
+class Trainer:
+    def __init__(self, cfg: Mapping[str, Any], spec: RunSpec, progress: bool = False) -> None:
+        self.cfg = cfg
+        self.spec = spec
+        self.progress = progress
+        self.settings = training_settings(cfg, spec.strategy)
+        self.features_cfg = feature_settings(cfg, spec.dataset)
+        self.model_cfg = model_config(cfg, spec.model)
+        self.strategy_cfg = strategy_config(cfg, spec.strategy)
+        self.device = select_device(self.settings["device"])
+        self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[
+            self.settings["precision"]
+        ]
+        if self.amp_dtype is torch.float16 and self.device.type != "cuda":
+            raise TrainingError("training.precision fp16 needs a CUDA device; use bf16 or fp32")
+        # What must not change between an interrupted run and its resumption.
+        self.identity = stable_hash({
+            "spec": [spec.dataset, spec.model, spec.strategy, spec.fold, spec.seed,
+                     spec.pretrained],
+            "training": self.settings, "features": self.features_cfg,
+            "model": self.model_cfg, "strategy": self.strategy_cfg,
+        })
+
+    # -- setup ------------------------------------------------------------------------------
+    def load_data(self) -> None:
+        path = cache_path(self.cfg, self.spec.dataset)
+        meta = read_metadata(path)
+        if meta["features"] != self.features_cfg:
+            raise TrainingError(f"{path}: built with other feature settings; rerun `audiopetl cache`")
+        all_folds = sorted(set(pq.read_table(path, columns=["fold"]).column("fold").to_pylist()))
+        self.splits = split_folds(all_folds, self.spec.fold, self.settings["split"])
+        self.class_names: list[str] = meta["class_names"]
+        self.train = read_folds(path, self.splits.train)
+        self.val = read_folds(path, self.splits.val) if self.splits.val else None
+        self.test = read_folds(path, self.splits.test)
+        if len(self.train) == 0 or len(self.test) == 0:
+            raise TrainingError(f"{path}: empty split {self.splits}")
+
+    def build(self) -> None:
+        # Model construction draws from the RNG: seed it so `evaluate` can rebuild the same.
+        seed_everything(self.spec.seed)
+        base = build_model(self.model_cfg, self.features_cfg, len(self.class_names),
+                           self.spec.pretrained)
+        self.strategy: Strategy = get_strategy(self.strategy_cfg)
+        self.model = self.strategy.apply(base).to(self.device)
+        self.params: ParameterCount = self.strategy.check(
+            self.model, float(self.settings["max_trainable_fraction"])
+        )
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        s = self.settings
+        self.optimizer = torch.optim.AdamW(
+            trainable, lr=float(self.strategy_cfg["lr"]), betas=tuple(s["betas"]),
+            eps=float(s["eps"]), weight_decay=float(s["weight_decay"]),
+        )
+        batches = math.ceil(len(self.train) / s["batch_size"])
+        self.steps_per_epoch = math.ceil(batches / s["grad_accum_steps"])
+        total = self.steps_per_epoch * s["epochs"]
+        warmup = int(round(s["warmup_ratio"] * total))
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.scaler = compat.grad_scaler(self.amp_dtype is torch.float16)
+
+    # -- checkpointing ----------------------------------------------------------------------
+    def save_resume(self, state: TrainState) -> None:
+        payload = {
+            "identity": self.identity,
+            "trainable": self.strategy.trainable_state(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": checkpoint.rng_state(),
+            "train": {k: v for k, v in vars(state).items() if k != "best_weights"},
+            "best_weights": state.best_weights,
+        }
+        checkpoint.save_state(self.spec.resume_dir, payload)
+
+    def try_resume(self) -> TrainState:
+        path = self.spec.resume_dir / checkpoint.STATE_FILE
+        if not path.is_file():
+            return TrainState()
+        saved = checkpoint.load_state(path)
+        if saved.get("identity") != self.identity:
+            log.warning("%s belongs to other settings; starting afresh", path)
+            return TrainState()
+        self.strategy.load_trainable_state(self.model, saved["trainable"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.scaler.load_state_dict(saved["scaler"])
+        checkpoint.set_rng_state(saved["rng"])
+        state = TrainState(**saved["train"], best_weights=saved["best_weights"])
+        log.info("resuming %s at epoch %d, batch %d", self.spec.out, state.epoch + 1,
+                 state.batch_pos)
+        return state
+
+    # -- the loop ---------------------------------------------------------------------------
+    def autocast(self) -> AbstractContextManager[Any]:
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            return self.model(input_values=x).logits.float()
+
+    def batch_iter(self, state: TrainState) -> Iterator[list[torch.Tensor]]:
+        s = self.settings
+        order = epoch_order(len(self.train), self.spec.seed, state.epoch)
+        batches = list(order.split(s["batch_size"]))
+        for start in range(state.batch_pos, len(batches), s["grad_accum_steps"]):
+            yield batches[start : start + s["grad_accum_steps"]]
+
+    def train_step(self, chunk: list[torch.Tensor], state: TrainState) -> None:
+        s = self.settings
+        n_chunk = sum(len(idx) for idx in chunk)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        for idx in chunk:
+            x = self.train.features[idx].to(self.device).float()
+            y = self.train.labels[idx].to(self.device)
+            if s["specaugment"]["freq_mask"] or s["specaugment"]["time_mask"]:
+                x = spec_augment(x, s["specaugment"]["freq_mask"], s["specaugment"]["time_mask"])
+            target = F.one_hot(y, len(self.class_names)).float()
+            if s["mixup_alpha"] > 0:
+                lam = float(torch.distributions.Beta(s["mixup_alpha"], s["mixup_alpha"]).sample())
+                perm = torch.randperm(len(idx))
+                x = lam * x + (1 - lam) * x[perm]
+                target = lam * target + (1 - lam) * target[perm]
+            logits = self.forward(x)
+            loss = F.cross_entropy(logits, target, label_smoothing=s["label_smoothing"])
+            if not torch.isfinite(loss):
+                self.fail_non_finite(state, f"loss {loss.item()}")
+            self.scaler.scale(loss * len(idx) / n_chunk).backward()
+            loss_sum += loss.item() * len(idx)
+        self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        clip = s["grad_clip"] if s["grad_clip"] is not None else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        if not torch.isfinite(grad_norm) and self.amp_dtype is not torch.float16:
+            # fp16 overflows are the grad scaler's business: it skips the step and rescales.
+            self.fail_non_finite(state, f"gradient norm {grad_norm.item()}")
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        state.global_step += 1
+        state.batch_pos += len(chunk)
+        state.epoch_loss_sum += loss_sum
+        state.epoch_samples += n_chunk
+
+    def fail_non_finite(self, state: TrainState, what: str) -> None:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        weight_norm = torch.norm(torch.stack([p.detach().float().norm() for p in params]))
+        grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+        grad_norm = torch.norm(torch.stack(grads)).item() if grads else float("nan")
+        raise TrainingError(
+            f"non-finite {what} at epoch {state.epoch + 1}, step {state.global_step + 1} "
+            f"(weight norm {weight_norm.item():.4g}, gradient norm {grad_norm:.4g}); "
+            f"run {self.spec.out} stopped"
+        )
+
+    @torch.no_grad()
+    def predict(self, data: FeatureSet) -> torch.Tensor:
+        self.model.eval()
+        outputs = []
+        for idx in torch.arange(len(data)).split(self.settings["eval_batch_size"]):
+            x = data.features[idx].to(self.device).float()
+            outputs.append(self.forward(x).cpu())
+        self.model.train()
+        return torch.cat(outputs)
+
+    def evaluate_split(self, data: FeatureSet) -> tuple[float, dict[str, Any], torch.Tensor]:
+        logits = self.predict(data)
+        loss = F.cross_entropy(logits, data.labels).item()
+        probs = logits.softmax(dim=-1).numpy()
+        return loss, classification_metrics(data.labels.numpy(), probs, self.class_names), logits
+
+    def end_epoch(self, state: TrainState, seconds: float) -> bool:
+        """Validate, keep the best weights, log; return True when early stopping triggers."""
+        s = self.settings
+        row: dict[str, Any] = {
+            "epoch": state.epoch + 1,
+            "step": state.global_step,
+            "train_loss": state.epoch_loss_sum / max(1, state.epoch_samples),
+            "val_loss": None,
+            "val_accuracy": None,
+            "val_metric": None,
+            "lr": self.scheduler.get_last_lr()[0],
+            "seconds": round(seconds, 3),
+            "samples_per_s": round(state.epoch_samples / max(seconds, 1e-9), 2),
+        }
+        stop = False
+        if self.val is not None:
+            val_loss, val_metrics, _ = self.evaluate_split(self.val)
+            metric = s["select_metric"]
+            score = val_loss if metric == "loss" else val_metrics[metric]
+            row.update(val_loss=val_loss, val_accuracy=val_metrics["accuracy"], val_metric=score)
+            better = state.best_score is None or (
+                score > state.best_score if HIGHER_IS_BETTER[metric] else score < state.best_score
+            )
+            if better:
+                state.best_score, state.best_epoch, state.bad_epochs = score, state.epoch + 1, 0
+                # A real copy: the live parameters keep changing after this epoch.
+                state.best_weights = self.strategy.trainable_state(self.model)
+            else:
+                state.bad_epochs += 1
+                patience = s["early_stopping_patience"]
+                stop = patience is not None and state.bad_epochs >= patience
+        else:
+            state.best_epoch = state.epoch + 1
+        state.history.append(row)
+        state.epoch += 1
+        state.batch_pos = 0
+        state.epoch_loss_sum, state.epoch_samples = 0.0, 0
+        self.log_epoch(row)
+        return stop
+
+    def log_epoch(self, row: Mapping[str, Any]) -> None:
+        val = (f" val_loss {row['val_loss']:.4f} val_{self.settings['select_metric']} "
+               f"{row['val_metric']:.4f}" if row["val_metric"] is not None else "")
+        message = (f"[{self.spec.strategy} fold{self.spec.fold} seed{self.spec.seed}] "
+                   f"epoch {row['epoch']}/{self.settings['epochs']} train_loss "
+                   f"{row['train_loss']:.4f}{val} lr {row['lr']:.3g} "
+                   f"{row['samples_per_s']:.1f} samples/s")
+        if self.progress:
+            tqdm.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+    def fit(self, state: TrainState, stop: StopRequested) -> TrainState:
+        s = self.settings
+        self.model.train()
+        while state.epoch < s["epochs"] and not state.stopped_early:
+            started = time.perf_counter()
+            remaining = self.steps_per_epoch - math.ceil(state.batch_pos / s["grad_accum_steps"])
+            bar = tqdm(total=self.steps_per_epoch, initial=self.steps_per_epoch - remaining,
+                       desc=f"epoch {state.epoch + 1}/{s['epochs']}", unit="step",
+                       disable=not self.progress, leave=False, file=sys.stderr)
+            for chunk in self.batch_iter(state):
+                self.train_step(chunk, state)
+                bar.update(1)
+                bar.set_postfix(loss=f"{state.epoch_loss_sum / max(1, state.epoch_samples):.4f}")
+                if stop.signal is not None:
+                    bar.close()
+                    state.elapsed += time.perf_counter() - started
+                    self.save_resume(state)
+                    log.warning("signal %d: saved resume state in %s; exiting", stop.signal,
+                                self.spec.resume_dir)
+                    raise SystemExit(EXIT_INTERRUPTED)
+            bar.close()
+            seconds = time.perf_counter() - started
+            state.elapsed += seconds
+            state.stopped_early = self.end_epoch(state, seconds)
+            self.save_resume(state)
+            if state.stopped_early:
+                log.info("early stopping after epoch %d (best %s)", state.epoch, state.best_epoch)
+                break
+        return state
+
+    # -- outputs ----------------------------------------------------------------------------
+    def finish(self, state: TrainState, wall_started: float) -> dict[str, Any]:
+        if state.best_weights is not None and self.val is not None:
+            self.strategy.load_trainable_state(self.model, state.best_weights)
+        test_loss, test_metrics, logits = self.evaluate_split(self.test)
+        val_metrics = self.evaluate_split(self.val)[1] if self.val is not None else None
+        chance = 1.0 / len(self.class_names)
+        floor = chance + float(self.settings["min_accuracy_over_chance"])
+        metrics = {
+            "dataset": self.spec.dataset, "model": self.spec.model,
+            "strategy": self.spec.strategy, "fold": self.spec.fold, "seed": self.spec.seed,
+            "best_epoch": state.best_epoch, "epochs_run": state.epoch,
+            "selected_by": (f"val {self.settings['select_metric']}" if self.val is not None
+                            else "last epoch (train_test split)"),
+            "trainable_params": self.params.trainable, "total_params": self.params.total,
+            "trainable_percent": 100.0 * self.params.fraction,
+            "environment": provenance.environment_name(),
+            "test_loss": test_loss, "test": test_metrics, "val": val_metrics,
+        }
+        if test_metrics["accuracy"] <= floor:
+            raise TrainingError(
+                f"run {self.spec.out}: test accuracy {test_metrics['accuracy']:.4f} is at chance "
+                f"level ({chance:.4f} + training.min_accuracy_over_chance): check the learning "
+                "rate, the data and the history in the resume folder"
+            )
+        run_info = {
+            "run": {"dataset": self.spec.dataset, "model": self.spec.model,
+                    "strategy": self.spec.strategy, "fold": self.spec.fold,
+                    "seed": self.spec.seed, "pretrained": self.spec.pretrained,
+                    "splits": vars(self.splits)},
+            "git": provenance.git_state(),
+            "versions": provenance.versions(),
+            "environment": {"name": provenance.environment_name(),
+                            "lock_sha256": provenance.lock_hash(provenance.environment_name())},
+            "hardware": provenance.hardware(self.device),
+            "seed": self.spec.seed,
+            "deterministic": self.settings["deterministic"],
+            "parameters": {"trainable": self.params.trainable, "total": self.params.total},
+            "training_seconds": round(state.elapsed, 3),
+            "wall_seconds": round(time.perf_counter() - wall_started, 3),
+            "peak_memory": provenance.peak_memory_mb(self.device),
+            "command": provenance.command_line(),
+            "config": self.cfg,
+        }
+        with atomic_dir(self.spec.out) as tmp:
+            self.strategy.save(self.model, tmp / "model")
+            pd.DataFrame(state.history).to_csv(tmp / "history.csv", index=False)
+            write_predictions(tmp / "predictions.parquet", self.test, logits)
+            write_json(tmp / "metrics.json", metrics)
+            write_json(tmp / "run.json", run_info)
+        shutil.rmtree(self.spec.resume_dir, ignore_errors=True)
+        return metrics
+
+
+def write_predictions(path: Path, data: FeatureSet, logits: torch.Tensor) -> None:
+    probs = logits.softmax(dim=-1).numpy().astype(np.float32)
+    table = pa.table({
+        "clip_id": pa.array(data.clip_ids, pa.string()),
+        "fold": pa.array(data.folds.astype(np.int32)),
+        "label": pa.array(data.labels.numpy().astype(np.int32)),
+        "prediction": pa.array(probs.argmax(axis=1).astype(np.int32)),
+        "probabilities": pa.array(list(probs), pa.list_(pa.float32())),
+        "logits": pa.array(list(logits.numpy().astype(np.float32)), pa.list_(pa.float32())),
+    })
+    with atomic_path(path, ".parquet") as tmp:
+        pq.write_table(table, tmp)
+
+
+def train_run(cfg: Mapping[str, Any], spec: RunSpec, progress: bool = False) -> dict[str, Any]:
+    wall_started = time.perf_counter()
+    trainer = Trainer(cfg, spec, progress)
+    s = trainer.settings
+    make_deterministic(spec.seed, s["threads"], s["deterministic"], trainer.device)
+    if trainer.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = s["tf32"]
+        torch.backends.cudnn.allow_tf32 = s["tf32"]
+    trainer.load_data()
+    trainer.build()
+    with StopRequested() as stop:
+        state = trainer.try_resume()
+        state = trainer.fit(state, stop)
+    return trainer.finish(state, wall_started)

@@ -19,9 +19,9 @@ from audiopetl.config import load_config
 from audiopetl.errors import DataError
 from audiopetl.metrics import classification_metrics
 from audiopetl.paths import run_dir
-from audiopetl.report.aggregate import collect_runs, summarize
+from audiopetl.report.aggregate import collect_histories, collect_runs, summarize
 from audiopetl.report.build import build_report
-from audiopetl.report.figures import best_strategy, thesis_style
+from audiopetl.report.figures import best_strategy, learning_curves, thesis_style
 
 CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
 DATASET, MODEL = "synthetic", "tiny-ast"
@@ -139,9 +139,7 @@ def test_summary_matches_numpy(experiment: dict[str, Any]) -> None:
             assert row[f"test_{key}_std"] == pytest.approx(np.std(values))  # ddof=0
         params = _values(experiment, strategy, "trainable_params")
         assert row["trainable_params_mean"] == pytest.approx(params.mean())
-        assert row["trainable_percent_mean"] == pytest.approx(
-            100 * params.mean() / TOTAL_PARAMS
-        )
+        assert row["trainable_percent_mean"] == pytest.approx(100 * params.mean() / TOTAL_PARAMS)
     document = json.loads((experiment["out"] / "summary.json").read_text())
     assert "test_accuracy" in document["metrics"]
     assert "test_n" not in document["metrics"]
@@ -230,3 +228,26 @@ def test_style_restores_rcparams() -> None:
         assert matplotlib.rcParams["figure.figsize"][0] == 5.0
     after = dict(matplotlib.rcParams)
     assert {k for k in before if before[k] != after[k]} == set()
+
+
+def test_learning_curves_without_validation(experiment: dict[str, Any], tmp_path: Path) -> None:
+    runs = collect_runs(experiment["dirs"])
+    histories = collect_histories(runs)
+    histories[["val_loss", "val_accuracy", "val_metric"]] = np.nan  # a train_test split
+    report = {**experiment["cfg"]["report"], "formats": ["png"]}
+    written = learning_curves(histories, tmp_path / "curves", report)
+    assert written == [tmp_path / "curves.png"]
+    image = matplotlib.image.imread(written[0])
+    assert abs(image.shape[1] - report["text_width_in"] * report["dpi"]) <= 3
+
+
+def test_rebuild_gives_identical_bytes(experiment: dict[str, Any], tmp_path: Path) -> None:
+    again = build_report(experiment["cfg"], experiment["dirs"], tmp_path / "report")
+    first = experiment["written"]
+    assert [p.relative_to(experiment["out"]) for p in first] == [
+        p.relative_to(tmp_path / "report") for p in again
+    ]
+    changed = [
+        p.name for p, q in zip(first, again, strict=True) if p.read_bytes() != q.read_bytes()
+    ]
+    assert changed == []

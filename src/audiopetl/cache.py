@@ -128,26 +128,35 @@ def build_cache(
     with (
         atomic_path(out, ".parquet") as tmp,
         ThreadPoolExecutor(max_workers=int(cache_cfg["workers"])) as pool,
-        tqdm(total=len(manifest), desc=f"cache {dataset}", unit="clip",
-             disable=not progress) as bar,
+        tqdm(
+            total=len(manifest), desc=f"cache {dataset}", unit="clip", disable=not progress
+        ) as bar,
     ):
         writer = pq.ParquetWriter(
-            tmp, _schema(n_values), compression="zstd",
+            tmp,
+            _schema(n_values),
+            compression="zstd",
             compression_level=int(cache_cfg["compression_level"]),
         )
         try:
             positions = {cid: i for i, cid in enumerate(manifest["clip_id"])}
             for batch in _batches(manifest, int(cache_cfg["batch_size"])):
-                items = [(positions[c], p) for c, p in zip(batch["clip_id"], batch["path"],
-                                                            strict=True)]
+                items = [
+                    (positions[c], p) for c, p in zip(batch["clip_id"], batch["path"], strict=True)
+                ]
                 loaded = list(pool.map(load, items))
                 good = [i for i, w in enumerate(loaded) if not isinstance(w, DataError)]
                 for i, w in enumerate(loaded):
                     if isinstance(w, DataError):
                         if not skip_bad:
                             raise w
-                        skipped.append({"clip_id": str(batch["clip_id"].iloc[i]),
-                                        "path": str(batch["path"].iloc[i]), "error": str(w)})
+                        skipped.append(
+                            {
+                                "clip_id": str(batch["clip_id"].iloc[i]),
+                                "path": str(batch["path"].iloc[i]),
+                                "error": str(w),
+                            }
+                        )
                 bar.update(len(batch))
                 if not good:
                     continue
@@ -178,8 +187,9 @@ def build_cache(
     return BuildResult(out, rows_written, skipped)
 
 
-def _accumulate(stats: np.ndarray, feats: torch.Tensor, n_frames: Sequence[int],
-                extractor: LogMelExtractor) -> None:
+def _accumulate(
+    stats: np.ndarray, feats: torch.Tensor, n_frames: Sequence[int], extractor: LogMelExtractor
+) -> None:
     raw = feats * (2.0 * extractor.std) + extractor.mean
     for i, n in enumerate(n_frames):
         valid = raw[i, : min(n, extractor.target_length)].double()
@@ -188,8 +198,9 @@ def _accumulate(stats: np.ndarray, feats: torch.Tensor, n_frames: Sequence[int],
         stats[2] += float(valid.square().sum())
 
 
-def _record_batch(kept: pd.DataFrame, feats: torch.Tensor, n_frames: Sequence[int],
-                  n_values: int) -> pa.RecordBatch:
+def _record_batch(
+    kept: pd.DataFrame, feats: torch.Tensor, n_frames: Sequence[int], n_values: int
+) -> pa.RecordBatch:
     blob = feats.to(torch.float16).numpy().tobytes()
     features = pa.FixedSizeBinaryArray.from_buffers(
         pa.binary(2 * n_values), len(kept), [None, pa.py_buffer(blob)]
@@ -252,8 +263,9 @@ def read_folds(path: Path, folds: Sequence[int] | None = None) -> FeatureSet:
     column = table.column("features").combine_chunks()
     width = 2 * shape[0] * shape[1]
     data = column.buffers()[1]
-    values = np.frombuffer(data, dtype=np.float16, count=len(column) * width // 2,
-                           offset=column.offset * width)
+    values = np.frombuffer(
+        data, dtype=np.float16, count=len(column) * width // 2, offset=column.offset * width
+    )
     # Copy once: a zero-copy view would be read-only and tie the tensor to arrow's buffer.
     features = torch.from_numpy(values.reshape(len(column), *shape).copy())
     return FeatureSet(

@@ -24,15 +24,23 @@ EXIT_CONFIG = 2
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--config", type=Path, default=DEFAULT_CONFIG, metavar="FILE",
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        metavar="FILE",
         help=f"base configuration (default: {DEFAULT_CONFIG})",
     )
     parser.add_argument(
-        "--experiment", metavar="NAME",
+        "--experiment",
+        metavar="NAME",
         help="experiment preset from config/experiments/NAME.yaml applied over the base",
     )
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
         help="override one setting; VALUE is YAML (true/false, 3, 1e-3, [1, 2]); repeatable",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -73,7 +81,12 @@ def cmd_cache(args: argparse.Namespace) -> int:
         log.info("%s was built from another manifest; rebuilding", out)
     manifest = load_manifest(cfg, args.dataset)
     result = build_cache(
-        cfg, args.dataset, manifest, manifest_file, out, skip_bad=args.skip_bad,
+        cfg,
+        args.dataset,
+        manifest,
+        manifest_file,
+        out,
+        skip_bad=args.skip_bad,
         progress=_progress(args),
     )
     for item in result.skipped:
@@ -121,8 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("cache", cmd_cache, "compute the log-mel feature cache (one parquet file)")
     p.add_argument("dataset")
     p.add_argument("--out", help="output file (default: data/features/DATASET-ID.parquet)")
-    p.add_argument("--skip-bad", action="store_true",
-                   help="leave unreadable clips out and list them in the data report")
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave unreadable clips out and list them in the data report",
+    )
     p.add_argument("--force", action="store_true", help="rebuild even if up to date")
 
     p = add("data-report", cmd_data_report, "what is in a dataset and what is wrong with it")

@@ -12,18 +12,32 @@ from audiopetl.paths import run_dir
 
 def cmd_train(args: argparse.Namespace) -> int:
     from audiopetl.cli import _config
-    from audiopetl.train import RunSpec, train_run
+    from audiopetl.train import RunSpec, default_pretrained, train_run
 
     cfg = _config(args)
-    out = Path(args.out) if args.out else run_dir(
-        cfg, args.dataset, args.model, args.strategy, args.fold, args.seed
+    out = (
+        Path(args.out)
+        if args.out
+        else run_dir(cfg, args.dataset, args.model, args.strategy, args.fold, args.seed)
     )
-    spec = RunSpec(args.dataset, args.model, args.strategy, args.fold, args.seed, out,
-                   args.pretrained)
+    pretrained = args.pretrained or default_pretrained(cfg, args.model)
+    spec = RunSpec(args.dataset, args.model, args.strategy, args.fold, args.seed, out, pretrained)
     metrics = train_run(cfg, spec, progress=not args.quiet and sys.stderr.isatty())
     test = metrics["test"]
-    print(f"{out}: test accuracy {test['accuracy']:.4f} (best epoch {metrics['best_epoch']}, "
-          f"{metrics['trainable_params']:,} of {metrics['total_params']:,} parameters trained)")
+    print(
+        f"{out}: test accuracy {test['accuracy']:.4f} (best epoch {metrics['best_epoch']}, "
+        f"{metrics['trainable_params']:,} of {metrics['total_params']:,} parameters trained)"
+    )
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from audiopetl.cli import _config
+    from audiopetl.train import pretrain, pretrain_dir
+
+    cfg = _config(args)
+    out = Path(args.out) if args.out else pretrain_dir(cfg, args.model)
+    print(pretrain(cfg, args.model, out, progress=not args.quiet and sys.stderr.isatty()))
     return 0
 
 
@@ -31,8 +45,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from audiopetl.evaluate import evaluate_run
 
     result = evaluate_run(Path(args.run_dir), Path(args.out) if args.out else None)
-    print(f"{args.run_dir}: test accuracy {result['test']['accuracy']:.4f}, matches the stored "
-          f"run (max logit difference {result['max_abs_logit_difference']:.2g})")
+    print(
+        f"{args.run_dir}: test accuracy {result['test']['accuracy']:.4f}, matches the stored "
+        f"run (max logit difference {result['max_abs_logit_difference']:.2g})"
+    )
     return 0
 
 
@@ -44,8 +60,19 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--fold", type=int, required=True, help="the test fold")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", help="run folder (default: results/EXPERIMENT/D/M/S/seedN/foldF)")
-    p.add_argument("--pretrained", help="start from this save_pretrained folder or hub id "
-                   "instead of the model's configured `pretrained`")
+    p.add_argument(
+        "--pretrained",
+        help="start from this save_pretrained folder or hub id "
+        "instead of the model's configured `pretrained`",
+    )
+
+    p = add(
+        "pretrain",
+        cmd_pretrain,
+        "train a model on its source task (models.M.pretrain) and save it in save_pretrained form",
+    )
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", help="folder (default: results/EXPERIMENT/pretrain/MODEL)")
 
     p = add("evaluate", cmd_evaluate, "score a finished run folder again from its files")
     p.add_argument("run_dir")

@@ -112,14 +112,19 @@ def safe_torch_load(path: Path | str) -> Any:
     return torch.load(str(path), map_location="cpu", weights_only=True)
 
 
-def lora_config(rank: int, alpha: float, dropout: float, targets: list[str],
-                modules_to_save: list[str]) -> Any:
+def lora_config(
+    rank: int, alpha: float, dropout: float, targets: list[str], modules_to_save: list[str]
+) -> Any:
     from peft import LoraConfig
 
     # An explicit module-name list, never a suffix, so nothing outside the backbone matches.
     return LoraConfig(
-        r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
-        modules_to_save=modules_to_save, bias="none",
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=targets,
+        modules_to_save=modules_to_save,
+        bias="none",
     )
 
 

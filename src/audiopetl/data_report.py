@@ -85,8 +85,7 @@ def format_report(report: Mapping[str, Any], path: Path | None = None) -> str:
         f"dataset {report['dataset']}: {report['clips']} clips, {report['classes']} classes, "
         f"folds {report['folds']}, {report['groups']} groups",
         "duration (s): min {min} / mean {mean} / max {max}".format(**report["duration_s"]),
-        "sample rates: "
-        + ", ".join(f"{sr} Hz x {n}" for sr, n in report["sample_rates"].items()),
+        "sample rates: " + ", ".join(f"{sr} Hz x {n}" for sr, n in report["sample_rates"].items()),
     ]
     table = pd.DataFrame(report["clips_per_class_and_fold"]).T
     table.columns = [f"fold{c}" for c in table.columns]

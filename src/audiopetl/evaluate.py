@@ -28,11 +28,19 @@ def evaluate_run(run_dir: Path, out: Path | None = None) -> dict[str, Any]:
         raise DataError(f"{run_file}: not a finished run folder (no run.json)")
     info = json.loads(run_file.read_text())
     cfg, run = info["config"], info["run"]
-    spec = RunSpec(run["dataset"], run["model"], run["strategy"], int(run["fold"]),
-                   int(run["seed"]), run_dir, run.get("pretrained"))
+    spec = RunSpec(
+        run["dataset"],
+        run["model"],
+        run["strategy"],
+        int(run["fold"]),
+        int(run["seed"]),
+        run_dir,
+        run.get("pretrained"),
+    )
     trainer = Trainer(cfg, spec)
-    make_deterministic(spec.seed, trainer.settings["threads"], trainer.settings["deterministic"],
-                       trainer.device)
+    make_deterministic(
+        spec.seed, trainer.settings["threads"], trainer.settings["deterministic"], trainer.device
+    )
     trainer.load_data()
     trainer.build()
     trainer.strategy.load(trainer.model, run_dir / "model")

@@ -71,7 +71,10 @@ class LogMelExtractor:
         self.std = float(settings["std"])
         self.num_mel_bins = int(settings["num_mel_bins"])
         banks = kaldi_mel_banks(
-            self.num_mel_bins, self.n_fft, sr, float(settings["low_freq"]),
+            self.num_mel_bins,
+            self.n_fft,
+            sr,
+            float(settings["low_freq"]),
             float(settings["high_freq"]),
         )
         self._banks = torch.from_numpy(banks).T.contiguous()  # (n_fft/2+1, bins)

@@ -33,7 +33,9 @@ def check_manifest(df: pd.DataFrame, source: str, n_folds: int | None = None) ->
         rows = ", ".join(f"row {i + 2} ({cid})" for i, cid in dup.head(10).items())
         raise DataError(f"{source}: duplicate clip id(s): {rows}")
     pairs = df[["label", "label_name"]].drop_duplicates()
-    clash = pairs[pairs["label"].duplicated(keep=False) | pairs["label_name"].duplicated(keep=False)]
+    clash = pairs[
+        pairs["label"].duplicated(keep=False) | pairs["label_name"].duplicated(keep=False)
+    ]
     if len(clash):
         raise DataError(
             f"{source}: labels and label names do not map one-to-one: "
@@ -59,8 +61,11 @@ def write_manifest(df: pd.DataFrame, path: Path) -> None:
 def read_manifest(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"{path}: manifest not found; run `audiopetl fetch` for this dataset")
-    df = pd.read_csv(path, dtype={"clip_id": str, "path": str, "label_name": str, "group": str},
-                     keep_default_na=False)
+    df = pd.read_csv(
+        path,
+        dtype={"clip_id": str, "path": str, "label_name": str, "group": str},
+        keep_default_na=False,
+    )
     df = check_manifest(df, str(path))
     # Relative paths are relative to the manifest, so a dataset folder can move as a whole.
     base = path.parent

@@ -32,7 +32,7 @@ def classification_metrics(
         labels, predictions, labels=all_classes, zero_division=0
     )
     out: dict[str, Any] = {
-        "n": int(len(labels)),
+        "n": len(labels),
         "accuracy": float(skm.accuracy_score(labels, predictions)),
         "balanced_accuracy": float(skm.balanced_accuracy_score(labels, predictions)),
         # Macro F1 over the classes present in this split: absent classes would add zeros.
@@ -40,7 +40,8 @@ def classification_metrics(
             skm.f1_score(labels, predictions, labels=present, average="macro", zero_division=0)
         ),
     }
-    if n_classes >= 5:
+    # With 5 classes or fewer top-5 accuracy is trivially 1.
+    if n_classes > 5:
         out["top5_accuracy"] = float(
             skm.top_k_accuracy_score(labels, probabilities, k=5, labels=all_classes)
         )

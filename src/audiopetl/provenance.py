@@ -23,8 +23,9 @@ LOCK_FILES = {"modern": "envs/modern.lock.txt", "legacy": "envs/legacy.lock.txt"
 def git_state(cwd: Path | None = None) -> dict[str, Any]:
     def run(*args: str) -> str | None:
         try:
-            out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
-                                 timeout=10, check=True)
+            out = subprocess.run(
+                ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+            )
         except (OSError, subprocess.SubprocessError):
             return None
         return out.stdout.strip()

@@ -93,8 +93,9 @@ class Strategy:
         expected = {n for n, p in params.items() if p.requires_grad}
         if set(state) != expected:
             missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
-            raise TrainingError(f"weights do not fit the model: missing {missing[:3]}, "
-                                f"unexpected {extra[:3]}")
+            raise TrainingError(
+                f"weights do not fit the model: missing {missing[:3]}, unexpected {extra[:3]}"
+            )
         with torch.no_grad():
             for name, value in state.items():
                 params[name].copy_(value)

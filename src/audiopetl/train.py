@@ -8,6 +8,7 @@ non-finite loss or gradient stops the run at once; a run at chance accuracy fail
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -16,7 +17,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from audiopetl import checkpoint, compat, provenance
@@ -179,11 +181,17 @@ class TrainState:
 
 
 class Trainer:
-    def __init__(self, cfg: Mapping[str, Any], spec: RunSpec, progress: bool = False) -> None:
+    def __init__(
+        self,
+        cfg: Mapping[str, Any],
+        spec: RunSpec,
+        progress: bool = False,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.spec = spec
         self.progress = progress
-        self.settings = training_settings(cfg, spec.strategy)
+        self.settings = {**training_settings(cfg, spec.strategy), **(overrides or {})}
         self.features_cfg = feature_settings(cfg, spec.dataset)
         self.model_cfg = model_config(cfg, spec.model)
         self.strategy_cfg = strategy_config(cfg, spec.strategy)
@@ -194,19 +202,31 @@ class Trainer:
         if self.amp_dtype is torch.float16 and self.device.type != "cuda":
             raise TrainingError("training.precision fp16 needs a CUDA device; use bf16 or fp32")
         # What must not change between an interrupted run and its resumption.
-        self.identity = stable_hash({
-            "spec": [spec.dataset, spec.model, spec.strategy, spec.fold, spec.seed,
-                     spec.pretrained],
-            "training": self.settings, "features": self.features_cfg,
-            "model": self.model_cfg, "strategy": self.strategy_cfg,
-        })
+        self.identity = stable_hash(
+            {
+                "spec": [
+                    spec.dataset,
+                    spec.model,
+                    spec.strategy,
+                    spec.fold,
+                    spec.seed,
+                    spec.pretrained,
+                ],
+                "training": self.settings,
+                "features": self.features_cfg,
+                "model": self.model_cfg,
+                "strategy": self.strategy_cfg,
+            }
+        )
 
     # -- setup ------------------------------------------------------------------------------
     def load_data(self) -> None:
         path = cache_path(self.cfg, self.spec.dataset)
         meta = read_metadata(path)
         if meta["features"] != self.features_cfg:
-            raise TrainingError(f"{path}: built with other feature settings; rerun `audiopetl cache`")
+            raise TrainingError(
+                f"{path}: built with other feature settings; rerun `audiopetl cache`"
+            )
         all_folds = sorted(set(pq.read_table(path, columns=["fold"]).column("fold").to_pylist()))
         self.splits = split_folds(all_folds, self.spec.fold, self.settings["split"])
         self.class_names: list[str] = meta["class_names"]
@@ -219,8 +239,9 @@ class Trainer:
     def build(self) -> None:
         # Model construction draws from the RNG: seed it so `evaluate` can rebuild the same.
         seed_everything(self.spec.seed)
-        base = build_model(self.model_cfg, self.features_cfg, len(self.class_names),
-                           self.spec.pretrained)
+        base = build_model(
+            self.model_cfg, self.features_cfg, len(self.class_names), self.spec.pretrained
+        )
         self.strategy: Strategy = get_strategy(self.strategy_cfg)
         self.model = self.strategy.apply(base).to(self.device)
         self.params: ParameterCount = self.strategy.check(
@@ -229,8 +250,11 @@ class Trainer:
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         s = self.settings
         self.optimizer = torch.optim.AdamW(
-            trainable, lr=float(self.strategy_cfg["lr"]), betas=tuple(s["betas"]),
-            eps=float(s["eps"]), weight_decay=float(s["weight_decay"]),
+            trainable,
+            lr=float(self.strategy_cfg["lr"]),
+            betas=tuple(s["betas"]),
+            eps=float(s["eps"]),
+            weight_decay=float(s["weight_decay"]),
         )
         batches = math.ceil(len(self.train) / s["batch_size"])
         self.steps_per_epoch = math.ceil(batches / s["grad_accum_steps"])
@@ -274,8 +298,9 @@ class Trainer:
         self.scaler.load_state_dict(saved["scaler"])
         checkpoint.set_rng_state(saved["rng"])
         state = TrainState(**saved["train"], best_weights=saved["best_weights"])
-        log.info("resuming %s at epoch %d, batch %d", self.spec.out, state.epoch + 1,
-                 state.batch_pos)
+        log.info(
+            "resuming %s at epoch %d, batch %d", self.spec.out, state.epoch + 1, state.batch_pos
+        )
         return state
 
     # -- the loop ---------------------------------------------------------------------------
@@ -400,12 +425,18 @@ class Trainer:
         return stop
 
     def log_epoch(self, row: Mapping[str, Any]) -> None:
-        val = (f" val_loss {row['val_loss']:.4f} val_{self.settings['select_metric']} "
-               f"{row['val_metric']:.4f}" if row["val_metric"] is not None else "")
-        message = (f"[{self.spec.strategy} fold{self.spec.fold} seed{self.spec.seed}] "
-                   f"epoch {row['epoch']}/{self.settings['epochs']} train_loss "
-                   f"{row['train_loss']:.4f}{val} lr {row['lr']:.3g} "
-                   f"{row['samples_per_s']:.1f} samples/s")
+        val = (
+            f" val_loss {row['val_loss']:.4f} val_{self.settings['select_metric']} "
+            f"{row['val_metric']:.4f}"
+            if row["val_metric"] is not None
+            else ""
+        )
+        message = (
+            f"[{self.spec.strategy} fold{self.spec.fold} seed{self.spec.seed}] "
+            f"epoch {row['epoch']}/{self.settings['epochs']} train_loss "
+            f"{row['train_loss']:.4f}{val} lr {row['lr']:.3g} "
+            f"{row['samples_per_s']:.1f} samples/s"
+        )
         if self.progress:
             tqdm.write(message, file=sys.stderr)
         else:
@@ -417,9 +448,15 @@ class Trainer:
         while state.epoch < s["epochs"] and not state.stopped_early:
             started = time.perf_counter()
             remaining = self.steps_per_epoch - math.ceil(state.batch_pos / s["grad_accum_steps"])
-            bar = tqdm(total=self.steps_per_epoch, initial=self.steps_per_epoch - remaining,
-                       desc=f"epoch {state.epoch + 1}/{s['epochs']}", unit="step",
-                       disable=not self.progress, leave=False, file=sys.stderr)
+            bar = tqdm(
+                total=self.steps_per_epoch,
+                initial=self.steps_per_epoch - remaining,
+                desc=f"epoch {state.epoch + 1}/{s['epochs']}",
+                unit="step",
+                disable=not self.progress,
+                leave=False,
+                file=sys.stderr,
+            )
             for chunk in self.batch_iter(state):
                 self.train_step(chunk, state)
                 bar.update(1)
@@ -428,8 +465,11 @@ class Trainer:
                     bar.close()
                     state.elapsed += time.perf_counter() - started
                     self.save_resume(state)
-                    log.warning("signal %d: saved resume state in %s; exiting", stop.signal,
-                                self.spec.resume_dir)
+                    log.warning(
+                        "signal %d: saved resume state in %s; exiting",
+                        stop.signal,
+                        self.spec.resume_dir,
+                    )
                     raise SystemExit(EXIT_INTERRUPTED)
             bar.close()
             seconds = time.perf_counter() - started
@@ -442,39 +482,71 @@ class Trainer:
         return state
 
     # -- outputs ----------------------------------------------------------------------------
-    def finish(self, state: TrainState, wall_started: float) -> dict[str, Any]:
+    def finish(
+        self,
+        state: TrainState,
+        wall_started: float,
+        extra_outputs: Callable[[Path, nn.Module], None] | None = None,
+    ) -> dict[str, Any]:
         if state.best_weights is not None and self.val is not None:
             self.strategy.load_trainable_state(self.model, state.best_weights)
         test_loss, test_metrics, logits = self.evaluate_split(self.test)
         val_metrics = self.evaluate_split(self.val)[1] if self.val is not None else None
         chance = 1.0 / len(self.class_names)
-        floor = chance + float(self.settings["min_accuracy_over_chance"])
+        margin = self.settings["min_accuracy_over_chance"]
+        at_chance = test_metrics["accuracy"] <= chance + (margin or 0.0)
         metrics = {
-            "dataset": self.spec.dataset, "model": self.spec.model,
-            "strategy": self.spec.strategy, "fold": self.spec.fold, "seed": self.spec.seed,
-            "best_epoch": state.best_epoch, "epochs_run": state.epoch,
-            "selected_by": (f"val {self.settings['select_metric']}" if self.val is not None
-                            else "last epoch (train_test split)"),
-            "trainable_params": self.params.trainable, "total_params": self.params.total,
+            "dataset": self.spec.dataset,
+            "model": self.spec.model,
+            "strategy": self.spec.strategy,
+            "fold": self.spec.fold,
+            "seed": self.spec.seed,
+            "best_epoch": state.best_epoch,
+            "epochs_run": state.epoch,
+            "selected_by": (
+                f"val {self.settings['select_metric']}"
+                if self.val is not None
+                else "last epoch (train_test split)"
+            ),
+            "trainable_params": self.params.trainable,
+            "total_params": self.params.total,
             "trainable_percent": 100.0 * self.params.fraction,
             "environment": provenance.environment_name(),
-            "test_loss": test_loss, "test": test_metrics, "val": val_metrics,
+            "test_loss": test_loss,
+            "test": test_metrics,
+            "val": val_metrics,
+            "at_chance": at_chance,
         }
-        if test_metrics["accuracy"] <= floor:
+        if at_chance and margin is None:
+            log.warning(
+                "run %s: test accuracy %.4f is at chance level (%.4f); the guard is "
+                "off (training.min_accuracy_over_chance: null)",
+                self.spec.out,
+                test_metrics["accuracy"],
+                chance,
+            )
+        elif at_chance:
             raise TrainingError(
                 f"run {self.spec.out}: test accuracy {test_metrics['accuracy']:.4f} is at chance "
                 f"level ({chance:.4f} + training.min_accuracy_over_chance): check the learning "
                 "rate, the data and the history in the resume folder"
             )
         run_info = {
-            "run": {"dataset": self.spec.dataset, "model": self.spec.model,
-                    "strategy": self.spec.strategy, "fold": self.spec.fold,
-                    "seed": self.spec.seed, "pretrained": self.spec.pretrained,
-                    "splits": vars(self.splits)},
+            "run": {
+                "dataset": self.spec.dataset,
+                "model": self.spec.model,
+                "strategy": self.spec.strategy,
+                "fold": self.spec.fold,
+                "seed": self.spec.seed,
+                "pretrained": self.spec.pretrained,
+                "splits": vars(self.splits),
+            },
             "git": provenance.git_state(),
             "versions": provenance.versions(),
-            "environment": {"name": provenance.environment_name(),
-                            "lock_sha256": provenance.lock_hash(provenance.environment_name())},
+            "environment": {
+                "name": provenance.environment_name(),
+                "lock_sha256": provenance.lock_hash(provenance.environment_name()),
+            },
             "hardware": provenance.hardware(self.device),
             "seed": self.spec.seed,
             "deterministic": self.settings["deterministic"],
@@ -491,27 +563,47 @@ class Trainer:
             write_predictions(tmp / "predictions.parquet", self.test, logits)
             write_json(tmp / "metrics.json", metrics)
             write_json(tmp / "run.json", run_info)
+            if extra_outputs is not None:
+                extra_outputs(tmp, self.model)
         shutil.rmtree(self.spec.resume_dir, ignore_errors=True)
         return metrics
 
 
 def write_predictions(path: Path, data: FeatureSet, logits: torch.Tensor) -> None:
     probs = logits.softmax(dim=-1).numpy().astype(np.float32)
-    table = pa.table({
-        "clip_id": pa.array(data.clip_ids, pa.string()),
-        "fold": pa.array(data.folds.astype(np.int32)),
-        "label": pa.array(data.labels.numpy().astype(np.int32)),
-        "prediction": pa.array(probs.argmax(axis=1).astype(np.int32)),
-        "probabilities": pa.array(list(probs), pa.list_(pa.float32())),
-        "logits": pa.array(list(logits.numpy().astype(np.float32)), pa.list_(pa.float32())),
-    })
+    table = pa.table(
+        {
+            "clip_id": pa.array(data.clip_ids, pa.string()),
+            "fold": pa.array(data.folds.astype(np.int32)),
+            "label": pa.array(data.labels.numpy().astype(np.int32)),
+            "prediction": pa.array(probs.argmax(axis=1).astype(np.int32)),
+            "probabilities": pa.array(list(probs), pa.list_(pa.float32())),
+            "logits": pa.array(list(logits.numpy().astype(np.float32)), pa.list_(pa.float32())),
+        }
+    )
     with atomic_path(path, ".parquet") as tmp:
         pq.write_table(table, tmp)
 
 
-def train_run(cfg: Mapping[str, Any], spec: RunSpec, progress: bool = False) -> dict[str, Any]:
+def train_run(
+    cfg: Mapping[str, Any],
+    spec: RunSpec,
+    progress: bool = False,
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    trainer = run_trainer(cfg, spec, progress, overrides)
+    return trainer.metrics
+
+
+def run_trainer(
+    cfg: Mapping[str, Any],
+    spec: RunSpec,
+    progress: bool = False,
+    overrides: Mapping[str, Any] | None = None,
+    extra_outputs: Callable[[Path, nn.Module], None] | None = None,
+) -> Trainer:
     wall_started = time.perf_counter()
-    trainer = Trainer(cfg, spec, progress)
+    trainer = Trainer(cfg, spec, progress, overrides)
     s = trainer.settings
     make_deterministic(spec.seed, s["threads"], s["deterministic"], trainer.device)
     if trainer.device.type == "cuda":
@@ -522,4 +614,60 @@ def train_run(cfg: Mapping[str, Any], spec: RunSpec, progress: bool = False) -> 
     with StopRequested() as stop:
         state = trainer.try_resume()
         state = trainer.fit(state, stop)
-    return trainer.finish(state, wall_started)
+    trainer.metrics = trainer.finish(state, wall_started, extra_outputs)
+    return trainer
+
+
+PRETRAINED_SUBDIR = "pretrained"
+
+
+def default_pretrained(cfg: Mapping[str, Any], model: str) -> str | None:
+    """Where a model's weights come from: its own pretrain output when it has a ``pretrain``
+    block, else None (build_model then uses the configured ``pretrained``)."""
+    if model_config(cfg, model).get("pretrain"):
+        folder = pretrain_dir(cfg, model) / PRETRAINED_SUBDIR
+        if not folder.is_dir():
+            raise TrainingError(
+                f"models.{model}.pretrain: {folder} does not exist; run "
+                f"`audiopetl pretrain --model {model}` first"
+            )
+        return str(folder)
+    return None
+
+
+def pretrain_dir(cfg: Mapping[str, Any], model: str) -> Path:
+    return Path(cfg["paths"]["results"]) / cfg["experiment"] / "pretrain" / model
+
+
+def pretrain(cfg: Mapping[str, Any], model: str, out: Path, progress: bool = False) -> Path:
+    """Train ``model`` on its source task and save it in save_pretrained form under
+    ``out/pretrained``, beside the source run's own metrics and provenance."""
+    settings = model_config(cfg, model).get("pretrain")
+    if not settings:
+        raise TrainingError(f"models.{model}: has no `pretrain` block")
+    if strategy_config(cfg, settings["strategy"])["kind"] != "full":
+        raise TrainingError(
+            f"models.{model}.pretrain.strategy: {settings['strategy']!r} must be of kind full "
+            "(a complete model is saved)"
+        )
+    source_cfg = copy.deepcopy(dict(cfg))
+    source_cfg["models"][model] = {
+        k: v for k, v in source_cfg["models"][model].items() if k != "pretrain"
+    }
+    overrides: dict[str, Any] = {"split": "train_test"}
+    if "epochs" in settings:
+        overrides["epochs"] = settings["epochs"]
+    spec = RunSpec(
+        settings["dataset"],
+        model,
+        settings["strategy"],
+        fold=1,
+        seed=int(settings.get("seed", 0)),
+        out=out,
+    )
+
+    def save_pretrained(folder: Path, trained: nn.Module) -> None:
+        trained.save_pretrained(str(folder / PRETRAINED_SUBDIR))
+
+    run_trainer(source_cfg, spec, progress, overrides, save_pretrained)
+    return out / PRETRAINED_SUBDIR

@@ -23,7 +23,9 @@ def _from_pattern(root: Path, pattern: str) -> pd.DataFrame:
     try:
         regex = re.compile(pattern)
     except re.error as err:
-        raise DataError(f"folder.pattern {pattern!r}: not a valid regular expression: {err}") from err
+        raise DataError(
+            f"folder.pattern {pattern!r}: not a valid regular expression: {err}"
+        ) from err
     if "label" not in regex.groupindex:
         raise DataError(f"folder.pattern {pattern!r}: needs a named group (?P<label>...)")
     rows = []
@@ -33,12 +35,14 @@ def _from_pattern(root: Path, pattern: str) -> pd.DataFrame:
         if match is None:
             continue
         groups = match.groupdict()
-        rows.append({
-            "path": str(path),
-            "label_name": groups["label"],
-            "group": groups.get("group") or path.stem,
-            "fold": int(groups["fold"]) if groups.get("fold") else None,
-        })
+        rows.append(
+            {
+                "path": str(path),
+                "label_name": groups["label"],
+                "group": groups.get("group") or path.stem,
+                "fold": int(groups["fold"]) if groups.get("fold") else None,
+            }
+        )
     if not rows:
         raise DataError(f"{root}: no audio file name matches folder.pattern {pattern!r}")
     return pd.DataFrame(rows)
@@ -53,16 +57,20 @@ def _from_csv(root: Path, manifest: Path) -> pd.DataFrame:
         missing.append("fold or group")
     if missing:
         raise DataError(f"{manifest}: missing column(s): {', '.join(missing)}")
-    out = pd.DataFrame({
-        "path": [str(p if Path(p).is_absolute() else root / p) for p in df["path"]],
-        "label_name": df["label"],
-        "group": df["group"] if "group" in df.columns else df["path"],
-        "fold": None,
-    })
+    out = pd.DataFrame(
+        {
+            "path": [str(p if Path(p).is_absolute() else root / p) for p in df["path"]],
+            "label_name": df["label"],
+            "group": df["group"] if "group" in df.columns else df["path"],
+            "fold": None,
+        }
+    )
     if "fold" in df.columns:
         bad = [i for i, v in enumerate(df["fold"]) if not v.strip().isdigit()]
         if bad:
-            raise DataError(f"{manifest}: row {bad[0] + 2}: fold {df['fold'][bad[0]]!r} is not a number")
+            raise DataError(
+                f"{manifest}: row {bad[0] + 2}: fold {df['fold'][bad[0]]!r} is not a number"
+            )
         out["fold"] = df["fold"].astype(int)
     return out
 
@@ -103,7 +111,9 @@ def folder_manifest(settings: Mapping[str, Any], base: Path = Path(".")) -> pd.D
         unknown = df[~df["label_name"].isin(known)]
         if len(unknown):
             first = unknown.iloc[0]
-            raise DataError(f"{first.path}: unknown label {first.label_name!r} (folder.labels: {known})")
+            raise DataError(
+                f"{first.path}: unknown label {first.label_name!r} (folder.labels: {known})"
+            )
         names = list(known)
     else:
         names = sorted(df["label_name"].unique())
@@ -113,7 +123,11 @@ def folder_manifest(settings: Mapping[str, Any], base: Path = Path(".")) -> pd.D
     infos = [audio_info(p) for p in df["path"]]
     df["duration"] = [d for d, _ in infos]
     df["sample_rate"] = [sr for _, sr in infos]
-    df["clip_id"] = [Path(p).relative_to(root).with_suffix("").as_posix() if Path(p).is_relative_to(root)
-                     else Path(p).stem for p in df["path"]]
+    df["clip_id"] = [
+        Path(p).relative_to(root).with_suffix("").as_posix()
+        if Path(p).is_relative_to(root)
+        else Path(p).stem
+        for p in df["path"]
+    ]
     df["path"] = [str(Path(p).resolve()) for p in df["path"]]
     return df

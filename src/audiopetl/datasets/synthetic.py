@@ -30,8 +30,13 @@ _CHIRP_HZ = [(300.0, 2400.0), (3000.0, 600.0), (800.0, 1600.0), (2200.0, 1100.0)
 _NOISE_BAND = [(1500.0, 0.5), (300.0, 0.8), (4500.0, 0.3), (800.0, 0.4), (2800.0, 0.6)]
 _CLICK_HZ = [8.0, 23.0, 4.0, 15.0, 35.0]
 _AM = [(1000.0, 6.0), (500.0, 14.0), (2000.0, 3.0), (1500.0, 10.0), (3500.0, 20.0)]
-_FM = [(1200.0, 5.0, 300.0), (600.0, 9.0, 150.0), (2400.0, 3.0, 600.0), (900.0, 14.0, 250.0),
-       (1800.0, 7.0, 700.0)]
+_FM = [
+    (1200.0, 5.0, 300.0),
+    (600.0, 9.0, 150.0),
+    (2400.0, 3.0, 600.0),
+    (900.0, 14.0, 250.0),
+    (1800.0, 7.0, 700.0),
+]
 _HARMONIC_HZ = [(180.0, 6), (260.0, 3), (120.0, 10), (350.0, 4), (220.0, 8)]
 _BEEP = [(1000.0, 3.0), (2000.0, 7.0), (600.0, 5.0), (3000.0, 2.0), (1500.0, 11.0)]
 
@@ -78,7 +83,7 @@ def _noise_band(params: tuple[float, float]) -> SoundFn:
         spec *= np.exp(-0.5 * ((freqs - centre) / (rel_width * centre)) ** 2)
         sig = np.fft.irfft(spec, n=len(t))
         # Bursts: a few random on/off segments.
-        gate = (np.sin(2 * np.pi * rng.uniform(1.5, 3.0) * t + rng.uniform(0, 6.3)) > -0.2)
+        gate = np.sin(2 * np.pi * rng.uniform(1.5, 3.0) * t + rng.uniform(0, 6.3)) > -0.2
         return sig * gate / (np.abs(sig).max() + 1e-9)
 
     return fn
@@ -146,7 +151,9 @@ CATALOGUE_SIZE = len(_FAMILIES) * len(_TONE_HZ)
 def recipe(index: int) -> tuple[str, SoundFn]:
     """The class recipe at ``index`` of the catalogue: its name and its generator."""
     if not 0 <= index < CATALOGUE_SIZE:
-        raise ValueError(f"synthetic class index {index} outside the catalogue (0..{CATALOGUE_SIZE - 1})")
+        raise ValueError(
+            f"synthetic class index {index} outside the catalogue (0..{CATALOGUE_SIZE - 1})"
+        )
     family, make, variants = _FAMILIES[index % len(_FAMILIES)]
     variant = index // len(_FAMILIES)
     return f"{family}_{variant}", make(variants[variant])

@@ -46,8 +46,9 @@ def _class_figures(
         suffix = "" if len(combos) == 1 else f"-{dataset}-{model}"
         in_combo = (runs["dataset"] == dataset) & (runs["model"] == model)
         rows = summary[(summary["dataset"] == dataset) & (summary["model"] == model)]
-        best = figures._best_row(rows, report_cfg["metric"])
-        chosen = in_combo & (runs[keys] == best[keys]).all(axis=1)
+        best = figures.best_row(rows, report_cfg["metric"])
+        # As strings: a missing environment is None, and None == None is False in pandas.
+        chosen = in_combo & (runs[keys].astype(str) == best[keys].astype(str)).all(axis=1)
         best_metrics = [read_metrics(Path(d)) for d in runs.loc[chosen, "run_dir"]]
         written += figures.confusion_matrix(
             best_metrics,

@@ -184,7 +184,6 @@ def _curve_panel(
         ax.plot(x, mean, color=colors[label], label=label, linewidth=1.2)
         ax.fill_between(x, mean - std, mean + std, color=colors[label], alpha=0.2, linewidth=0)
     ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-    ax.set_xlabel("Epoch")
 
 
 def _validation_name(histories: pd.DataFrame) -> str:
@@ -223,6 +222,8 @@ def learning_curves(
                 else:
                     ax.set_ylabel("Training loss")
                     ax.set_title(f"Training · {title}" if title else "Training")
+                if row == len(panels) - 1:  # the shared epoch axis is labelled once
+                    ax.set_xlabel("Epoch")
         handles, labels = axes[0][0].get_legend_handles_labels()
         axes[0][-1].legend(handles, labels, frameon=False, title="Strategy")
         sns.despine(fig=fig)
@@ -346,7 +347,6 @@ def accuracy_per_strategy(
                     color="black",
                     zorder=3,
                     linewidths=0,
-                    label="fold" if i == 0 else None,
                 )
             ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 6 else 0)
             ax.set_xlabel("Strategy")
@@ -361,7 +361,8 @@ def accuracy_per_strategy(
 # ------------------------------------------------------------------------- confusion matrix
 
 
-def _best_row(summary: pd.DataFrame, metric: str) -> pd.Series:
+def best_row(summary: pd.DataFrame, metric: str) -> pd.Series:
+    """The summary row with the highest mean test ``metric`` (fewer trainable params on ties)."""
     mean_col = _mean_column(metric)
     _require(summary, mean_col, "best_strategy")
     # Ties go to the cheaper strategy: the PETL question is what the extra parameters buy.
@@ -376,7 +377,7 @@ def best_strategy(summary: pd.DataFrame, metric: str) -> str:
 
     Pass the summary rows of one dataset and model: the choice is meaningless across them.
     """
-    return str(_best_row(summary, metric)["strategy"])
+    return str(best_row(summary, metric)["strategy"])
 
 
 def _test_metrics(run: Mapping[str, Any]) -> Mapping[str, Any]:

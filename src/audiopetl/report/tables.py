@@ -114,13 +114,13 @@ def _metric_header(metric: str) -> str:
 
 
 @dataclass(frozen=True)
-class _Layout:
+class TableLayout:
     ids: list[str]
     metrics: list[str]
     decimals: int
 
 
-def _rows(summary: pd.DataFrame, layout: _Layout, cell_format) -> list[list[str]]:
+def _rows(summary: pd.DataFrame, layout: TableLayout, cell_format) -> list[list[str]]:
     cells = {m: _cells(summary, m, layout.decimals) for m in layout.metrics}
     rows = []
     for i, (_, row) in enumerate(summary.iterrows()):
@@ -132,7 +132,7 @@ def _rows(summary: pd.DataFrame, layout: _Layout, cell_format) -> list[list[str]
     return rows
 
 
-def _headers(layout: _Layout) -> list[str]:
+def _headers(layout: TableLayout) -> list[str]:
     return [
         *(ID_HEADERS[c] for c in layout.ids),
         "Trainable params",
@@ -141,7 +141,7 @@ def _headers(layout: _Layout) -> list[str]:
     ]
 
 
-def to_markdown(summary: pd.DataFrame, layout: _Layout) -> str:
+def to_markdown(summary: pd.DataFrame, layout: TableLayout) -> str:
     headers = _headers(layout)
     rows = _rows(summary, layout, _markdown_cell)
     align = ["---"] * len(layout.ids) + ["---:"] * (len(headers) - len(layout.ids))
@@ -153,7 +153,7 @@ def _md_line(values: Sequence[str]) -> str:
     return "| " + " | ".join(v.replace("|", r"\|") for v in values) + " |"
 
 
-def to_latex(summary: pd.DataFrame, layout: _Layout) -> str:
+def to_latex(summary: pd.DataFrame, layout: TableLayout) -> str:
     headers = [latex_escape(h) for h in _headers(layout)]
     rows = _rows(summary, layout, _latex_cell)
     n_ids = len(layout.ids)
@@ -167,15 +167,17 @@ def to_latex(summary: pd.DataFrame, layout: _Layout) -> str:
     ]
     datasets = list(summary["dataset"])
     for i, row in enumerate(rows):
+        ids = [latex_escape(v) for v in row[:n_ids]]
         if i and datasets[i] != datasets[i - 1]:
             lines.append("\\midrule")  # a rule between datasets, whose best values differ
-        ids = [latex_escape(v) for v in row[:n_ids]]
+        elif i and layout.ids[:1] == ["dataset"]:
+            ids[0] = ""  # the dataset is named once per block, as in printed tables
         lines.append(" & ".join([*ids, *row[n_ids:]]) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(lines) + "\n"
 
 
-def to_csv(summary: pd.DataFrame, layout: _Layout) -> str:
+def to_csv(summary: pd.DataFrame, layout: TableLayout) -> str:
     """Numbers, not typeset strings: the CSV is for other programs, in the table's units."""
     ids = [c for c in ID_HEADERS if c in summary.columns]
     out = summary[[*ids, "n_runs"]].copy()
@@ -193,7 +195,7 @@ def write_tables(
     summary: pd.DataFrame, report_cfg: Mapping[str, Any], out_stem: Path
 ) -> list[Path]:
     """Write ``{out_stem}.csv``, ``.md`` and ``.tex`` atomically; return their paths."""
-    layout = _Layout(
+    layout = TableLayout(
         ids=id_columns(summary),
         metrics=table_metrics(summary, report_cfg["metric"]),
         decimals=int(report_cfg["decimals"]),

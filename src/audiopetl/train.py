@@ -259,7 +259,7 @@ class Trainer:
         batches = math.ceil(len(self.train) / s["batch_size"])
         self.steps_per_epoch = math.ceil(batches / s["grad_accum_steps"])
         total = self.steps_per_epoch * s["epochs"]
-        warmup = int(round(s["warmup_ratio"] * total))
+        warmup = round(s["warmup_ratio"] * total)
 
         def schedule(step: int) -> float:
             if step < warmup:

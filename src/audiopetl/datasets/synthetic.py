@@ -163,7 +163,7 @@ def render_clip(
     class_index: int, seed: int, fold: int, take: int, settings: Mapping[str, Any]
 ) -> np.ndarray:
     sr = int(settings["sample_rate"])
-    n = int(round(float(settings["duration_s"]) * sr))
+    n = round(float(settings["duration_s"]) * sr)
     rng = np.random.default_rng([seed, class_index, fold, take])
     t = np.arange(n) / sr
     _, fn = recipe(class_index)

@@ -175,7 +175,8 @@ def build_cache(
             mean = stats[1] / stats[0]
             metadata["skipped"] = skipped
             metadata["observed"] = {
-                "frames": int(stats[0]),
+                # stats[0] counts values (frames x mel bins); report frames.
+                "frames": int(stats[0]) // extractor.num_mel_bins,
                 "mean": float(mean),
                 "std": float(np.sqrt(max(stats[2] / stats[0] - mean**2, 0.0))),
             }

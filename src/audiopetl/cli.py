@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -151,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_library_progress() -> None:
+    """No library progress bars in logs (SLURM files, Snakemake logs): they are noise there."""
+    # Read by huggingface_hub, whose switch transformers' own bars follow; set before import.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
 def _version() -> str:
     from audiopetl import __version__
 
@@ -158,8 +165,12 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Our own messages at INFO; libraries (fontTools, matplotlib, ...) only when they warn.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)
     args = build_parser().parse_args(argv)
+    if not _progress(args):
+        _quiet_library_progress()
     try:
         return int(args.func(args) or 0)
     except ConfigError as err:

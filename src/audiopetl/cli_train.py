@@ -52,6 +52,34 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def study_runs(cfg: dict) -> list[Path]:
+    """Every run folder of the configured study matrix, in the study's order."""
+    study = cfg["study"]
+    return [
+        run_dir(cfg, d, m, s, f, seed)
+        for d in study["datasets"] for m in study["models"] for s in study["strategies"]
+        for seed in study["seeds"] for f in study["folds"]
+    ]
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import yaml
+
+    from audiopetl.atomic import write_text
+    from audiopetl.cli import _config
+    from audiopetl.paths import experiment_dir
+    from audiopetl.report.build import build_report
+
+    cfg = _config(args)
+    out = Path(args.out) if args.out else experiment_dir(cfg)
+    written = build_report(cfg, study_runs(cfg), out)
+    resolved = out / "config.resolved.yaml"
+    write_text(resolved, yaml.safe_dump(cfg, sort_keys=False))
+    for path in [*written, resolved]:
+        print(path)
+    return 0
+
+
 def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     p = add("train", cmd_train, "train one run: dataset x model x strategy x fold x seed")
     p.add_argument("--dataset", required=True)
@@ -73,6 +101,9 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--model", required=True)
     p.add_argument("--out", help="folder (default: results/EXPERIMENT/pretrain/MODEL)")
+
+    p = add("report", cmd_report, "summary, tables and thesis figures of the study")
+    p.add_argument("--out", help="folder (default: results/EXPERIMENT)")
 
     p = add("evaluate", cmd_evaluate, "score a finished run folder again from its files")
     p.add_argument("run_dir")

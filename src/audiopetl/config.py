@@ -48,6 +48,13 @@ _StrictLoader.add_implicit_resolver(
     re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
     list("tTfF"),
 )
+# YAML 1.1 floats need a dot ("1.0e-3"); accept the YAML 1.2 forms "1e-3" and "1e30" too, as
+# the --set help promises, rather than reading them as strings.
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 def _no_duplicate_keys(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
@@ -269,12 +276,12 @@ def _describe(err: jsonschema.ValidationError, layered: _Layered) -> str:
 def _check_references(layered: _Layered) -> None:
     cfg = layered.data
     problems: list[str] = []
-    for section in ("datasets", "models", "strategies"):
+    for section, noun in (("datasets", "dataset"), ("models", "model"), ("strategies", "strategy")):
         for i, name in enumerate(cfg["study"][section]):
             if name not in cfg[section]:
                 path = ["study", section, i]
                 problems.append(
-                    f"{layered.source_of(path)}: {_key_path(path)}: {section[:-1]} {name!r} "
+                    f"{layered.source_of(path)}: {_key_path(path)}: {noun} {name!r} "
                     f"is not defined under {section}{_closest(name, cfg[section])}"
                 )
     for model_name, model in cfg["models"].items():

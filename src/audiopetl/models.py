@@ -65,6 +65,20 @@ def init_head(model: nn.Module) -> None:
     nn.init.zeros_(head.dense.bias)
 
 
+def init_embeddings(model: nn.Module) -> None:
+    """Random [CLS]/[DIST] tokens and position embeddings for a model built from scratch.
+
+    transformers' AST initialises all three to zero (it expects pretrained weights); zero
+    position embeddings are the reference study's defect 1, trained from zero. The original
+    AST/DeiT initialise them truncated-normal, as here.
+    """
+    std = float(getattr(model.config, "initializer_range", 0.02))
+    embeddings = model.audio_spectrogram_transformer.embeddings
+    for param in (embeddings.cls_token, embeddings.distillation_token):
+        nn.init.trunc_normal_(param, std=std)
+    nn.init.trunc_normal_(embeddings.position_embeddings, std=std)
+
+
 def build_model(
     model_cfg: Mapping[str, Any],
     features: Mapping[str, Any],
@@ -89,6 +103,7 @@ def build_model(
         # A fresh config object per model: transformers writes into it while building.
         config = ASTConfig(**dict(model_cfg.get("architecture") or {}), **target)
         model = compat.ast_from_config(config, attn)
+        init_embeddings(model)
         init_head(model)
         return model
     try:

@@ -346,9 +346,12 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         clip = s["grad_clip"] if s["grad_clip"] is not None else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        self.last_grad_norm = grad_norm.item()
         if not torch.isfinite(grad_norm) and self.amp_dtype is not torch.float16:
             # fp16 overflows are the grad scaler's business: it skips the step and rescales.
-            self.fail_non_finite(state, f"gradient norm {grad_norm.item()}")
+            self.fail_non_finite(
+                state, f"gradient norm {grad_norm.item()} (loss {loss_sum / n_chunk:.4g})"
+            )
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -361,10 +364,18 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         weight_norm = torch.norm(torch.stack([p.detach().float().norm() for p in params]))
         grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
-        grad_norm = torch.norm(torch.stack(grads)).item() if grads else float("nan")
+        # Before this step's backward pass there is no gradient: report the previous step's.
+        previous = getattr(self, "last_grad_norm", None)
+        grad_text = (
+            f"{torch.norm(torch.stack(grads)).item():.4g}"
+            if grads
+            else f"{previous:.4g} at the previous step"
+            if previous is not None
+            else "none computed yet"
+        )
         raise TrainingError(
             f"non-finite {what} at epoch {state.epoch + 1}, step {state.global_step + 1} "
-            f"(weight norm {weight_norm.item():.4g}, gradient norm {grad_norm:.4g}); "
+            f"(weight norm {weight_norm.item():.4g}, gradient norm {grad_text}); "
             f"run {self.spec.out} stopped"
         )
 

@@ -80,3 +80,18 @@ def build_report(cfg: Mapping[str, Any], run_dirs: Sequence[Path], out_dir: Path
     written += figures.accuracy_per_strategy(runs, fig_dir / "accuracy_per_strategy", report_cfg)
     written += _class_figures(runs, summary, report_cfg, fig_dir)
     return written
+
+
+def expected_outputs(cfg: Mapping[str, Any], out_dir: Path) -> list[Path]:
+    """Every file build_report writes for ``cfg``'s study, so a workflow can declare them."""
+    out_dir = Path(out_dir)
+    formats = list((cfg.get("report") or figures.DEFAULT_REPORT)["formats"])
+    names = ["learning_curves", "accuracy_vs_params", "accuracy_per_strategy"]
+    combos = [(d, m) for d in cfg["study"]["datasets"] for m in cfg["study"]["models"]]
+    for dataset, model in combos:
+        suffix = "" if len(combos) == 1 else f"-{dataset}-{model}"
+        names += [f"confusion_matrix{suffix}", f"per_class_f1{suffix}"]
+    tables = [out_dir / f"{stem}.{ext}" for stem, ext in
+              (("summary", "csv"), ("summary", "json"), ("table", "csv"), ("table", "md"),
+               ("table", "tex"))]
+    return tables + [out_dir / FIGURES_DIR / f"{n}.{f}" for n in names for f in formats]

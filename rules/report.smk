@@ -1,0 +1,26 @@
+# Report: summary over folds and seeds, thesis tables and figures, and the resolved config.
+
+
+rule report:
+    input:
+        evaluations=[f"{run}/evaluation.json" for run in all_runs()],
+        histories=[f"{run}/history.csv" for run in all_runs()],
+    output:
+        report_entries(),
+        resolved=report(
+            f"{RESULTS}/{EXPERIMENT}/config.resolved.yaml",
+            caption="../workflow/report/config.rst",
+            category="Configuration",
+        ),
+    log:
+        f"{LOGS}/report.log",
+    conda:
+        ENV
+    resources:
+        **resources_of("report"),
+    params:
+        cli=CLI_CONFIG,
+        out=lambda wc, output: os.path.dirname(output.resolved),
+        report=settings_json(CFG["report"]),
+    shell:
+        "audiopetl report {params.cli} --out {params.out} > {log} 2>&1"

@@ -1,0 +1,67 @@
+# Training: the source-task pretraining of the default, then one job per
+# dataset x model x strategy x fold x seed. A job resumes from its resume folder (beside the
+# run folder, so Snakemake's cleanup of incomplete outputs does not remove it).
+
+
+rule pretrain:
+    input:
+        cache=lambda wc: cache_file(
+            apconfig.model_config(CFG, wc.model)["pretrain"]["dataset"]
+        ),
+    output:
+        metrics=f"{RESULTS}/{EXPERIMENT}/pretrain/{{model}}/metrics.json",
+    log:
+        f"{LOGS}/pretrain/{{model}}.log",
+    conda:
+        ENV
+    threads: CFG["training"]["threads"]
+    resources:
+        **resources_of("train"),
+    params:
+        cli=CLI_CONFIG,
+        out=lambda wc, output: os.path.dirname(output.metrics),
+        settings=lambda wc: settings_json(
+            {
+                "model": apconfig.model_config(CFG, wc.model),
+                "strategy": apconfig.strategy_config(
+                    CFG, apconfig.model_config(CFG, wc.model)["pretrain"]["strategy"]
+                ),
+                "training": CFG["training"],
+            }
+        ),
+    shell:
+        "audiopetl pretrain --model {wildcards.model} {params.cli} --out {params.out}"
+        " > {log} 2>&1"
+
+
+rule train:
+    input:
+        cache=lambda wc: cache_file(wc.dataset),
+        pretrained=lambda wc: pretrain_inputs(wc.model),
+    output:
+        metrics=f"{RESULTS}/{EXPERIMENT}/{{dataset}}/{{model}}/{{strategy}}/seed{{seed}}/fold{{fold}}/metrics.json",
+        predictions=f"{RESULTS}/{EXPERIMENT}/{{dataset}}/{{model}}/{{strategy}}/seed{{seed}}/fold{{fold}}/predictions.parquet",
+        history=f"{RESULTS}/{EXPERIMENT}/{{dataset}}/{{model}}/{{strategy}}/seed{{seed}}/fold{{fold}}/history.csv",
+        run=f"{RESULTS}/{EXPERIMENT}/{{dataset}}/{{model}}/{{strategy}}/seed{{seed}}/fold{{fold}}/run.json",
+    log:
+        f"{LOGS}/train/{{dataset}}/{{model}}/{{strategy}}/seed{{seed}}/fold{{fold}}.log",
+    conda:
+        ENV
+    threads: CFG["training"]["threads"]
+    resources:
+        **resources_of("train"),
+    params:
+        cli=CLI_CONFIG,
+        out=lambda wc, output: os.path.dirname(output.metrics),
+        # Only the settings this run depends on: changing one strategy reruns only its jobs.
+        settings=lambda wc: settings_json(
+            {
+                "strategy": apconfig.strategy_config(CFG, wc.strategy),
+                "training": apconfig.training_settings(CFG, wc.strategy),
+                "model": apconfig.model_config(CFG, wc.model),
+            }
+        ),
+    shell:
+        "audiopetl train {params.cli} --dataset {wildcards.dataset} --model {wildcards.model}"
+        " --strategy {wildcards.strategy} --fold {wildcards.fold} --seed {wildcards.seed}"
+        " --out {params.out} > {log} 2>&1"

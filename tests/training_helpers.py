@@ -1,0 +1,262 @@
+"""Shared pieces of the training tests: one prepared quick project, the CLI in-process and as a
+subprocess, and tensor comparisons.
+
+The quick project (the synthetic target and source datasets fetched and cached, the tiny AST
+pretrained on the source task) is built once per test session in a temporary folder; tests
+read it and write their runs under their own ``--out`` folders.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from audiopetl.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "config"
+QUICK = ("--experiment", "quick", "--quiet")
+RUN_FILES = ("history.csv", "metrics.json", "predictions.parquet", "run.json")
+HISTORY_COLUMNS = [
+    "epoch",
+    "step",
+    "train_loss",
+    "val_loss",
+    "val_accuracy",
+    "val_metric",
+    "lr",
+    "seconds",
+    "samples_per_s",
+]
+# Quick preset: 4 classes x 3 folds x 6 clips; a train_val_test split trains on one fold.
+QUICK_CLASSES = 4
+QUICK_CLIPS_PER_FOLD = 24
+QUICK_BATCH = 8
+
+# Python code for `python -c`: the CLI with a pause before every optimizer step, so a test can
+# interrupt a run part-way. The pause changes timing only, never a number.
+SLOW_CLI = """
+import sys, time
+from audiopetl import train
+from audiopetl.cli import main
+_step = train.Trainer.train_step
+def _slow(self, chunk, state):
+    time.sleep(float(sys.argv[1]))
+    return _step(self, chunk, state)
+train.Trainer.train_step = _slow
+raise SystemExit(main(sys.argv[2:]))
+"""
+
+
+@dataclass(frozen=True)
+class QuickProject:
+    root: Path  # a project folder: config/, data/, results/quick/pretrain/
+
+
+_PROJECT: QuickProject | None = None
+
+
+def run_main(args: Sequence[object]) -> int:
+    """``audiopetl ARGS`` in-process, in the current directory; the exit status."""
+    try:
+        return main([str(a) for a in args])
+    except SystemExit as exit_:
+        code = exit_.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+
+
+@contextlib.contextmanager
+def torch_globals_restored() -> Iterator[None]:
+    """Training sets torch's thread count and deterministic mode for the whole process."""
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
+
+@pytest.fixture
+def restore_torch_globals() -> Iterator[None]:
+    with torch_globals_restored():
+        yield
+
+
+def build_quick_project(root: Path) -> QuickProject:
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(CONFIG_DIR, root / "config")
+    sink = io.StringIO()
+    with (
+        contextlib.chdir(root),
+        contextlib.redirect_stdout(sink),
+        contextlib.redirect_stderr(sink),
+        torch_globals_restored(),
+    ):
+        for dataset in ("synthetic", "synthetic-source"):
+            assert run_main(("fetch", dataset, *QUICK)) == 0, sink.getvalue()
+            assert run_main(("cache", dataset, *QUICK)) == 0, sink.getvalue()
+        assert run_main(("pretrain", "--model", "tiny-ast", *QUICK)) == 0, sink.getvalue()
+    assert (root / "results/quick/pretrain/tiny-ast/pretrained/model.safetensors").is_file()
+    return QuickProject(root)
+
+
+@pytest.fixture(scope="session")
+def quick_project(tmp_path_factory: pytest.TempPathFactory) -> QuickProject:
+    """The prepared quick project, built once per session (shared by every module that
+    imports this fixture: the cache is this module's global). Read-only for tests."""
+    global _PROJECT
+    if _PROJECT is None:
+        _PROJECT = build_quick_project(tmp_path_factory.mktemp("quick-train") / "project")
+    return _PROJECT
+
+
+@pytest.fixture
+def in_quick_project(
+    quick_project: QuickProject, monkeypatch: pytest.MonkeyPatch, restore_torch_globals: None
+) -> Path:
+    """The prepared project as the current directory (torch globals restored afterwards)."""
+    monkeypatch.chdir(quick_project.root)
+    return quick_project.root
+
+
+def run_in(root: Path, args: Sequence[object]) -> tuple[int, str, str]:
+    """``audiopetl ARGS`` in-process in ``root`` for fixtures wider than a test: exit status,
+    stdout, stderr (log records go to pytest's log capture)."""
+    out, err = io.StringIO(), io.StringIO()
+    with (
+        contextlib.chdir(root),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+        torch_globals_restored(),
+    ):
+        code = run_main(args)
+    return code, out.getvalue(), err.getvalue()
+
+
+_LORA_RUN: Path | None = None
+
+
+@pytest.fixture(scope="session")
+def quick_lora_run(quick_project: QuickProject, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished LoRA run (quick defaults, test fold 3, seed 0); read-only for tests."""
+    global _LORA_RUN
+    if _LORA_RUN is None:
+        out = tmp_path_factory.mktemp("lora-run") / "run"
+        code, _, err = run_in(quick_project.root, train_args("lora", out))
+        assert code == 0, err
+        _LORA_RUN = out
+    return _LORA_RUN
+
+
+def train_args(
+    strategy: str,
+    out: Path,
+    *sets: str,
+    fold: int = 3,
+    seed: int = 0,
+    dataset: str = "synthetic",
+) -> list[str]:
+    args = [
+        "train",
+        *QUICK,
+        "--dataset",
+        dataset,
+        "--model",
+        "tiny-ast",
+        "--strategy",
+        strategy,
+        "--fold",
+        str(fold),
+        "--seed",
+        str(seed),
+        "--out",
+        str(out),
+    ]
+    for item in sets:
+        args += ["--set", item]
+    return args
+
+
+def resume_state_file(out: Path) -> Path:
+    return out.parent / f".{out.name}.resume" / "state.pt"
+
+
+@dataclass
+class Proc:
+    """A CLI subprocess whose output goes to files (no pipe can fill up and block it)."""
+
+    popen: subprocess.Popen[bytes]
+    stdout: Path
+    stderr: Path
+
+    def wait(self, timeout: float = 300) -> int:
+        return self.popen.wait(timeout=timeout)
+
+    @property
+    def err(self) -> str:
+        return self.stderr.read_text(errors="replace")
+
+    @property
+    def out(self) -> str:
+        return self.stdout.read_text(errors="replace")
+
+
+def start_cli(
+    args: Sequence[object], cwd: Path, logs: Path, name: str, delay: float | None = None
+) -> Proc:
+    """Start ``python -m audiopetl ARGS`` (or the slowed CLI when ``delay`` is given)."""
+    logs.mkdir(parents=True, exist_ok=True)
+    stdout, stderr = logs / f"{name}.out", logs / f"{name}.err"
+    if delay is None:
+        cmd = [sys.executable, "-m", "audiopetl", *map(str, args)]
+    else:
+        cmd = [sys.executable, "-c", SLOW_CLI, str(delay), *map(str, args)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(stdout, "wb") as out_f, open(stderr, "wb") as err_f:
+        popen = subprocess.Popen(cmd, cwd=cwd, stdout=out_f, stderr=err_f, env=env)
+    return Proc(popen, stdout, stderr)
+
+
+def wait_for_file(path: Path, proc: Proc, timeout: float = 120) -> None:
+    """Poll until ``path`` exists; fail if the process ends first."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.popen.poll() is not None:
+            raise AssertionError(
+                f"process ended (status {proc.popen.returncode}) before {path} appeared:\n"
+                f"{proc.err[-3000:]}"
+            )
+        if time.monotonic() > deadline:
+            proc.popen.kill()
+            raise AssertionError(f"{path} did not appear within {timeout} s")
+        time.sleep(0.02)
+
+
+def load_weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "model" / "trainable.safetensors"))
+
+
+def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].dtype == b[name].dtype and a[name].shape == b[name].shape, name
+        # Bytes, not values: -0.0 == 0.0 and NaN != NaN would hide or invent differences.
+        assert a[name].numpy().tobytes() == b[name].numpy().tobytes(), name
+
+
+def weights_differ(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return any(not torch.equal(a[n], b[n]) for n in a)

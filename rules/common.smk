@@ -9,6 +9,7 @@ from snakemake.utils import validate
 
 from audiopetl import config as apconfig
 from audiopetl import features as apfeatures
+from audiopetl import hub as aphub
 from audiopetl.report.build import expected_outputs
 
 ALLOWED_CONFIG_KEYS = {"experiment", "config_file"}
@@ -51,9 +52,13 @@ def cache_file(dataset):
 
 
 def pretrain_inputs(model):
-    """The pretrained model a run starts from, when the workflow builds it itself."""
-    if apconfig.model_config(CFG, model).get("pretrain"):
+    """What a run starts from when the workflow provides it: its own pretraining, or the local
+    mirror of a hub checkpoint (fetched on the submitting machine)."""
+    model_cfg = apconfig.model_config(CFG, model)
+    if model_cfg.get("pretrain"):
         return [f"{RESULTS}/{EXPERIMENT}/pretrain/{model}/metrics.json"]
+    if model_cfg.get("pretrained") and aphub.is_hub_id(model_cfg["pretrained"]):
+        return [f"{DATA}/models/{model}/config.json"]
     return []
 
 

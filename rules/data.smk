@@ -56,3 +56,21 @@ rule data_report:
     shell:
         "audiopetl data-report {wildcards.dataset} {params.cli} --out {output.report}"
         " > {log} 2>&1"
+
+
+rule fetch_model:
+    # Local: compute nodes often have no internet; training jobs read the mirror.
+    output:
+        config=f"{DATA}/models/{{model}}/config.json",
+    log:
+        f"{LOGS}/fetch_model/{{model}}.log",
+    localrule: True
+    conda:
+        ENV
+    resources:
+        **resources_of("data"),
+    params:
+        cli=CLI_CONFIG,
+        source=lambda wc: apconfig.model_config(CFG, wc.model)["pretrained"],
+    shell:
+        "audiopetl fetch-model --model {wildcards.model} {params.cli} > {log} 2>&1"

@@ -81,7 +81,7 @@ def write_bad_audio(path: Path, kind: str) -> None:
     ],
 )
 def test_bad_audio_fails_cache(synthetic_project, cli, kind, reason):
-    clip_id, audio = clip_at(VICTIM_ROW)
+    _, audio = clip_at(VICTIM_ROW)
     write_bad_audio(audio, kind)
     remove_cache()
     result = cli("cache", "synthetic", *QUICK)
@@ -108,7 +108,7 @@ def test_truncated_wav_reads_what_is_there(synthetic_project, cli):
 
 def test_bad_audio_is_not_noticed_while_cache_is_fresh(synthetic_project, cli):
     # The cache is keyed by the manifest's hash: audio edited in place needs --force.
-    clip_id, audio = clip_at(VICTIM_ROW)
+    _, audio = clip_at(VICTIM_ROW)
     write_bad_audio(audio, "random_bytes")
     assert cli("cache", "synthetic", *QUICK).code == 0
     result = cli("cache", "synthetic", *QUICK, "--force")
@@ -187,6 +187,26 @@ def test_missing_manifest(project, cli):
     result = cli("cache", "synthetic", *QUICK)
     assert result.code == 1
     assert f"{MANIFEST}: manifest not found; run `audiopetl fetch`" in result.err
+    assert_nothing_cached()
+
+
+def test_missing_manifest_beside_an_existing_cache(synthetic_project, cli):
+    MANIFEST.unlink()
+    result = cli("cache", "synthetic", *QUICK)
+    assert result.code == 1
+    assert f"{MANIFEST}: manifest not found" in result.err
+    assert "Traceback" not in result.err
+
+
+def test_skip_bad_with_nothing_readable(synthetic_project, cli):
+    lines = manifest_lines()
+    MANIFEST.write_text("".join(lines[:3]))
+    for line in (2, 3):
+        write_bad_audio(clip_at(line)[1], "empty_file")
+    remove_cache()
+    result = cli("cache", "synthetic", *QUICK, "--skip-bad")
+    assert result.code == 1
+    assert f"{MANIFEST}: no clip could be read; no cache written" in result.err
     assert_nothing_cached()
 
 

@@ -72,7 +72,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
     cfg = _config(args)
     out = Path(args.out) if args.out else cache_path(cfg, args.dataset)
     manifest_file = manifest_path(cfg, args.dataset)
-    if out.is_file() and not args.force:
+    # Without a manifest, load_manifest below says so (and how to make one).
+    if out.is_file() and not args.force and manifest_file.is_file():
         from audiopetl.cache import file_sha256
 
         meta = read_metadata(out)

@@ -41,6 +41,14 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fetch_model(args: argparse.Namespace) -> int:
+    from audiopetl.cli import _config
+    from audiopetl.hub import fetch_model
+
+    print(fetch_model(_config(args), args.model))
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from audiopetl.evaluate import evaluate_run
 
@@ -57,8 +65,11 @@ def study_runs(cfg: dict) -> list[Path]:
     study = cfg["study"]
     return [
         run_dir(cfg, d, m, s, f, seed)
-        for d in study["datasets"] for m in study["models"] for s in study["strategies"]
-        for seed in study["seeds"] for f in study["folds"]
+        for d in study["datasets"]
+        for m in study["models"]
+        for s in study["strategies"]
+        for seed in study["seeds"]
+        for f in study["folds"]
     ]
 
 

@@ -312,10 +312,14 @@ def _check_references(layered: _Layered) -> None:
                     f"{layered.source_of(path)}: {_key_path(path)}: fold {fold} is outside "
                     f"dataset {ds_name!r}'s folds 1..{n_folds}"
                 )
-    if cfg["training"]["split"] == "train_val_test" and len(cfg["study"]["folds"]) and any(
-        (dataset_folds(cfg["datasets"][d]) or 3) < 3
-        for d in cfg["study"]["datasets"]
-        if d in cfg["datasets"]
+    if (
+        cfg["training"]["split"] == "train_val_test"
+        and len(cfg["study"]["folds"])
+        and any(
+            (dataset_folds(cfg["datasets"][d]) or 3) < 3
+            for d in cfg["study"]["datasets"]
+            if d in cfg["datasets"]
+        )
     ):
         problems.append(
             f"{layered.source_of(['training', 'split'])}: training.split: train_val_test "

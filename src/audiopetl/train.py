@@ -634,7 +634,7 @@ PRETRAINED_SUBDIR = "pretrained"
 
 def default_pretrained(cfg: Mapping[str, Any], model: str) -> str | None:
     """Where a model's weights come from: its own pretrain output when it has a ``pretrain``
-    block, else None (build_model then uses the configured ``pretrained``)."""
+    block, else the configured ``pretrained`` (a hub id replaced by its local mirror)."""
     if model_config(cfg, model).get("pretrain"):
         folder = pretrain_dir(cfg, model) / PRETRAINED_SUBDIR
         if not folder.is_dir():
@@ -643,7 +643,9 @@ def default_pretrained(cfg: Mapping[str, Any], model: str) -> str | None:
                 f"`audiopetl pretrain --model {model}` first"
             )
         return str(folder)
-    return None
+    from audiopetl.hub import resolve_pretrained
+
+    return resolve_pretrained(cfg, model)
 
 
 def pretrain_dir(cfg: Mapping[str, Any], model: str) -> Path:

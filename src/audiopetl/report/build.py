@@ -91,7 +91,14 @@ def expected_outputs(cfg: Mapping[str, Any], out_dir: Path) -> list[Path]:
     for dataset, model in combos:
         suffix = "" if len(combos) == 1 else f"-{dataset}-{model}"
         names += [f"confusion_matrix{suffix}", f"per_class_f1{suffix}"]
-    tables = [out_dir / f"{stem}.{ext}" for stem, ext in
-              (("summary", "csv"), ("summary", "json"), ("table", "csv"), ("table", "md"),
-               ("table", "tex"))]
+    tables = [
+        out_dir / f"{stem}.{ext}"
+        for stem, ext in (
+            ("summary", "csv"),
+            ("summary", "json"),
+            ("table", "csv"),
+            ("table", "md"),
+            ("table", "tex"),
+        )
+    ]
     return tables + [out_dir / FIGURES_DIR / f"{n}.{f}" for n in names for f in formats]

@@ -1,0 +1,198 @@
+"""The workflow end to end: real Snakemake runs the quick preset in a temporary project."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT_FILES = ["Snakefile", "rules", "config", "workflow", "envs"]
+EXPERIMENT = "quick"
+
+pytestmark = pytest.mark.slow
+
+
+def snakemake(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    # The rules call `audiopetl`: the interpreter's own bin folder must come first on PATH.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--config", f"experiment={EXPERIMENT}", *args],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {args} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def job_counts(dry_run_output: str) -> dict[str, int]:
+    """Parse the 'Job stats' table of a dry run."""
+    counts: dict[str, int] = {}
+    section = dry_run_output.split("Job stats:", 1)
+    if len(section) < 2:
+        return counts
+    for line in section[1].splitlines()[3:]:
+        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not match:
+            break
+        counts[match.group(1)] = int(match.group(2))
+    return counts
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("workflow")
+    for name in PROJECT_FILES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, folder / name)
+        else:
+            shutil.copy2(source, folder / name)
+    snakemake(folder, "--cores", "2")
+    return folder
+
+
+def quick_cfg() -> dict:
+    from audiopetl.config import load_config
+
+    return load_config(ROOT / "config" / "config.yaml", EXPERIMENT)
+
+
+def run_dirs(project: Path) -> list[Path]:
+    cfg = quick_cfg()
+    study = cfg["study"]
+    return [
+        project / "results" / EXPERIMENT / d / m / s / f"seed{seed}" / f"fold{f}"
+        for d in study["datasets"]
+        for m in study["models"]
+        for s in study["strategies"]
+        for seed in study["seeds"]
+        for f in study["folds"]
+    ]
+
+
+def test_every_output_present_and_consistent(project: Path) -> None:
+    cfg = quick_cfg()
+    study = cfg["study"]
+    exp = project / "results" / EXPERIMENT
+    for run in run_dirs(project):
+        for name in (
+            "metrics.json",
+            "history.csv",
+            "predictions.parquet",
+            "run.json",
+            "evaluation.json",
+            "model/trainable.safetensors",
+        ):
+            assert (run / name).is_file(), run / name
+        evaluation = json.loads((run / "evaluation.json").read_text())
+        assert evaluation["matches_reported"] is True
+        assert evaluation["max_abs_logit_difference"] == 0.0
+    summary = pd.read_csv(exp / "summary.csv")
+    assert len(summary) == len(study["datasets"]) * len(study["models"]) * len(study["strategies"])
+    assert (summary["n_runs"] == len(study["folds"]) * len(study["seeds"])).all()
+    assert set(summary["strategy"]) == set(study["strategies"])
+    # The summary's mean is the mean of the runs' own metrics.
+    lora = [
+        json.loads((r / "metrics.json").read_text())["test"]["accuracy"]
+        for r in run_dirs(project)
+        if r.parts[-3] == "lora"
+    ]
+    row = summary[summary["strategy"] == "lora"].iloc[0]
+    assert row["test_accuracy_mean"] == pytest.approx(sum(lora) / len(lora))
+    figures = sorted((exp / "figures").glob("*.png"))
+    assert {p.stem for p in figures} == {
+        "learning_curves",
+        "accuracy_vs_params",
+        "accuracy_per_strategy",
+        "confusion_matrix",
+        "per_class_f1",
+    }
+    for png in figures:
+        image = mpimg.imread(png)
+        assert image.shape[0] > 100 and image.shape[1] > 100
+        assert image.std() > 0  # not a blank canvas
+        assert png.with_suffix(".pdf").read_bytes().startswith(b"%PDF")
+    assert "\\toprule" in (exp / "table.tex").read_text()
+    resolved = yaml.safe_load((exp / "config.resolved.yaml").read_text())
+    assert resolved["experiment"] == EXPERIMENT
+    report = json.loads((project / "data" / "reports" / "synthetic.json").read_text())
+    assert report["clips"] > 0
+    assert (
+        project / "results" / EXPERIMENT / "pretrain" / "tiny-ast" / "pretrained" / "config.json"
+    ).is_file()
+    # Every job left a log.
+    assert list((exp / "logs" / "train").rglob("*.log"))
+
+
+def test_second_run_does_nothing(project: Path) -> None:
+    result = snakemake(project, "--dry-run")
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_self_contained_report(project: Path) -> None:
+    snakemake(project, "--report", "report.html")
+    html = (project / "report.html").read_text(errors="replace")
+    assert "accuracy_vs_params" in html
+    # Works offline: no script or stylesheet is loaded from the network.
+    assert not re.search(r"<script[^>]+src=[\"']https?://", html)
+    assert not re.search(r"<link[^>]+href=[\"']https?://[^\"']+\.css", html)
+
+
+def _edit_preset(project: Path, change: dict) -> None:
+    path = project / "config" / "experiments" / f"{EXPERIMENT}.yaml"
+    preset = yaml.safe_load(path.read_text())
+
+    def merge(base: dict, extra: dict) -> None:
+        for key, value in extra.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                merge(base[key], value)
+            else:
+                base[key] = value
+
+    merge(preset, change)
+    path.write_text(yaml.safe_dump(preset, sort_keys=False))
+
+
+def test_training_only_change_never_rebuilds_the_cache(project: Path) -> None:
+    original = (project / "config" / "experiments" / f"{EXPERIMENT}.yaml").read_text()
+    try:
+        _edit_preset(project, {"training": {"label_smoothing": 0.05}})
+        counts = job_counts(snakemake(project, "--dry-run").stdout)
+        assert counts.get("train") == len(run_dirs(project))
+        assert "cache" not in counts and "fetch" not in counts
+    finally:
+        (project / "config" / "experiments" / f"{EXPERIMENT}.yaml").write_text(original)
+    assert "Nothing to be done" in snakemake(project, "--dry-run").stdout
+
+
+def test_one_strategy_change_reruns_only_that_strategy(project: Path) -> None:
+    runs = run_dirs(project)
+    before = {r: (r / "metrics.json").stat().st_mtime_ns for r in runs}
+    _edit_preset(project, {"strategies": {"lora": {"lr": 0.004}}})
+    counts = job_counts(snakemake(project, "--dry-run").stdout)
+    lora_runs = [r for r in runs if r.parts[-3] == "lora"]
+    assert counts.get("train") == len(lora_runs)
+    assert counts.get("evaluate") == len(lora_runs)
+    assert "pretrain" not in counts and "cache" not in counts
+    snakemake(project, "--cores", "2")
+    for run in runs:
+        changed = (run / "metrics.json").stat().st_mtime_ns != before[run]
+        assert changed == (run in lora_runs), run
+    lr = json.loads((lora_runs[0] / "run.json").read_text())["config"]["strategies"]["lora"]["lr"]
+    assert lr == 0.004
+    assert "Nothing to be done" in snakemake(project, "--dry-run").stdout

@@ -18,6 +18,8 @@ from audiopetl.errors import TrainingError
 from audiopetl.models import adapt_position_embeddings, build_model, grid_shape
 from audiopetl.paths import cache_path
 
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
+
 ARCH = {
     "hidden_size": 32,
     "num_hidden_layers": 2,

@@ -25,6 +25,8 @@ from audiopetl.errors import TrainingError
 from audiopetl.models import build_model
 from audiopetl.strategies import LinearProbe, count_parameters, get_strategy
 
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
+
 LAYERS = 3
 ARCH = {
     "hidden_size": 32,

@@ -225,7 +225,8 @@ def start_cli(
         cmd = [sys.executable, "-m", "audiopetl", *map(str, args)]
     else:
         cmd = [sys.executable, "-c", SLOW_CLI, str(delay), *map(str, args)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # One OpenMP thread outside training too: several of these run side by side on few cores.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     with open(stdout, "wb") as out_f, open(stderr, "wb") as err_f:
         popen = subprocess.Popen(cmd, cwd=cwd, stdout=out_f, stderr=err_f, env=env)
     return Proc(popen, stdout, stderr)
@@ -260,3 +261,123 @@ def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
 
 def weights_differ(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return any(not torch.equal(a[n], b[n]) for n in a)
+
+
+# -- uninterrupted and interrupted runs in subprocesses, shared by the determinism and resume
+# tests. Eight epochs so an interrupted run has time to be interrupted; SpecAugment and mixup
+# so the random number generators' states matter.
+LONG_RUN = (
+    "training.epochs=8",
+    "training.specaugment.freq_mask=8",
+    "training.specaugment.time_mask=8",
+    "training.mixup_alpha=0.4",
+)
+STEP_DELAY = 0.1  # seconds before each step of an interrupted run (3 steps an epoch)
+
+
+@dataclass
+class Interrupted:
+    """A run stopped part-way (``how``), then run again with the same command."""
+
+    how: str
+    strategy: str
+    out: Path
+    first_code: int  # exit status of the interrupted process
+    state_after_stop: bool  # the resume state existed after it ended
+    run_dir_after_stop: bool  # a run folder existed after it ended
+    stopped_at: dict[str, int] | None  # epoch/batch_pos/global_step in the saved state
+    second_code: int
+    second_err: str
+
+
+@dataclass
+class SubprocessRuns:
+    reference: dict[str, Path]  # strategy -> an uninterrupted run (seed 0)
+    lora_twin: Path  # a second uninterrupted lora run, same seed, another process
+    interrupted: dict[str, Interrupted]  # "SIGKILL" | "SIGTERM" | "SIGUSR1"
+
+
+_RUNS: SubprocessRuns | None = None
+
+
+def _stopped_at(state_file: Path) -> dict[str, int] | None:
+    from audiopetl.checkpoint import load_state
+
+    if not state_file.is_file():
+        return None
+    train = load_state(state_file)["train"]
+    return {k: int(train[k]) for k in ("epoch", "batch_pos", "global_step")}
+
+
+def make_subprocess_runs(root: Path, work: Path) -> SubprocessRuns:
+    import signal
+
+    logs = work / "logs"
+    plain = {
+        "lora": ("lora", work / "lora-a"),
+        "lora-twin": ("lora", work / "lora-b"),
+        "full": ("full", work / "full-a"),
+    }
+    stops = {"SIGKILL": "lora", "SIGTERM": "lora", "SIGUSR1": "full"}
+    procs = {
+        name: start_cli(train_args(strategy, out, *LONG_RUN), root, logs, name)
+        for name, (strategy, out) in plain.items()
+    }
+    slow = {
+        how: start_cli(
+            train_args(strategy, work / f"stop-{how}", *LONG_RUN),
+            root,
+            logs,
+            f"stop-{how}",
+            delay=STEP_DELAY,
+        )
+        for how, strategy in stops.items()
+    }
+    # Interrupt each slow run once its first epoch's resume state exists.
+    pending = dict(slow)
+    while pending:
+        for how, proc in list(pending.items()):
+            out = work / f"stop-{how}"
+            if resume_state_file(out).exists():
+                proc.popen.send_signal(getattr(signal, how))
+                del pending[how]
+            elif proc.popen.poll() is not None:
+                raise AssertionError(f"{how}: ended before it could be interrupted:\n{proc.err}")
+        time.sleep(0.02)
+    first: dict[str, tuple[int, bool, bool, dict[str, int] | None]] = {}
+    for how, proc in slow.items():
+        code = proc.wait()
+        out = work / f"stop-{how}"
+        state = resume_state_file(out)
+        first[how] = (code, state.is_file(), out.exists(), _stopped_at(state))
+    again = {
+        how: start_cli(
+            train_args(stops[how], work / f"stop-{how}", *LONG_RUN), root, logs, f"again-{how}"
+        )
+        for how in stops
+    }
+    for name, proc in procs.items():
+        assert proc.wait() == 0, f"{name}: {proc.err}"
+    interrupted = {}
+    for how, proc in again.items():
+        code = proc.wait()
+        interrupted[how] = Interrupted(
+            how, stops[how], work / f"stop-{how}", *first[how], code, proc.err
+        )
+    return SubprocessRuns(
+        reference={"lora": plain["lora"][1], "full": plain["full"][1]},
+        lora_twin=plain["lora-twin"][1],
+        interrupted=interrupted,
+    )
+
+
+@pytest.fixture(scope="session")
+def subprocess_runs(
+    quick_project: QuickProject, tmp_path_factory: pytest.TempPathFactory
+) -> SubprocessRuns:
+    """Three uninterrupted runs and three interrupted-and-resumed ones, each in its own
+    process, started side by side; built once per session."""
+    global _RUNS
+    if _RUNS is None:
+        _RUNS = make_subprocess_runs(quick_project.root, tmp_path_factory.mktemp("procs"))
+    return _RUNS

@@ -12,7 +12,7 @@ import hashlib
 import json
 import platform
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,11 +140,19 @@ def build_cache(
         )
         try:
             positions = {cid: i for i, cid in enumerate(manifest["clip_id"])}
-            for batch in _batches(manifest, int(cache_cfg["batch_size"])):
-                items = [
-                    (positions[c], p) for c, p in zip(batch["clip_id"], batch["path"], strict=True)
+
+            def submit(batch: pd.DataFrame) -> list[Future]:
+                return [
+                    pool.submit(load, (positions[c], p))
+                    for c, p in zip(batch["clip_id"], batch["path"], strict=True)
                 ]
-                loaded = list(pool.map(load, items))
+
+            batches = list(_batches(manifest, int(cache_cfg["batch_size"])))
+            pending_loads = submit(batches[0]) if batches else []
+            for k, batch in enumerate(batches):
+                loaded = [f.result() for f in pending_loads]
+                # Decode the next batch while this one's features are computed.
+                pending_loads = submit(batches[k + 1]) if k + 1 < len(batches) else []
                 good = [i for i, w in enumerate(loaded) if not isinstance(w, DataError)]
                 for i, w in enumerate(loaded):
                     if isinstance(w, DataError):

@@ -80,6 +80,7 @@ class LogMelExtractor:
         self._banks = torch.from_numpy(banks).T.contiguous()  # (n_fft/2+1, bins)
         # Kaldi's "hanning" is the symmetric Hann window (periodic=False).
         self._hann = torch.hann_window(self.window, periodic=False, dtype=torch.float32)
+        self._hann_fft = torch.fft.rfft(self._hann, n=self.n_fft)
 
     @property
     def max_samples(self) -> int:
@@ -91,13 +92,24 @@ class LogMelExtractor:
         return 0 if num_samples < self.window else 1 + (num_samples - self.window) // self.shift
 
     def log_mel(self, batch: torch.Tensor) -> torch.Tensor:
-        """Unnormalised log-mel energies for a padded batch (B, samples) -> (B, frames, bins)."""
-        frames = batch.unfold(-1, self.window, self.shift)  # (B, T, window)
-        frames = frames - frames.mean(dim=-1, keepdim=True)
-        # Pre-emphasis uses the frame's own first sample as its predecessor (Kaldi).
-        previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)
-        frames = (frames - self.preemphasis * previous) * self._hann
-        spectrum = torch.fft.rfft(frames, n=self.n_fft)
+        """Unnormalised log-mel energies for a padded batch (B, samples) -> (B, frames, bins).
+
+        Kaldi removes each frame's mean, then pre-emphasises within the frame, then windows.
+        Done literally that is five passes over (B, frames, window); here the pre-emphasis runs
+        once on the whole signal (a frame's own first sample only differs at index 0, where
+        the symmetric Hann window is zero anyway) and the mean removal moves after the FFT
+        (subtracting a scaled FFT of the window). Same result, about twice as fast.
+        """
+        c = self.preemphasis
+        emphasised = batch.clone()
+        emphasised[:, 1:] -= c * batch[:, :-1]
+        frames = emphasised.unfold(-1, self.window, self.shift)  # a view: (B, T, window)
+        spectrum = torch.fft.rfft(frames * self._hann, n=self.n_fft)
+        # Frame means from a float64 running sum: exact enough, and no pass over the frames.
+        csum = torch.nn.functional.pad(batch.double().cumsum(dim=-1), (1, 0))
+        starts = torch.arange(frames.shape[1]) * self.shift
+        means = (csum[:, starts + self.window] - csum[:, starts]) / self.window
+        spectrum -= ((1.0 - c) * means).to(torch.float32).unsqueeze(-1) * self._hann_fft
         power = spectrum.real.square() + spectrum.imag.square()
         energies = power @ self._banks
         return energies.clamp_min(_LOG_FLOOR).log()

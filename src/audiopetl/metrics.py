@@ -11,7 +11,9 @@ from sklearn import metrics as skm
 
 def equal_error_rate(labels: np.ndarray, scores: np.ndarray) -> float:
     """The operating point where false accepts equal false rejects (binary tasks)."""
-    fpr, tpr, _ = skm.roc_curve(labels, scores)
+    # Every threshold: the default drop_intermediate=True can drop the very point where the
+    # two rates cross (then the "EER" is read off a neighbouring corner of the curve).
+    fpr, tpr, _ = skm.roc_curve(labels, scores, drop_intermediate=False)
     fnr = 1.0 - tpr
     i = int(np.nanargmin(np.abs(fnr - fpr)))
     return float((fpr[i] + fnr[i]) / 2.0)

@@ -20,7 +20,11 @@ from audiopetl import __version__
 LOCK_FILES = {"modern": "envs/modern.lock.txt", "legacy": "envs/legacy.lock.txt"}
 
 
-def git_state(cwd: Path | None = None) -> dict[str, Any]:
+# The code's own checkout (an editable install), not whatever folder the run started in.
+CODE_DIR = Path(__file__).resolve().parent
+
+
+def git_state(cwd: Path | None = CODE_DIR) -> dict[str, Any]:
     def run(*args: str) -> str | None:
         try:
             out = subprocess.run(
@@ -43,8 +47,18 @@ def environment_name() -> str:
     return "legacy" if torch.__version__.startswith("1.") else "modern"
 
 
-def lock_hash(name: str, root: Path = Path(".")) -> str | None:
-    path = root / LOCK_FILES.get(name, "")
+def project_root() -> Path:
+    """The checkout audiopetl runs from; the current folder for a non-editable install."""
+    for folder in CODE_DIR.parents:
+        if (folder / "pyproject.toml").is_file() and (folder / "envs").is_dir():
+            return folder
+    return Path.cwd()
+
+
+def lock_hash(name: str, root: Path | None = None) -> str | None:
+    if name not in LOCK_FILES:
+        return None
+    path = (root or project_root()) / LOCK_FILES[name]
     if not path.is_file():
         return None
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]

@@ -515,7 +515,7 @@ class Trainer:
             "best_epoch": state.best_epoch,
             "epochs_run": state.epoch,
             "selected_by": (
-                f"val {self.settings['select_metric']}"
+                f"val_{self.settings['select_metric']}"
                 if self.val is not None
                 else "last epoch (train_test split)"
             ),

@@ -29,7 +29,8 @@ STUDY = CFG["study"]
 LOGS = f"{RESULTS}/{EXPERIMENT}/logs"
 # Every CLI call names the same configuration the workflow resolved.
 CLI_CONFIG = f"--config {CONFIG_FILE} --experiment {EXPERIMENT} --quiet"
-ENV = "../envs/modern.yaml"
+# The conda environment of every rule, chosen in the config (used with --sdm conda).
+ENV = f"../envs/{CFG['env']}.yaml"
 
 
 wildcard_constraints:

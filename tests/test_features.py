@@ -142,13 +142,18 @@ def ast_reference(waves: list[np.ndarray], settings: dict) -> np.ndarray:
     with warnings.catch_warnings():
         # The numpy fallback's mel banks: "At least one mel filter has all zero values".
         warnings.simplefilter("ignore", UserWarning)
-        extractor = ASTFeatureExtractor(
-            sampling_rate=settings["sample_rate"],
-            num_mel_bins=settings["num_mel_bins"],
-            max_length=settings["target_length"],
-            mean=settings["mean"],
-            std=settings["std"],
-        )
+        try:
+            extractor = ASTFeatureExtractor(
+                sampling_rate=settings["sample_rate"],
+                num_mel_bins=settings["num_mel_bins"],
+                max_length=settings["target_length"],
+                mean=settings["mean"],
+                std=settings["std"],
+            )
+        except ImportError as err:
+            # transformers 4.28 has no numpy fallback: without torchaudio (no cp311 wheel of
+            # torchaudio 0.13.1 for the legacy venv) the reference cannot be computed there.
+            pytest.skip(f"ASTFeatureExtractor unavailable here: {str(err).strip()[:120]}")
         return extractor(waves, sampling_rate=settings["sample_rate"], return_tensors="np")[
             "input_values"
         ]

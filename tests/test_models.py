@@ -12,6 +12,7 @@ import torch
 from training_helpers import in_quick_project, quick_project, restore_torch_globals  # noqa: F401
 from transformers import ASTForAudioClassification
 
+from audiopetl import compat
 from audiopetl.cache import read_metadata
 from audiopetl.config import load_config, model_config
 from audiopetl.errors import TrainingError
@@ -68,7 +69,7 @@ def test_random_init_from_architecture(restore_torch_globals: None) -> None:  # 
     cfg = model.config
     assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size) == (32, 2, 64)
     assert (cfg.max_length, cfg.num_mel_bins, cfg.num_labels) == (64, MEL, 7)
-    assert len(model.audio_spectrogram_transformer.layers) == 2
+    assert len(compat.module_layout().modules_for(model, "q")) == 2
     emb = model.audio_spectrogram_transformer.embeddings
     # transformers zero-initialises these three; a model trained from scratch must not start
     # without positional information (the reference study's defect 1).
@@ -187,6 +188,9 @@ def test_new_head_is_sized_for_the_dataset_and_initialised(
     assert built.config.num_labels == 4
 
 
+@pytest.mark.skipif(
+    compat.TRANSFORMERS_VERSION < (4, 36), reason="transformers < 4.36 has eager attention only"
+)
 def test_eager_and_sdpa_agree(donor: tuple[Path, torch.Tensor]) -> None:
     folder, _ = donor
     torch.manual_seed(3)
@@ -212,6 +216,7 @@ def test_models_do_not_share_or_mutate_their_config() -> None:
     assert cfg == {**before, "attn_implementation": "sdpa"}
     assert first.config is not second.config
     # Building the second model changed nothing of the first.
-    assert first.config._attn_implementation == "eager"
+    if compat.TRANSFORMERS_VERSION >= (4, 36):  # before, there is no attention choice
+        assert first.config._attn_implementation == "eager"
     assert (first.config.max_length, first.config.num_labels) == (64, 3)
     assert (second.config.max_length, second.config.num_labels) == (128, 6)

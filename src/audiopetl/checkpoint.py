@@ -7,6 +7,7 @@ weights so far. Restored, a run continues bitwise identically to one never inter
 
 from __future__ import annotations
 
+import json
 import pickle
 import random
 from pathlib import Path
@@ -19,7 +20,7 @@ from audiopetl import compat
 from audiopetl.atomic import atomic_path
 from audiopetl.errors import TrainingError
 
-FORMAT = 1
+FORMAT = 2
 STATE_FILE = "state.pt"
 
 
@@ -47,10 +48,50 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _encode(value: Any, tensors: list[torch.Tensor]) -> Any:
+    """JSON-able skeleton of ``value`` with tensors replaced by their index in ``tensors``.
+
+    Why not torch.save the nested state directly: torch 1.13's weights_only loader refuses
+    pickled floats (opcode BINFLOAT), and optimizer and history state are full of them. A JSON
+    string plus a flat list of tensors loads safely on every torch we support. Tuples and dicts
+    with non-string keys (the optimizer's parameter indices) keep their types.
+    """
+    if isinstance(value, torch.Tensor):
+        tensors.append(value)
+        return {"__tensor__": len(tensors) - 1}
+    if isinstance(value, tuple):
+        return {"__tuple__": [_encode(v, tensors) for v in value]}
+    if isinstance(value, list):
+        return [_encode(v, tensors) for v in value]
+    if isinstance(value, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in value):
+            return {k: _encode(v, tensors) for k, v in value.items()}
+        return {"__items__": [[_encode(k, tensors), _encode(v, tensors)] for k, v in value.items()]}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"cannot store {type(value).__name__} in a resume checkpoint")
+
+
+def _decode(value: Any, tensors: list[torch.Tensor]) -> Any:
+    if isinstance(value, list):
+        return [_decode(v, tensors) for v in value]
+    if isinstance(value, dict):
+        if "__tensor__" in value:
+            return tensors[value["__tensor__"]]
+        if "__tuple__" in value:
+            return tuple(_decode(v, tensors) for v in value["__tuple__"])
+        if "__items__" in value:
+            return {_decode(k, tensors): _decode(v, tensors) for k, v in value["__items__"]}
+        return {k: _decode(v, tensors) for k, v in value.items()}
+    return value
+
+
 def save_state(folder: Path, state: dict[str, Any]) -> Path:
     target = folder / STATE_FILE
+    tensors: list[torch.Tensor] = []
+    skeleton = json.dumps(_encode(state, tensors))
     with atomic_path(target, ".pt") as tmp:
-        torch.save({"format": FORMAT, **state}, str(tmp))
+        torch.save({"format": FORMAT, "skeleton": skeleton, "tensors": tensors}, str(tmp))
     return target
 
 
@@ -67,4 +108,4 @@ def load_state(path: Path) -> dict[str, Any]:
         raise TrainingError(f"{path}: unreadable checkpoint: {err}") from err
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise TrainingError(f"{path}: not an audiopetl resume checkpoint of format {FORMAT}")
-    return state
+    return _decode(json.loads(state["skeleton"]), state["tensors"])

@@ -150,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     from audiopetl import cli_train
 
     cli_train.register(add)
+    from audiopetl import doctor
+
+    doctor.register(add)
     return parser
 
 

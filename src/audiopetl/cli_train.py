@@ -91,6 +91,24 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare_envs(args: argparse.Namespace) -> int:
+    from audiopetl.report.compare import ACCURACY_ATOL, FIRST_LOSS_RTOL, compare, write_comparison
+
+    settings = {
+        "first_loss_rtol": FIRST_LOSS_RTOL
+        if args.first_loss_rtol is None
+        else args.first_loss_rtol,
+        "accuracy_atol": ACCURACY_ATOL if args.accuracy_atol is None else args.accuracy_atol,
+    }
+    result = compare(Path(args.results_a), Path(args.results_b), **settings)
+    write_comparison(result, Path(args.out), settings)
+    print(
+        f"{args.out}: {'PASS' if result.passed else 'FAIL'} "
+        f"({len(result.runs)} runs, {' vs '.join(result.environments)})"
+    )
+    return 0 if result.passed else 1
+
+
 def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     p = add("train", cmd_train, "train one run: dataset x model x strategy x fold x seed")
     p.add_argument("--dataset", required=True)
@@ -115,6 +133,18 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
 
     p = add("report", cmd_report, "summary, tables and thesis figures of the study")
     p.add_argument("--out", help="folder (default: results/EXPERIMENT)")
+
+    p = add(
+        "compare-envs",
+        cmd_compare_envs,
+        "compare an experiment's results from two "
+        "environments (e.g. modern vs legacy) and write a report",
+    )
+    p.add_argument("results_a", help="results/EXPERIMENT of the first environment")
+    p.add_argument("results_b", help="results/EXPERIMENT of the second environment")
+    p.add_argument("--out", required=True, help="Markdown report (a .json twin is written)")
+    p.add_argument("--first-loss-rtol", type=float, help="default: 1e-3 (see report/compare.py)")
+    p.add_argument("--accuracy-atol", type=float, help="default: 0.10 (see report/compare.py)")
 
     p = add("evaluate", cmd_evaluate, "score a finished run folder again from its files")
     p.add_argument("run_dir")

@@ -7,6 +7,7 @@ versions it concerns, so that dropping a version means deleting its branch here.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 import torch
 import transformers
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 TORCH_VERSION = tuple(int(x) for x in re.findall(r"\d+", torch.__version__)[:2])
 TRANSFORMERS_VERSION = tuple(int(x) for x in re.findall(r"\d+", transformers.__version__)[:2])
@@ -73,35 +76,46 @@ def module_layout() -> ModuleLayout:
     return LAYOUT_V5 if TRANSFORMERS_VERSION >= (5, 0) else LAYOUT_V4
 
 
-def ast_from_config(config: Any, attn_implementation: str) -> nn.Module:
-    """A randomly initialised ASTForAudioClassification.
+def attention_implementation(requested: str) -> str:
+    """The attention a model will really use.
 
-    ``attn_implementation`` exists from transformers 4.36; 4.28 has eager attention only, and
-    asking it for sdpa is refused rather than ignored.
+    transformers < 4.36 (the legacy 4.28) has eager attention only. Eager and sdpa compute the
+    same function (logits differ by < 1e-6), so sdpa falls back to eager there with a warning
+    instead of making every config environment-specific; run.json records what ran.
     """
+    if requested == "eager" or TRANSFORMERS_VERSION >= (4, 36):
+        return requested
+    log.warning(
+        "attn_implementation %r needs transformers >= 4.36 (installed %s): using eager",
+        requested,
+        transformers.__version__,
+    )
+    return "eager"
+
+
+def ast_from_config(config: Any, attn_implementation: str) -> nn.Module:
+    """A randomly initialised ASTForAudioClassification."""
     from transformers import ASTForAudioClassification
 
+    attn = attention_implementation(attn_implementation)
     if TRANSFORMERS_VERSION >= (4, 36):
-        return ASTForAudioClassification._from_config(
-            config, attn_implementation=attn_implementation
-        )
-    if attn_implementation != "eager":
-        raise ValueError(
-            f"attn_implementation {attn_implementation!r} needs transformers >= 4.36 "
-            f"(installed: {transformers.__version__}); use eager"
-        )
+        return ASTForAudioClassification._from_config(config, attn_implementation=attn)
     return ASTForAudioClassification(config)
 
 
 def ast_from_pretrained(source: str, attn_implementation: str) -> nn.Module:
     from transformers import ASTForAudioClassification
 
+    attn = attention_implementation(attn_implementation)
     kwargs: dict[str, Any] = {}
     if TRANSFORMERS_VERSION >= (4, 36):
-        kwargs["attn_implementation"] = attn_implementation
-    elif attn_implementation != "eager":
-        raise ValueError(f"attn_implementation {attn_implementation!r} needs transformers >= 4.36")
+        kwargs["attn_implementation"] = attn
     return ASTForAudioClassification.from_pretrained(source, **kwargs)
+
+
+def save_pretrained(model: nn.Module, folder: Path | str) -> None:
+    """Weights as safetensors: the default only from transformers 4.35 (before, a pickle)."""
+    model.save_pretrained(str(folder), safe_serialization=True)
 
 
 def safe_torch_load(path: Path | str) -> Any:
@@ -142,12 +156,37 @@ def reset_lora(module: nn.Module, adapter: str = "default") -> None:
     nn.init.zeros_(lora_b.weight)
 
 
-def sdpa_available() -> bool:
-    return TORCH_VERSION >= (2, 0) and TRANSFORMERS_VERSION >= (4, 36)
-
-
 def grad_scaler(enabled: bool) -> Any:
     """fp16 loss scaling; ``torch.amp.GradScaler`` replaced ``torch.cuda.amp`` in torch 2.3."""
     if TORCH_VERSION >= (2, 3):
         return torch.amp.GradScaler("cuda", enabled=enabled)
     return torch.cuda.amp.GradScaler(enabled=enabled)
+
+
+def save_peft_adapter(model: Any, folder: Path | str) -> None:
+    """peft's own adapter format (adapter_config.json + adapter_model.safetensors).
+
+    peft < 0.4 (the legacy 0.3) can only pickle the adapter; there we write the same
+    safetensors file ourselves from peft's own state dict, so no environment stores a pickle.
+    """
+    import inspect
+
+    if "safe_serialization" in inspect.signature(model.save_pretrained).parameters:
+        model.save_pretrained(str(folder), safe_serialization=True)
+        return
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in get_peft_model_state_dict(model).items()}
+    save_file(state, str(folder / "adapter_model.safetensors"))
+    model.peft_config["default"].save_pretrained(str(folder))
+
+
+def freeze_saved_module_originals(model: nn.Module) -> None:
+    """peft 0.3 leaves the original of a ``modules_to_save`` module trainable beside its copy
+    (later releases freeze it): it gets no gradient, but it would be counted as trained."""
+    for name, param in model.named_parameters():
+        if ".original_module." in name:
+            param.requires_grad_(False)

@@ -177,6 +177,7 @@ class LoRA(Strategy):
             modules_to_save=list(self.layout.head),
         )
         wrapped = get_peft_model(model, config)
+        compat.freeze_saved_module_originals(wrapped)
         for module in wrapped.modules():
             if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
                 compat.reset_lora(module)
@@ -185,4 +186,4 @@ class LoRA(Strategy):
     def save(self, model: nn.Module, folder: Path) -> None:
         super().save(model, folder)
         # The adapter in peft's own format too, for users who load it with peft directly.
-        model.save_pretrained(str(folder / "adapter"))
+        compat.save_peft_adapter(model, folder / "adapter")

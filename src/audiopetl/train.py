@@ -680,7 +680,7 @@ def pretrain(cfg: Mapping[str, Any], model: str, out: Path, progress: bool = Fal
     )
 
     def save_pretrained(folder: Path, trained: nn.Module) -> None:
-        trained.save_pretrained(str(folder / PRETRAINED_SUBDIR))
+        compat.save_pretrained(trained, folder / PRETRAINED_SUBDIR)
 
     run_trainer(source_cfg, spec, progress, overrides, save_pretrained)
     return out / PRETRAINED_SUBDIR

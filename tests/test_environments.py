@@ -1,0 +1,113 @@
+"""The two pinned environments: the legacy stack (torch 1.13.1 + transformers 4.28.1) runs the
+unit tests and the quick preset, and its results agree with the modern stack's.
+
+The legacy venv is built by `bash envs/install.sh legacy` (CI does). Without it these tests
+skip, unless AUDIOPETL_REQUIRE_LEGACY=1 (set by .ci/run), where its absence is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LEGACY_BIN = ROOT / ".venv-legacy" / "bin"
+PROJECT_FILES = ["Snakefile", "rules", "config", "workflow", "envs"]
+EXPERIMENT = "quick"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def legacy_bin() -> Path:
+    if not (LEGACY_BIN / "python").is_file():
+        message = "no legacy environment: run `bash envs/install.sh legacy`"
+        if os.environ.get("AUDIOPETL_REQUIRE_LEGACY") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return LEGACY_BIN
+
+
+def env_for(bin_dir: Path, name: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "VIRTUAL_ENV"))}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    env["AUDIOPETL_ENV"] = name
+    return env
+
+
+def test_legacy_stack_is_what_it_claims(legacy_bin: Path) -> None:
+    probe = (
+        "import json, torch, transformers, peft, numpy; print(json.dumps({'torch': "
+        "torch.__version__, 'transformers': transformers.__version__, 'peft': peft.__version__,"
+        " 'numpy': numpy.__version__}))"
+    )
+    out = subprocess.run([legacy_bin / "python", "-c", probe], capture_output=True, text=True,
+                         check=True)
+    versions = json.loads(out.stdout)
+    assert versions["torch"].startswith("1.13.1")
+    assert versions["transformers"] == "4.28.1"
+    assert versions["numpy"].startswith("1.")
+
+
+def test_unit_tests_pass_in_the_legacy_environment(legacy_bin: Path) -> None:
+    result = subprocess.run(
+        [legacy_bin / "python", "-m", "pytest", "-q", "-m", "not slow", "-p", "no:cacheprovider",
+         "tests"],
+        cwd=ROOT, env=env_for(legacy_bin, "legacy"), capture_output=True, text=True,
+        timeout=1800,
+    )
+    tail = "\n".join((result.stdout + result.stderr).splitlines()[-40:])
+    assert result.returncode == 0, tail
+    assert " passed" in tail
+
+
+def run_quick(bin_dir: Path, name: str, folder: Path) -> Path:
+    for item in PROJECT_FILES:
+        source = ROOT / item
+        if source.is_dir():
+            shutil.copytree(source, folder / item)
+        else:
+            shutil.copy2(source, folder / item)
+    result = subprocess.run(
+        [bin_dir / "python", "-m", "snakemake", "--cores", "1", "--config",
+         f"experiment={EXPERIMENT}"],
+        cwd=folder, env=env_for(bin_dir, name), capture_output=True, text=True, timeout=1800,
+    )
+    assert result.returncode == 0, f"{name}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return folder / "results" / EXPERIMENT
+
+
+def test_quick_preset_agrees_across_environments(
+    legacy_bin: Path, tmp_path: Path
+) -> None:
+    modern_bin = Path(sys.executable).parent
+    (tmp_path / "modern").mkdir()
+    (tmp_path / "legacy").mkdir()
+    # Side by side, one core each: the two studies are independent.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        modern = pool.submit(run_quick, modern_bin, "modern", tmp_path / "modern")
+        legacy = pool.submit(run_quick, legacy_bin, "legacy", tmp_path / "legacy")
+        results_modern, results_legacy = modern.result(), legacy.result()
+    for results, name in ((results_modern, "modern"), (results_legacy, "legacy")):
+        run_json = next(results.rglob("run.json"))
+        assert json.loads(run_json.read_text())["environment"]["name"] == name
+    # The report is kept under results/ of the checkout, where CI and people find it.
+    report = ROOT / "results" / "env-comparison" / f"{EXPERIMENT}.md"
+    result = subprocess.run(
+        [modern_bin / "audiopetl", "compare-envs", results_modern, results_legacy,
+         "--out", report],
+        capture_output=True, text=True,
+    )
+    print(report.read_text())
+    assert result.returncode == 0, result.stdout + result.stderr
+    verdict = json.loads(report.with_suffix(".json").read_text())
+    assert verdict["passed"] is True
+    assert verdict["environments"] == ["modern", "legacy"]
+    assert len(verdict["runs"]) == 6  # 3 strategies x 2 folds of the quick preset

@@ -10,6 +10,7 @@ from snakemake.utils import validate
 from audiopetl import config as apconfig
 from audiopetl import features as apfeatures
 from audiopetl import hub as aphub
+from audiopetl import plan as applan
 from audiopetl.report.build import expected_outputs
 
 ALLOWED_CONFIG_KEYS = {"experiment", "config_file"}
@@ -99,8 +100,15 @@ def data_reports():
 
 
 def resources_of(kind):
-    res = CFG["resources"][kind]
-    out = {"mem_mb": res["mem_mb"], "runtime": res["runtime"]}
-    if res.get("gpu"):
-        out["gpu"] = res["gpu"]
-    return out
+    """What a job of `kind` asks a scheduler for: config `resources`, a training job's model
+    overriding it under `resources.models`, in the names the SLURM executor plugin reads
+    (None: not asked for). `audiopetl plan` shows the same."""
+
+    def resource(name):
+        def value(wildcards, threads):
+            settings = applan.job_resources(CFG, kind, wildcards.get("model"))
+            return applan.snakemake_resources(settings, threads)[name]
+
+        return value
+
+    return {name: resource(name) for name in applan.RESOURCE_NAMES}

@@ -19,4 +19,5 @@ rule evaluate:
         cli=CLI_CONFIG,
         run=lambda wc, input: os.path.dirname(input.metrics),
     shell:
-        "audiopetl evaluate {params.run} {params.cli} --out {output.evaluation} > {log} 2>&1"
+        "HF_HUB_OFFLINE=1 audiopetl evaluate {params.run} {params.cli}"
+        " --out {output.evaluation} > {log} 2>&1"

@@ -1,4 +1,7 @@
 # Report: summary over folds and seeds, thesis tables and figures, and the resolved config.
+# It also writes flat views for DVC (metrics.json, plots/*.csv): declared, not in the report.
+
+from audiopetl.report.dvc_views import dvc_view_outputs
 
 
 rule report:
@@ -12,6 +15,7 @@ rule report:
             caption="../workflow/report/config.rst",
             category="Configuration",
         ),
+        dvc_views=[str(p) for p in dvc_view_outputs(CFG, f"{RESULTS}/{EXPERIMENT}")],
     log:
         f"{LOGS}/report.log",
     conda:

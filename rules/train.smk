@@ -1,6 +1,12 @@
 # Training: the source-task pretraining of the default, then one job per
 # dataset x model x strategy x fold x seed. A job resumes from its resume folder (beside the
 # run folder, so Snakemake's cleanup of incomplete outputs does not remove it).
+#
+# On SLURM a training job asks for SIGTERM before its time limit (resources.train.
+# signal_before_s); `exec` makes audiopetl itself the process that gets it (a shell in between
+# would die at once), so it saves, exits 75 and the profile's retries resume it. Training jobs
+# run offline (HF_HUB_OFFLINE=1): compute nodes often have no internet, so a checkpoint that is
+# not mirrored yet fails at once with what to run instead of hanging on a download.
 
 
 rule pretrain:
@@ -30,8 +36,8 @@ rule pretrain:
             }
         ),
     shell:
-        "audiopetl pretrain --model {wildcards.model} {params.cli} --out {params.out}"
-        " > {log} 2>&1"
+        "HF_HUB_OFFLINE=1 exec audiopetl pretrain --model {wildcards.model} {params.cli}"
+        " --out {params.out} > {log} 2>&1"
 
 
 rule train:
@@ -62,6 +68,7 @@ rule train:
             }
         ),
     shell:
-        "audiopetl train {params.cli} --dataset {wildcards.dataset} --model {wildcards.model}"
+        "HF_HUB_OFFLINE=1 exec audiopetl train {params.cli} --dataset {wildcards.dataset}"
+        " --model {wildcards.model}"
         " --strategy {wildcards.strategy} --fold {wildcards.fold} --seed {wildcards.seed}"
         " --out {params.out} > {log} 2>&1"

@@ -21,6 +21,7 @@ from audiopetl.metrics import classification_metrics
 from audiopetl.paths import run_dir
 from audiopetl.report.aggregate import collect_histories, collect_runs, summarize
 from audiopetl.report.build import build_report
+from audiopetl.report.dvc_views import dvc_view_outputs
 from audiopetl.report.figures import best_strategy, learning_curves, thesis_style
 
 CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
@@ -163,7 +164,10 @@ def test_written_paths_are_deterministic(experiment: dict[str, Any]) -> None:
     out = experiment["out"]
     names = [p.relative_to(out).as_posix() for p in experiment["written"]]
     assert names[:5] == ["summary.csv", "summary.json", "table.csv", "table.md", "table.tex"]
-    assert names[5:] == [f"figures/{n}.{fmt}" for n in FIGURES for fmt in ("pdf", "png")]
+    figures = [f"figures/{n}.{fmt}" for n in FIGURES for fmt in ("pdf", "png")]
+    assert names[5 : 5 + len(figures)] == figures
+    dvc_views = dvc_view_outputs(experiment["cfg"], out)
+    assert names[5 + len(figures) :] == [p.relative_to(out).as_posix() for p in dvc_views]
     assert all(p.is_file() for p in experiment["written"])
 
 

@@ -109,6 +109,19 @@ def cmd_compare_envs(args: argparse.Namespace) -> int:
     return 0 if result.passed else 1
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from audiopetl.cli import _config
+    from audiopetl.plan import format_plan, make_plan, profile_retries
+
+    cfg = _config(args)
+    estimates = make_plan(cfg, args.samples_per_s, args.measure)
+    table, warnings = format_plan(cfg, estimates, profile_retries(args.profile), args.profile)
+    print(table)
+    for line in warnings:
+        print(f"WARNING: {line}", file=sys.stderr)
+    return 0
+
+
 def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     p = add("train", cmd_train, "train one run: dataset x model x strategy x fold x seed")
     p.add_argument("--dataset", required=True)
@@ -145,6 +158,32 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--out", required=True, help="Markdown report (a .json twin is written)")
     p.add_argument("--first-loss-rtol", type=float, help="default: 1e-3 (see report/compare.py)")
     p.add_argument("--accuracy-atol", type=float, help="default: 0.10 (see report/compare.py)")
+
+    p = add(
+        "plan",
+        cmd_plan,
+        "the study's training jobs with a runtime estimate each; warns where one will not fit "
+        "the SLURM time limit (resources.train.runtime) of one attempt",
+    )
+    how = p.add_mutually_exclusive_group()
+    how.add_argument(
+        "--samples-per-s",
+        type=float,
+        metavar="X",
+        help="training throughput to assume (e.g. samples_per_s from a run's history.csv)",
+    )
+    how.add_argument(
+        "--measure",
+        action="store_true",
+        help="time a few training steps of each model and strategy on random input on this "
+        "machine's device (run it where training runs, e.g. under srun --gpus=1)",
+    )
+    p.add_argument(
+        "--profile",
+        type=Path,
+        default=Path("workflow/profiles/slurm/config.yaml"),
+        help="the SLURM profile whose retries resume long jobs (default: %(default)s)",
+    )
 
     p = add("evaluate", cmd_evaluate, "score a finished run folder again from its files")
     p.add_argument("run_dir")

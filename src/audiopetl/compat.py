@@ -8,6 +8,7 @@ versions it concerns, so that dropping a version means deleting its branch here.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,18 +143,20 @@ def lora_config(
     )
 
 
-def reset_lora(module: nn.Module, adapter: str = "default") -> None:
-    """Initialise a LoRA layer explicitly: A Kaiming-uniform, B zero (a zero update at start).
+def reset_lora(module: nn.Module, generator: torch.Generator, adapter: str = "default") -> None:
+    """Initialise a LoRA layer explicitly: A Kaiming-uniform (a=sqrt(5), peft's default), B zero,
+    so the update starts at zero. Drawn from ``generator``, not the global RNG, so the same
+    seed gives the same adapter in every environment.
 
     peft's own ``reset_lora_parameters`` signature changed across releases (0.3: adapter name
     only; >= 0.6: plus ``init_lora_weights``); the arithmetic itself never did.
     """
-    import math
-
     lora_a = module.lora_A[adapter]
     lora_b = module.lora_B[adapter]
-    nn.init.kaiming_uniform_(lora_a.weight, a=math.sqrt(5))
-    nn.init.zeros_(lora_b.weight)
+    bound = 1.0 / math.sqrt(lora_a.weight.shape[1])  # kaiming_uniform_ with a=sqrt(5)
+    with torch.no_grad():
+        lora_a.weight.copy_((torch.rand(lora_a.weight.shape, generator=generator) * 2 - 1) * bound)
+        lora_b.weight.zero_()
 
 
 def grad_scaler(enabled: bool) -> Any:
@@ -190,3 +193,34 @@ def freeze_saved_module_originals(model: nn.Module) -> None:
     for name, param in model.named_parameters():
         if ".original_module." in name:
             param.requires_grad_(False)
+
+
+# transformers 4.x parameter names of AST -> the 5.x names, which serve as canonical names.
+_V4_TO_V5 = [
+    (
+        re.compile(r"\.encoder\.layer\.(\d+)\.attention\.attention\.query\."),
+        r".layers.\1.attention.q_proj.",
+    ),
+    (
+        re.compile(r"\.encoder\.layer\.(\d+)\.attention\.attention\.key\."),
+        r".layers.\1.attention.k_proj.",
+    ),
+    (
+        re.compile(r"\.encoder\.layer\.(\d+)\.attention\.attention\.value\."),
+        r".layers.\1.attention.v_proj.",
+    ),
+    (
+        re.compile(r"\.encoder\.layer\.(\d+)\.attention\.output\.dense\."),
+        r".layers.\1.attention.o_proj.",
+    ),
+    (re.compile(r"\.encoder\.layer\.(\d+)\.intermediate\.dense\."), r".layers.\1.mlp.fc1."),
+    (re.compile(r"\.encoder\.layer\.(\d+)\.output\.dense\."), r".layers.\1.mlp.fc2."),
+    (re.compile(r"\.encoder\.layer\.(\d+)\."), r".layers.\1."),
+]
+
+
+def canonical_parameter_name(name: str) -> str:
+    """The same parameter's name whatever the transformers version (the 5.x spelling)."""
+    for pattern, replacement in _V4_TO_V5:
+        name = pattern.sub(replacement, name)
+    return name

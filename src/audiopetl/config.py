@@ -300,6 +300,13 @@ def _check_references(layered: _Layered) -> None:
                         f"{layered.source_of(path)}: {_key_path(path)}: {pretrain[key]!r} is "
                         f"not defined under {section}{_closest(pretrain[key], cfg[section])}"
                     )
+    for model_name in cfg["resources"].get("models") or {}:
+        if model_name not in cfg["models"]:
+            path = ["resources", "models", model_name]
+            problems.append(
+                f"{layered.source_of(path)}: {_key_path(path)}: model {model_name!r} is not "
+                f"defined under models{_closest(model_name, cfg['models'])}"
+            )
     for ds_name in cfg["study"]["datasets"]:
         dataset = cfg["datasets"].get(ds_name)
         if dataset is None:

@@ -2,9 +2,9 @@
 
 Gathering and judging are separate: :func:`gather` looks at this machine and this Python
 (versions, imports tried in subprocesses, GPUs, the CUDA driver, free disk) and returns plain
-:class:`Facts`; :func:`diagnose` judges facts against a configuration and returns
-:class:`Finding`\\ s. The judgement is therefore testable with facts of machines we do not have
-(an H100 beside torch 1.13.1, an old driver), and the gathering is tested on the machine at hand.
+:class:`Facts`; :func:`diagnose` judges facts against a configuration and returns findings.
+The judgement is therefore testable with facts of machines we do not have (an H100 beside
+torch 1.13.1, an old driver), and the gathering is tested on the machine at hand.
 
 Only a trap that would break the configured study is an error (non-zero exit); a risk that
 does not stop it is a warning.
@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -121,6 +122,8 @@ class Facts:
     driver_gpus: list[DriverGpu]
     disks: list[Disk]
     config: str | None = None  # what the study was read from, for the report
+    # What torch said when it found no usable GPU (its CUDA initialisation warning), if anything.
+    torch_cuda_error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -180,6 +183,7 @@ def _torch_facts() -> dict[str, Any]:
         "torch_hip": None,
         "arch_list": [],
         "gpus": [],
+        "torch_cuda_error": None,
     }
     try:
         import torch
@@ -189,8 +193,9 @@ def _torch_facts() -> dict[str, Any]:
     facts["torch"] = torch.__version__
     facts["torch_cuda"] = torch.version.cuda
     facts["torch_hip"] = getattr(torch.version, "hip", None)
+    # GPUs first: torch warns about a failed CUDA initialisation only the first time it tries.
+    facts["gpus"], facts["torch_cuda_error"] = _torch_gpus(torch)
     facts["arch_list"] = _arch_list(torch)
-    facts["gpus"] = _torch_gpus(torch)
     return facts
 
 
@@ -205,9 +210,13 @@ def _arch_list(torch: Any) -> list[str]:
     return archs
 
 
-def _torch_gpus(torch: Any) -> list[Gpu]:
-    if not torch.cuda.is_available():
-        return []
+def _torch_gpus(torch: Any) -> tuple[list[Gpu], str | None]:
+    """The GPUs torch can use, or why it can use none when it says (a warning, not an error)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        available = torch.cuda.is_available()
+    if not available:
+        return [], str(caught[0].message) if caught else None
     gpus = []
     for index in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(index)
@@ -222,7 +231,7 @@ def _torch_gpus(torch: Any) -> list[Gpu]:
                 memory_gb=round(props.total_memory / 2**30, 1),
             )
         )
-    return gpus
+    return gpus, None
 
 
 def _cuda_driver() -> tuple[int | None, list[DriverGpu]]:
@@ -479,11 +488,12 @@ def check_transformers(facts: Facts, needs: StudyNeeds) -> list[Finding]:
         findings.append(
             Finding(
                 "ok",
-                f"transformers {facts.transformers} >= 4.36: nn.init is a no-op while a model "
-                "loads",
-                "Modules added after from_pretrained (a new head, LoRA layers) keep whatever "
-                "memory held unless initialised explicitly; audiopetl initialises them "
-                "itself, so this concerns only code of your own.",
+                f"transformers {facts.transformers} >= 4.36: nn.init does nothing while "
+                "from_pretrained builds a model",
+                "Modules created during loading that the checkpoint lacks (a new head, adapters "
+                "built in a model's __init__) get only transformers' own initialisation, if "
+                "any. audiopetl initialises its head and LoRA layers explicitly; code of your "
+                "own must too.",
             )
         )
     if facts.transformers and version < (4, 36):
@@ -549,17 +559,44 @@ def check_devices(facts: Facts, needs: StudyNeeds) -> list[Finding]:
             )
         if run.precision == "bf16" and _uses_gpu(facts, run):
             findings.extend(_bf16_findings(facts, run))
-    if facts.driver_gpus and not facts.gpus and facts.torch_cuda is None and not facts.torch_error:
-        findings.append(
+    return findings + _unused_gpus(facts, needs)
+
+
+def _unused_gpus(facts: Facts, needs: StudyNeeds) -> list[Finding]:
+    """GPUs the driver reports but torch cannot use: ``auto`` would train on the CPU unasked."""
+    if facts.gpus or not facts.driver_gpus or facts.torch_error:
+        return []
+    if any(run.device == "cuda" for run in needs.runs):
+        return []  # reported as training.device cuda without a GPU
+    count = f"{len(facts.driver_gpus)} GPU{'s' if len(facts.driver_gpus) > 1 else ''}"
+    if facts.torch_cuda is None:
+        # Perhaps deliberate, and the study runs: a warning.
+        return [
             Finding(
                 "warn",
-                f"a CPU build of torch ({facts.torch}) on a machine with "
-                f"{len(facts.driver_gpus)} GPU(s)",
+                f"a CPU build of torch ({facts.torch}) on a machine with {count}",
                 "training.device auto runs on the CPU here",
                 "install a CUDA build of torch (https://pytorch.org/get-started/locally/)",
             )
+        ]
+    if _driver_too_old(facts):
+        return []  # the driver check explains it
+    return [
+        Finding(
+            _break_level(facts, needs),
+            f"torch {facts.torch} cannot use the {count} the driver reports",
+            _why_no_gpu(facts),
+            "check CUDA_VISIBLE_DEVICES and that the GPU is free of other jobs and MIG limits; "
+            "otherwise reinstall torch for this driver",
         )
-    return findings
+    ]
+
+
+def _driver_too_old(facts: Facts) -> bool:
+    """The driver's CUDA major version is older than torch's: torch sees no GPU at all."""
+    if facts.driver_version is None or facts.torch_cuda is None:
+        return False
+    return version_tuple(facts.torch_cuda)[:1] > driver_cuda(facts.driver_version)[:1]
 
 
 def _why_no_gpu(facts: Facts) -> str:
@@ -567,7 +604,9 @@ def _why_no_gpu(facts: Facts) -> str:
         return f"torch {facts.torch} is a CPU build"
     if facts.driver_version is None:
         return "no CUDA driver (libcuda.so.1) on this machine"
-    return "the driver reports no usable GPU (CUDA_VISIBLE_DEVICES, or see the driver check)"
+    if facts.torch_cuda_error:
+        return f"torch says: {facts.torch_cuda_error}"
+    return "torch.cuda.is_available() is False (CUDA_VISIBLE_DEVICES?)"
 
 
 def _bf16_findings(facts: Facts, run: RunSettings) -> list[Finding]:
@@ -646,18 +685,18 @@ def check_driver(facts: Facts, needs: StudyNeeds) -> list[Finding]:
         return []
     driver = driver_cuda(facts.driver_version)
     built = version_tuple(facts.torch_cuda)[:2]
+    driver_text = f"{driver[0]}.{driver[1]}"
     if built <= driver:
-        return [Finding("ok", f"driver supports CUDA {driver[0]}.{driver[1]} >= torch's "
-                        f"CUDA {facts.torch_cuda}")]
+        return [Finding("ok", f"driver's CUDA {driver_text} >= torch's CUDA {facts.torch_cuda}")]
     title = (
         f"torch {facts.torch} is built for CUDA {facts.torch_cuda}, newer than the driver's "
-        f"CUDA {driver[0]}.{driver[1]}"
+        f"CUDA {driver_text}"
     )
     fix = (
-        f"upgrade the NVIDIA driver, or install a torch built for CUDA <= {driver[0]}."
-        f"{driver[1]} (the cuXYZ index at https://download.pytorch.org/whl/)"
+        f"upgrade the NVIDIA driver, or install a torch built for CUDA <= {driver_text} "
+        "(the cuXYZ index at https://download.pytorch.org/whl/)"
     )
-    if built[0] > driver[0]:
+    if _driver_too_old(facts):
         detail = "torch then sees no GPU at all (torch.cuda.is_available() is False)"
         return [Finding(_break_level(facts, needs), title, detail, fix)]
     # Same major version: CUDA's minor version compatibility runs torch's prebuilt kernels,
@@ -792,8 +831,9 @@ def format_report(facts: Facts, findings: list[Finding]) -> str:
     wrap = textwrap.TextWrapper(width=100, initial_indent=" " * 11, subsequent_indent=" " * 11)
     for finding in findings:
         lines.append(f"  {MARKS[finding.level]} {finding.title}")
-        if finding.detail:
-            lines += wrap.wrap(finding.detail)
+        # Line by line: a configuration error lists one problem per line.
+        for paragraph in finding.detail.splitlines():
+            lines += wrap.wrap(paragraph.strip())
         if finding.fix:
             lines += wrap.wrap(f"fix: {finding.fix}")
     errors = sum(f.level == "error" for f in findings)
@@ -816,7 +856,7 @@ def _summary(errors: int, warnings: int) -> str:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    cfg, config_findings, source = _load_study(args)
+    cfg, config_findings, source = load_study(args)
     facts = gather(cfg, source)
     findings = config_findings + diagnose(facts, cfg)
     print(format_report(facts, findings))
@@ -834,14 +874,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 1 if has_errors(findings) else 0
 
 
-def _load_study(args: argparse.Namespace) -> tuple[dict[str, Any] | None, list[Finding], str]:
+def load_study(args: argparse.Namespace) -> tuple[dict[str, Any] | None, list[Finding], str]:
     """The configuration, or the finding that says why there is none.
 
     A broken configuration must not hide the environment report: the doctor goes on without it.
     """
-    source = f"{args.config}" + (f", experiment {args.experiment}" if args.experiment else "")
-    if Path(args.config) == DEFAULT_CONFIG and not DEFAULT_CONFIG.is_file() and not (
-        args.experiment or args.overrides
+    if (
+        Path(args.config) == DEFAULT_CONFIG
+        and not DEFAULT_CONFIG.is_file()
+        and not (args.experiment or args.overrides)
     ):
         note = Finding(
             "warn",
@@ -855,8 +896,8 @@ def _load_study(args: argparse.Namespace) -> tuple[dict[str, Any] | None, list[F
         finding = Finding(
             "error", "the configuration does not load", str(err), "correct the named key"
         )
-        return None, [finding], source
-    return cfg, [], f"{source}, experiment {cfg['experiment']}" if not args.experiment else source
+        return None, [finding], f"{args.config}: does not load"
+    return cfg, [], f"{args.config}, experiment {cfg['experiment']}"
 
 
 def register(add: Callable[..., argparse.ArgumentParser]) -> None:

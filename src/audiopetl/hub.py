@@ -6,13 +6,14 @@ machine and every training job reads the local mirror.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from audiopetl.atomic import atomic_dir
 from audiopetl.config import model_config
-from audiopetl.errors import DataError
+from audiopetl.errors import DataError, TrainingError
 
 
 def is_hub_id(source: str) -> bool:
@@ -51,11 +52,30 @@ def fetch_model(cfg: Mapping[str, Any], model: str) -> Path:
     return target
 
 
+def offline() -> bool:
+    """Whether this process must not reach the hub: the workflow's compute jobs set
+    HF_HUB_OFFLINE=1, as compute nodes often have no internet."""
+    return any(
+        os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
 def resolve_pretrained(cfg: Mapping[str, Any], model: str) -> str | None:
-    """The configured source, replaced by its local mirror when one exists."""
+    """The configured source, replaced by its local mirror when one exists. Offline, a hub id
+    without a mirror fails at once, saying what to run where, instead of deep inside a
+    download that cannot work."""
     source = model_config(cfg, model).get("pretrained")
     if source is not None and is_hub_id(source):
         mirror = mirror_dir(cfg, model)
         if (mirror / "config.json").is_file():
             return str(mirror)
+        if offline():
+            raise TrainingError(
+                f"models.{model}.pretrained: {source!r} is a hub id with no local mirror in "
+                f"{mirror}, and this job runs without network access (HF_HUB_OFFLINE=1, as the "
+                "workflow's jobs on compute nodes do). Mirror it first on a machine with "
+                f"internet: `audiopetl fetch-model --model {model}` (the workflow's local rule "
+                "fetch_model does this on the submitting machine)."
+            )
     return source

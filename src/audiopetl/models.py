@@ -8,6 +8,7 @@ at its own length, then crop or interpolate the time axis of the embedding grid 
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -54,29 +55,60 @@ def adapt_position_embeddings(
     return torch.cat([special, grid], dim=1).contiguous()
 
 
+def parameter_generator(name: str) -> torch.Generator:
+    """A generator seeded by the run's seed and the parameter's canonical name.
+
+    Why not the global RNG: transformers versions create and initialise modules in different
+    orders, so the same seed gave different weights in the legacy and modern stacks. Seeding
+    per parameter name makes a random initialisation identical across versions (and
+    independent of module order).
+    """
+    digest = hashlib.sha256(
+        f"{torch.initial_seed()}:{compat.canonical_parameter_name(name)}".encode()
+    ).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+def _trunc_normal(shape: torch.Size, std: float, generator: torch.Generator) -> torch.Tensor:
+    """Normal(0, std) truncated at two standard deviations by redrawing, as timm/DeiT do.
+
+    Hand-written because ``nn.init.trunc_normal_`` takes a generator only from torch 2.3.
+    """
+    values = torch.randn(shape, generator=generator)
+    outside = values.abs() > 2.0
+    while outside.any():
+        values[outside] = torch.randn(int(outside.sum()), generator=generator)
+        outside = values.abs() > 2.0
+    return values * std
+
+
+@torch.no_grad()
+def init_parameters(model: nn.Module, prefix: str = "") -> None:
+    """Initialise every parameter under ``prefix`` explicitly, as the original AST/DeiT do:
+    truncated normal (std = initializer_range) for weights, tokens and position embeddings,
+    zeros for biases, ones for layer-norm scales.
+
+    transformers' AST initialises [CLS]/[DIST] and the position embeddings to zero (it expects
+    pretrained weights): trained from zero, that is the reference study's defect 1.
+    """
+    std = float(getattr(model.config, "initializer_range", 0.02))
+    norms = {n for n, m in model.named_modules() if isinstance(m, nn.LayerNorm)}
+    for name, param in model.named_parameters():
+        if not name.startswith(prefix):
+            continue
+        module, _, kind = name.rpartition(".")
+        if module in norms:
+            param.fill_(1.0 if kind == "weight" else 0.0)
+        elif kind == "bias":
+            param.zero_()
+        else:
+            param.copy_(_trunc_normal(param.shape, std, parameter_generator(name)))
+
+
 def init_head(model: nn.Module) -> None:
     """A new classification head, initialised explicitly (transformers >= 4.36 may skip
     ``_init_weights`` on modules created while loading)."""
-    std = float(getattr(model.config, "initializer_range", 0.02))
-    head = model.classifier
-    nn.init.ones_(head.layernorm.weight)
-    nn.init.zeros_(head.layernorm.bias)
-    nn.init.trunc_normal_(head.dense.weight, std=std)
-    nn.init.zeros_(head.dense.bias)
-
-
-def init_embeddings(model: nn.Module) -> None:
-    """Random [CLS]/[DIST] tokens and position embeddings for a model built from scratch.
-
-    transformers' AST initialises all three to zero (it expects pretrained weights); zero
-    position embeddings are the reference study's defect 1, trained from zero. The original
-    AST/DeiT initialise them truncated-normal, as here.
-    """
-    std = float(getattr(model.config, "initializer_range", 0.02))
-    embeddings = model.audio_spectrogram_transformer.embeddings
-    for param in (embeddings.cls_token, embeddings.distillation_token):
-        nn.init.trunc_normal_(param, std=std)
-    nn.init.trunc_normal_(embeddings.position_embeddings, std=std)
+    init_parameters(model, prefix="classifier.")
 
 
 def build_model(
@@ -103,8 +135,7 @@ def build_model(
         # A fresh config object per model: transformers writes into it while building.
         config = ASTConfig(**dict(model_cfg.get("architecture") or {}), **target)
         model = compat.ast_from_config(config, attn)
-        init_embeddings(model)
-        init_head(model)
+        init_parameters(model)
         return model
     try:
         donor = compat.ast_from_pretrained(str(source), attn)

@@ -178,9 +178,12 @@ class LoRA(Strategy):
         )
         wrapped = get_peft_model(model, config)
         compat.freeze_saved_module_originals(wrapped)
-        for module in wrapped.modules():
+        from audiopetl.models import parameter_generator
+
+        for name, module in wrapped.named_modules():
             if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
-                compat.reset_lora(module)
+                base_name = name.removeprefix("base_model.model.")
+                compat.reset_lora(module, parameter_generator(f"{base_name}.lora_A"))
         return wrapped
 
     def save(self, model: nn.Module, folder: Path) -> None:

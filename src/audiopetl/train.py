@@ -178,6 +178,8 @@ class TrainState:
     elapsed: float = 0.0
     epoch_loss_sum: float = 0.0
     epoch_samples: int = 0
+    # Where earlier processes stopped on a signal (a SLURM time limit): provenance of a resume.
+    interruptions: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Trainer:
@@ -475,6 +477,15 @@ class Trainer:
                 if stop.signal is not None:
                     bar.close()
                     state.elapsed += time.perf_counter() - started
+                    state.interruptions.append(
+                        {
+                            "signal": signal.Signals(stop.signal).name,
+                            "epoch": state.epoch + 1,
+                            "batch": state.batch_pos,
+                            "global_step": state.global_step,
+                            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+                        }
+                    )
                     self.save_resume(state)
                     log.warning(
                         "signal %d: saved resume state in %s; exiting",
@@ -563,6 +574,8 @@ class Trainer:
             "deterministic": self.settings["deterministic"],
             "parameters": {"trainable": self.params.trainable, "total": self.params.total},
             "training_seconds": round(state.elapsed, 3),
+            "interruptions": state.interruptions,
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
             "wall_seconds": round(time.perf_counter() - wall_started, 3),
             "peak_memory": provenance.peak_memory_mb(self.device),
             "command": provenance.command_line(),

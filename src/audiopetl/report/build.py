@@ -18,6 +18,7 @@ from audiopetl.report.aggregate import (
     summarize,
     write_summary,
 )
+from audiopetl.report.dvc_views import write_dvc_views
 from audiopetl.report.tables import write_tables
 
 FIGURES_DIR = "figures"
@@ -65,8 +66,9 @@ def _class_figures(
 
 
 def build_report(cfg: Mapping[str, Any], run_dirs: Sequence[Path], out_dir: Path) -> list[Path]:
-    """Write summary.csv/json, table.csv/md/tex and the figures under ``out_dir/figures``;
-    return every written path, in the order written."""
+    """Write summary.csv/json, table.csv/md/tex, the figures under ``out_dir/figures`` and
+    the flat views for DVC (metrics.json, plots/); return every written path, in the order
+    written."""
     report_cfg = {**figures.DEFAULT_REPORT, **(cfg.get("report") or {})}
     out_dir = Path(out_dir)
     fig_dir = out_dir / FIGURES_DIR
@@ -79,6 +81,7 @@ def build_report(cfg: Mapping[str, Any], run_dirs: Sequence[Path], out_dir: Path
     written += figures.accuracy_vs_params(summary, fig_dir / "accuracy_vs_params", report_cfg)
     written += figures.accuracy_per_strategy(runs, fig_dir / "accuracy_per_strategy", report_cfg)
     written += _class_figures(runs, summary, report_cfg, fig_dir)
+    written += write_dvc_views(summary, histories, out_dir)
     return written
 
 

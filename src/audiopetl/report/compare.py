@@ -1,8 +1,8 @@
 """Compare one experiment's results from two software environments (modern vs legacy).
 
 Same config, same seeds, same data order: the runs start from bitwise-identical weights in both
-stacks (torch's CPU generator is the same Mersenne Twister in 1.13 and 2.x). What differs is
-floating-point arithmetic (other kernels, other summation orders), and such differences grow
+stacks (audiopetl seeds every parameter's initialisation by its version-independent name).
+What differs is floating-point arithmetic (other kernels, other summation orders), and such differences grow
 with every optimiser step. So the comparison has two tolerances, each with its reason:
 
 - ``first_loss_rtol``: the first epoch's mean training loss may differ only by rounding
@@ -41,12 +41,13 @@ def _runs(root: Path) -> dict[str, dict[str, Any]]:
     runs = {}
     for metrics_file in sorted(root.rglob("metrics.json")):
         run_dir = metrics_file.parent
-        if not (run_dir / "history.csv").is_file() or run_dir.parent.name == "pretrain":
+        if not (run_dir / "history.csv").is_file():
             continue
         metrics = json.loads(metrics_file.read_text())
         history = pd.read_csv(run_dir / "history.csv")
+        source_task = run_dir.parent.name == "pretrain"
         runs[str(run_dir.relative_to(root))] = {
-            "strategy": metrics["strategy"],
+            "strategy": "pretrain (source task)" if source_task else metrics["strategy"],
             "environment": metrics.get("environment", "?"),
             "accuracy": metrics["test"]["accuracy"],
             "first_loss": float(history["train_loss"].iloc[0]),

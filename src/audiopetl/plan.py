@@ -1,0 +1,413 @@
+"""The study's jobs before they run: what each asks a scheduler for, how long each will take,
+and whether it fits the time limit of one attempt.
+
+``job_resources`` is also what the workflow's rules ask for (rules/common.smk), so the plan and
+the SLURM jobs cannot disagree. A runtime estimate is samples to process / samples per second:
+from a given figure (``--samples-per-s``, e.g. read off a run's history.csv) or from a short
+measurement (a few training steps of the configured model on random input of the configured
+shape, on this machine's device).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from audiopetl.config import (
+    dataset_config,
+    feature_settings,
+    model_config,
+    strategy_config,
+    training_settings,
+)
+from audiopetl.errors import DataError, TrainingError
+from audiopetl.paths import manifest_path
+
+# ESC-50 v2.0.0: 40 clips per class and fold, 50 classes, 5 folds.
+ESC50_CLASSES, ESC50_CLIPS_PER_FOLD = 50, 400
+# Evaluation (forward only) against training (forward, backward, optimiser step) when only a
+# training figure is given: the backward pass costs about twice the forward one.
+EVAL_SPEEDUP = 3.0
+# Per attempt: interpreter, torch and data loading, model building.
+STARTUP_S = 60
+# SLURM checks its signal timers about every 30 s: a warning may come up to a minute early.
+SIGNAL_SLACK_S = 60
+DEFAULT_PROFILE = Path("workflow/profiles/slurm/config.yaml")
+# What snakemake_resources returns: the resources of every rule (rules/common.smk).
+RESOURCE_NAMES = ("mem_mb", "runtime", "cpus_per_task", "gres", "gpu", "gpu_model", "slurm_extra")
+
+
+def job_resources(cfg: Mapping[str, Any], kind: str, model: str | None = None) -> dict[str, Any]:
+    """The configured resources of a job of ``kind`` (data, train, report); a training job's
+    model may override them under ``resources.models``. Unset values are None."""
+    settings = dict(cfg["resources"][kind])
+    if kind == "train" and model is not None:
+        settings.update((cfg["resources"].get("models") or {}).get(model) or {})
+    return settings
+
+
+def snakemake_resources(settings: Mapping[str, Any], threads: int) -> dict[str, Any]:
+    """Snakemake resource names and values for ``settings`` (None: not requested), as the
+    SLURM executor plugin reads them: gres replaces gpu and gpu_model; the warning signal goes
+    through slurm_extra. SIGTERM, not SIGUSR1: it reaches every process of the job step, and the
+    Snakemake process that runs the job inside it waits for the training on SIGTERM but would
+    die at once on SIGUSR1 (a signal for the batch shell only ends the whole job instead)."""
+    gres = settings.get("gres")
+    gpus = settings.get("gpu") or 0
+    signal_s = settings.get("signal_before_s") or 0
+    return {
+        "mem_mb": settings["mem_mb"],
+        "runtime": settings["runtime"],
+        "cpus_per_task": settings.get("cpus_per_task") or threads,
+        "gres": gres or None,
+        "gpu": gpus if gpus and not gres else None,
+        "gpu_model": settings.get("gpu_model") if gpus and not gres else None,
+        "slurm_extra": f"--signal=TERM@{signal_s}" if signal_s else None,
+    }
+
+
+def describe_resources(settings: Mapping[str, Any], threads: int) -> str:
+    res = snakemake_resources(settings, threads)
+    parts = [f"{res['cpus_per_task']} cpu", f"{res['mem_mb']} MB", f"{res['runtime']} min"]
+    if res["gres"]:
+        parts.append(f"gres {res['gres']}")
+    elif res["gpu"]:
+        parts.append(f"{res['gpu']} gpu" + (f" ({res['gpu_model']})" if res["gpu_model"] else ""))
+    return ", ".join(parts)
+
+
+# -- the job matrix -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainingJob:
+    rule: str  # train or pretrain
+    dataset: str
+    model: str
+    strategy: str
+    seed: int
+    fold: int  # the test fold
+    settings: Mapping[str, Any]  # training settings of the run
+    clips: tuple[int, int, int]  # train, validation, test clips
+
+    @property
+    def name(self) -> str:
+        if self.rule == "pretrain":
+            return f"pretrain {self.model} ({self.dataset})"
+        return f"train {self.dataset}/{self.model}/{self.strategy}/seed{self.seed}/fold{self.fold}"
+
+
+def fold_sizes(cfg: Mapping[str, Any], dataset: str) -> tuple[dict[int, int], int]:
+    """Clips per fold and the number of classes: from the manifest when the dataset has been
+    fetched, else from the dataset's config."""
+    path = manifest_path(cfg, dataset)
+    if path.is_file():
+        import pandas as pd
+
+        manifest = pd.read_csv(path, usecols=["fold", "label"])
+        counts = manifest["fold"].value_counts()
+        return {int(f): int(n) for f, n in counts.items()}, int(manifest["label"].max()) + 1
+    settings = dataset_config(cfg, dataset)
+    kind = settings["kind"]
+    if kind == "synthetic":
+        syn = settings["synthetic"]
+        per_fold = syn["classes"] * syn["clips_per_class_per_fold"]
+        return {f: per_fold for f in range(1, syn["folds"] + 1)}, syn["classes"]
+    if kind == "esc50":
+        return {f: ESC50_CLIPS_PER_FOLD for f in range(1, 6)}, ESC50_CLASSES
+    raise DataError(
+        f"{path}: not found; a {kind} dataset's size comes from its files: run "
+        f"`audiopetl fetch {dataset}` first"
+    )
+
+
+def split_clips(sizes: Mapping[int, int], test_fold: int, scheme: str) -> tuple[int, int, int]:
+    from audiopetl.train import split_folds
+
+    splits = split_folds(list(sizes), test_fold, scheme)
+    return tuple(sum(sizes[f] for f in part) for part in (splits.train, splits.val, splits.test))
+
+
+def study_jobs(cfg: Mapping[str, Any]) -> list[TrainingJob]:
+    """Every training job of the study: each model's source-task pretraining, then one run per
+    dataset x model x strategy x seed x fold, in the workflow's order."""
+    study = cfg["study"]
+    sizes = {d: fold_sizes(cfg, d)[0] for d in study["datasets"]}
+    jobs: list[TrainingJob] = []
+    for model in study["models"]:
+        pretrain = model_config(cfg, model).get("pretrain")
+        if pretrain:
+            settings = training_settings(cfg, pretrain["strategy"])
+            settings.update(split="train_test", epochs=pretrain.get("epochs", settings["epochs"]))
+            source = fold_sizes(cfg, pretrain["dataset"])[0]
+            clips = split_clips(source, 1, "train_test")
+            job = TrainingJob(
+                "pretrain",
+                pretrain["dataset"],
+                model,
+                pretrain["strategy"],
+                int(pretrain.get("seed", 0)),
+                1,
+                settings,
+                clips,
+            )
+            jobs.append(job)
+    for d in study["datasets"]:
+        for m in study["models"]:
+            for s in study["strategies"]:
+                settings = training_settings(cfg, s)
+                for seed in study["seeds"]:
+                    for fold in study["folds"]:
+                        clips = split_clips(sizes[d], fold, settings["split"])
+                        jobs.append(TrainingJob("train", d, m, s, seed, fold, settings, clips))
+    return jobs
+
+
+# -- throughput ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Throughput:
+    train: float  # training samples per second
+    evaluate: float  # evaluation samples per second
+    source: str  # how it was obtained
+    device: str | None = None  # where it was measured; None: given
+
+
+def given_throughput(samples_per_s: float) -> Throughput:
+    return Throughput(
+        samples_per_s,
+        samples_per_s * EVAL_SPEEDUP,
+        f"given: {samples_per_s:g} training samples/s, evaluation assumed {EVAL_SPEEDUP:g}x faster",
+    )
+
+
+def measure_throughput(
+    cfg: Mapping[str, Any],
+    job: TrainingJob,
+    steps: int = 5,
+    warmup: int = 2,
+    num_classes: int | None = None,
+) -> Throughput:
+    """Time a few optimiser steps and evaluation batches of the job's model and strategy on
+    random input of its feature shape, on the device its training settings select."""
+    import torch
+    import torch.nn.functional as F
+
+    from audiopetl.hub import is_hub_id, mirror_dir
+    from audiopetl.models import build_model
+    from audiopetl.strategies import get_strategy
+    from audiopetl.train import make_deterministic, select_device
+
+    s = job.settings
+    features = feature_settings(cfg, job.dataset)
+    model_cfg = model_config(cfg, job.model)
+    if num_classes is None:
+        num_classes = fold_sizes(cfg, job.dataset)[1]
+    # The shape is what costs time, not the weights: a model pretrained by the workflow is
+    # measured from its architecture, a hub checkpoint from its local mirror.
+    source = None if model_cfg.get("pretrain") else model_cfg.get("pretrained")
+    if source is not None and is_hub_id(source):
+        mirror = mirror_dir(cfg, job.model)
+        if not (mirror / "config.json").is_file():
+            raise TrainingError(
+                f"models.{job.model}.pretrained: {source!r} is not mirrored in {mirror}; run "
+                f"`audiopetl fetch-model --model {job.model}` first, or give --samples-per-s"
+            )
+        source = str(mirror)
+    device = select_device(s["device"])
+    make_deterministic(job.seed, s["threads"], False, device)
+    with warnings.catch_warnings():  # library deprecation notes are noise in a plan
+        warnings.simplefilter("ignore", FutureWarning)
+        model = get_strategy(strategy_config(cfg, job.strategy)).apply(
+            build_model(model_cfg, features, num_classes, source)
+        )
+    model = model.to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-6)
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[s["precision"]]
+    shape = (int(features["target_length"]), int(features["num_mel_bins"]))
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if dtype is None:
+            return model(input_values=x).logits.float()
+        with torch.autocast(device_type=device.type, dtype=dtype):
+            return model(input_values=x).logits.float()
+
+    def timed(n: int, step: Any, batch: int) -> float:
+        for i in range(warmup + n):
+            if i == warmup:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                started = time.perf_counter()
+            step(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return n * batch / (time.perf_counter() - started)
+
+    def train_step(batch: int) -> None:
+        x = torch.randn(batch, *shape, device=device)
+        y = torch.randint(0, num_classes, (batch,), device=device)
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(forward(x), y).backward()
+        optimizer.step()
+
+    @torch.no_grad()
+    def eval_step(batch: int) -> None:
+        forward(torch.randn(batch, *shape, device=device))
+
+    model.train()
+    train_sps = timed(steps, train_step, s["batch_size"])
+    model.eval()
+    eval_sps = timed(steps, eval_step, s["eval_batch_size"])
+    return Throughput(
+        train_sps,
+        eval_sps,
+        f"of {job.model}/{job.strategy} on {job.dataset}'s input measured on {device}: "
+        f"{train_sps:.1f} training, {eval_sps:.1f} evaluation samples/s",
+        device.type,
+    )
+
+
+# -- estimates and the plan ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Estimate:
+    job: TrainingJob
+    resources: dict[str, Any]
+    seconds: float | None  # None: no throughput given
+    attempts: int | None
+    throughput: Throughput | None
+
+
+def estimate_seconds(job: TrainingJob, throughput: Throughput) -> float:
+    """Training and per-epoch validation for every epoch, then one test pass."""
+    train, val, test = job.clips
+    epochs = job.settings["epochs"]
+    per_epoch = train / throughput.train + val / throughput.evaluate
+    return epochs * per_epoch + test / throughput.evaluate
+
+
+def attempt_seconds(resources: Mapping[str, Any]) -> float:
+    """Training time one attempt gives: its time limit less the early warning, SLURM's slack
+    in sending it, and start-up."""
+    signal_s = resources.get("signal_before_s") or 0
+    slack = SIGNAL_SLACK_S if signal_s else 0
+    return resources["runtime"] * 60 - signal_s - slack - STARTUP_S
+
+
+def profile_retries(profile: Path) -> int | None:
+    """``retries`` of a Snakemake profile's config.yaml; None when there is no such file."""
+    if not profile.is_file():
+        return None
+    settings = yaml.safe_load(profile.read_text()) or {}
+    return int(settings.get("retries", 0) or 0)
+
+
+def make_plan(
+    cfg: Mapping[str, Any],
+    samples_per_s: float | None = None,
+    measure: bool = False,
+) -> list[Estimate]:
+    jobs = study_jobs(cfg)
+    measured: dict[tuple[str, str, str, str], Throughput] = {}
+    estimates = []
+    for job in jobs:
+        resources = job_resources(cfg, "train", job.model)
+        throughput = None
+        if samples_per_s is not None:
+            throughput = given_throughput(samples_per_s)
+        elif measure:
+            key = (job.dataset, job.model, job.strategy, job.rule)
+            if key not in measured:
+                measured[key] = measure_throughput(cfg, job)
+            throughput = measured[key]
+        seconds = attempts = None
+        if throughput is not None:
+            seconds = estimate_seconds(job, throughput)
+            usable = attempt_seconds(resources)
+            attempts = math.ceil(seconds / usable) if usable > 0 else None
+        estimates.append(Estimate(job, resources, seconds, attempts, throughput))
+    return estimates
+
+
+def _minutes(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5940 else f"{seconds / 3600:.1f} h"
+
+
+def format_plan(
+    cfg: Mapping[str, Any], estimates: list[Estimate], retries: int | None, profile: Path
+) -> tuple[str, list[str]]:
+    """The table of jobs, and the warnings (jobs that will not fit one attempt)."""
+    threads = cfg["training"]["threads"]
+    header = f"{'job':<52} {'clips tr/va/te':>15} {'epochs':>6} {'estimate':>10} {'attempts':>8}"
+    lines = [
+        f"Study {cfg['experiment']!r}: {len(estimates)} training jobs, each a SLURM job with "
+        "`snakemake --profile slurm`",
+        header,
+    ]
+    for e in estimates:
+        clips = "/".join(str(n) for n in e.job.clips)
+        est = _minutes(e.seconds) if e.seconds is not None else "-"
+        attempts = str(e.attempts) if e.attempts is not None else "-"
+        lines.append(
+            f"{e.job.name:<52} {clips:>15} {e.job.settings['epochs']:>6} {est:>10} {attempts:>8}"
+        )
+    per_model: dict[str, str] = {}
+    for e in estimates:
+        per_model.setdefault(e.job.model, describe_resources(e.resources, threads))
+    for model, text in per_model.items():
+        lines.append(f"resources of {model}'s training jobs: {text} per attempt")
+    sources = {e.throughput.source for e in estimates if e.throughput is not None}
+    lines.extend(f"throughput {text}" for text in sorted(sources))
+    known = [e.seconds for e in estimates if e.seconds is not None]
+    if known:
+        gpus = sum((e.seconds or 0) * (e.resources.get("gpu") or 0) for e in estimates) / 3600
+        total = f"total: about {_minutes(sum(known))} of training"
+        lines.append(total + (f", {gpus:.1f} GPU-hours" if gpus else ""))
+    else:
+        lines.append("no runtime estimates: give --samples-per-s or --measure")
+
+    notes = []
+    if any(
+        e.throughput and e.throughput.device == "cpu" and e.resources.get("gpu") for e in estimates
+    ):
+        notes.append(
+            "measured on the CPU, but the training jobs ask for GPUs: run `audiopetl plan "
+            "--measure` on a GPU node (e.g. under srun --gpus=1) for estimates that hold there"
+        )
+    for e in estimates:
+        if e.seconds is None:
+            continue
+        limit = e.resources["runtime"]
+        key = (
+            f"resources.models.{e.job.model}.runtime"
+            if "runtime" in ((cfg["resources"].get("models") or {}).get(e.job.model) or {})
+            else "resources.train.runtime"
+        )
+        if e.attempts is None:
+            notes.append(
+                f"{e.job.name}: a {limit}-min attempt leaves no training time after the "
+                f"{e.resources.get('signal_before_s') or 0} s warning and start-up: raise {key}"
+            )
+            continue
+        if e.attempts <= 1:
+            continue
+        text = (
+            f"{e.job.name}: about {_minutes(e.seconds)}, longer than the SLURM time limit of one "
+            f"attempt ({key}: {limit} min): it will be stopped and resumed "
+            f"{e.attempts - 1} time(s)"
+        )
+        if retries is not None and e.attempts - 1 > retries:
+            text += (
+                f", more than the {retries} retries of {profile}: raise {key} (up to your "
+                "partition's limit) or retries"
+            )
+        elif retries is not None:
+            text += f" (the profile allows {retries} retries)"
+        notes.append(text)
+    return "\n".join(lines), notes

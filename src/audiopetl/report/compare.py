@@ -3,7 +3,8 @@
 Same config, same seeds, same data order: the runs start from bitwise-identical weights in both
 stacks (audiopetl seeds every parameter's initialisation by its version-independent name).
 What differs is floating-point arithmetic (other kernels, other summation orders), and such
-differences grow with every optimiser step. So the comparison has two tolerances, each with its reason:
+differences grow with every optimiser step. So the comparison has two tolerances, each with
+its reason:
 
 - ``first_loss_rtol``: the first epoch's mean training loss may differ only by rounding
   (relative 1e-3): a larger gap means the stacks do not compute the same model or data.

@@ -35,7 +35,8 @@ stop_pid() {  # stop_pid NAME PID: TERM (KILL after 20 s) if PID still runs NAME
         say "$name (pid $pid) is no longer running"
         return
     fi
-    if [ "$(basename "$(readlink "/proc/$pid/exe" 2>/dev/null)")" != "$name" ]; then
+    # The process name, not the executable: Debian installs slurmctld as slurmctld-wlm.
+    if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" != "$name" ]; then
         say "pid $pid is no longer $name; left alone"
         return
     fi

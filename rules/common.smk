@@ -105,9 +105,9 @@ def resources_of(kind):
     (None: not asked for). `audiopetl plan` shows the same."""
 
     def resource(name):
-        def value(wildcards, threads):
+        def value(wildcards, threads, attempt):
             settings = applan.job_resources(CFG, kind, wildcards.get("model"))
-            return applan.snakemake_resources(settings, threads)[name]
+            return applan.snakemake_resources(settings, threads, attempt)[name]
 
         return value
 

@@ -5,9 +5,9 @@ sacct works, munge, two fake GPUs), the real executor plugin, real sbatch.
 One Snakemake run of the quick preset, restricted to the LoRA strategy, asks for a GPU and
 distinct CPU, memory and time figures for its training jobs; sacct must show each training
 job's SLURM job (named in the run's own run.json) with exactly those. Beside it runs a longer
-run whose model gets a 2-minute time limit with SIGTERM one minute before: it must stop,
-be resubmitted by the profile's retries, resume where it stopped and end bitwise identical
-to the same run trained locally without interruption.
+run whose model gets a short time limit and an early warning signal: it must stop, be
+resubmitted by the profile's retries, resume where it stopped and end bitwise identical to the
+same run trained locally without interruption.
 
 Needs root (packages, SLURM's machine-wide ports and /etc/slurm). A lock file keeps two
 sessions on one machine from starting two clusters at once; the cluster is stopped (exactly
@@ -36,7 +36,8 @@ from training_helpers import assert_bitwise_equal, load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "tests" / "slurm"
-PROJECT_FILES = ["Snakefile", "rules", "config", "workflow", "envs", "slurm"]
+# The workflow, its SLURM profile link and, when there is one, its workflow profile.
+PROJECT_FILES = ["Snakefile", "rules", "config", "workflow", "envs", "slurm", "profiles"]
 LOCK = Path("/tmp/audiopetl-slurm.lock")
 EXPERIMENT = "quick"
 BIN = Path(sys.executable).parent
@@ -47,11 +48,16 @@ RESOURCES = {
     "train": {"gpu": 1, "cpus_per_task": 1, "mem_mb": 1500, "runtime": 7, "signal_before_s": 60},
     "data": {"mem_mb": 700, "runtime": 1},
     "report": {"mem_mb": 600, "runtime": 2},
-    "models": {"tiny-ast-long": {"mem_mb": 1200, "runtime": 2}},
+    "models": {
+        "tiny-ast-long": {"mem_mb": 1200, "runtime": 2, "retry_runtime": 5, "signal_before_s": 100}
+    },
 }
-# The interrupted run: a bigger tiny AST trained from scratch for ~100 s on this machine, so
-# that SLURM's warning (60 s before a limit of 2 + 1 minutes, the evaluation grouped into the
-# same job; SLURM sends it up to a minute early) comes in the middle of its training.
+# The interrupted run: a bigger tiny AST trained from scratch for about 2 minutes on a 2-core
+# machine. SLURM's warning, 100 s before a first attempt's limit of 2 + 1 minutes (its evaluation
+# is grouped into the same job) and up to 30 s earlier (SLURM checks its timers every 30 s),
+# comes 50-80 s after the job starts: after the job's start-up, in the middle of its training
+# on a machine up to about 1.7 times as fast. A resubmitted attempt gets 5 + 1 minutes: enough
+# for the rest on a machine twice as slow.
 LONG_MODEL, LONG_STRATEGY = "tiny-ast-long", "lora-long"
 LONG = {
     "models": {
@@ -110,6 +116,8 @@ def copy_project(dest: Path, preset_changes: dict) -> Path:
     dest.mkdir(parents=True)
     for name in PROJECT_FILES:
         source = ROOT / name
+        if not source.exists():
+            continue
         if source.is_symlink():
             os.symlink(os.readlink(source), dest / name)
         elif source.is_dir():
@@ -233,7 +241,9 @@ def train_reference(project: Path, folder: Path) -> subprocess.Popen:
 @pytest.fixture(scope="module")
 def study(cluster: None, tmp_path_factory: pytest.TempPathFactory) -> SlurmStudy:
     work = tmp_path_factory.mktemp("slurm")
-    project = copy_project(work / "project", merge({"resources": RESOURCES}, LONG))
+    # One decoding thread per cache job: the two caches then share the node's two CPUs.
+    changes = merge({"resources": RESOURCES, "cache": {"workers": 1}}, LONG)
+    project = copy_project(work / "project", changes)
     reference = train_reference(project, work / "reference")
     targets = [
         str(run_dir(project, *run) / "evaluation.json").removeprefix(f"{project}/")
@@ -303,6 +313,8 @@ def test_every_training_job_ran_in_slurm_with_the_configured_resources(study: Sl
     ]
     for run, model, grouped in training:
         asked = {**RESOURCES["train"], **RESOURCES["models"].get(model, {})}
+        info = json.loads((run / "run.json").read_text())
+        attempt = 1 + len(info["interruptions"])
         job = study.jobs[slurm_job_of(run)]
         assert job["State"] == "COMPLETED", job
         assert "train" in job["Comment"] or "pretrain" in job["Comment"], job
@@ -310,7 +322,8 @@ def test_every_training_job_ran_in_slurm_with_the_configured_resources(study: Sl
         assert granted["cpu"] == str(asked["cpus_per_task"]), job
         assert granted["mem"] == f"{asked['mem_mb']}M", job
         assert granted["gres/gpu"] == str(asked["gpu"]), job
-        limit = asked["runtime"] + (data["runtime"] if grouped else 0)
+        runtime = asked["retry_runtime"] if attempt > 1 else asked["runtime"]
+        limit = runtime + (data["runtime"] if grouped else 0)
         assert minutes(job["Timelimit"]) == limit, job
         assert f"--signal=TERM@{asked['signal_before_s']}" in job["SubmitLine"], job
         if grouped:
@@ -320,6 +333,7 @@ def test_every_training_job_ran_in_slurm_with_the_configured_resources(study: Sl
     assert len(caches) == 2
     for job in caches:
         assert "gres/gpu" not in tres(job), job
+        assert tres(job)["cpu"] == "1"  # cpus_per_task null: the job's threads (cache.workers)
         assert tres(job)["mem"] == f"{data['mem_mb']}M"
         assert minutes(job["Timelimit"]) == data["runtime"]
     assert not [j for j in study.jobs.values() if "fetch" in j["Comment"]]
@@ -345,6 +359,9 @@ def test_a_run_past_its_time_limit_is_resubmitted_and_resumes(study: SlurmStudy)
         job = study.jobs[stop["slurm_job_id"]]
         assert job["State"] == "FAILED" and job["ExitCode"] == "1:0", job
         assert minutes(job["Elapsed"]) <= minutes(job["Timelimit"]), job
+        first = stop is stops[0]
+        runtime = RESOURCES["models"][LONG_MODEL]["runtime" if first else "retry_runtime"]
+        assert minutes(job["Timelimit"]) == runtime + RESOURCES["data"]["runtime"], job
         assert stop["slurm_job_id"] != info["slurm_job_id"]
     # The last attempt resumed from the last stop instead of starting afresh.
     last = stops[-1]
@@ -359,3 +376,45 @@ def test_a_run_past_its_time_limit_is_resubmitted_and_resumes(study: SlurmStudy)
     ours, theirs = (pq.read_table(p / "predictions.parquet") for p in (run, reference))
     assert ours.equals(theirs)
     assert json.loads((run / "evaluation.json").read_text())["matches_reported"]
+
+
+def test_a_large_study_submits_one_job_per_run(tmp_path: Path) -> None:
+    """5 folds x 8 strategies x 3 seeds: with the profile's groups, each run's training and
+    evaluation share one SLURM job, so the 120 runs submit 120 jobs, not 240. A dry run needs no
+    cluster."""
+    ranks = (1, 2, 4, 16, 32)
+    lora = {"kind": "lora", "lr": 5.0e-3, "alpha": 16, "dropout": 0.0, "targets": ["q", "v"]}
+    strategies = {f"lora-r{r}": {**lora, "rank": r} for r in ranks}
+    study = {
+        "datasets": {"synthetic": {"synthetic": {"folds": 5}}},
+        "strategies": strategies,
+        "study": {
+            "strategies": ["full", "linear", "lora", *strategies],
+            "folds": [1, 2, 3, 4, 5],
+            "seeds": [0, 1, 2],
+        },
+    }
+    project = copy_project(tmp_path / "project", study)
+    command = [str(BIN / "python"), "-m", "snakemake", "--profile", "slurm", "--dry-run"]
+    done = subprocess.run(
+        [*command, "--config", f"experiment={EXPERIMENT}"],
+        cwd=project,
+        env=command_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    stats = re.search(r"Job stats:\n.*?\n-+\s+-+\n(.*?)\ntotal", done.stdout, re.S)
+    assert stats, done.stdout[-3000:]
+    counts = {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", stats.group(1), re.M)}
+    assert counts["train"] == counts["evaluate"] == 5 * 8 * 3
+    groups = done.stdout.count("Group job run (jobs in lexicogr. order)")
+    assert groups == 5 * 8 * 3
+    # SLURM jobs: one per run, plus the caches, the pretraining, the data report and the
+    # report; the downloads (fetch) and the target rule run on the submitting machine.
+    local = counts["fetch"] + counts["all"]
+    alone = sum(counts.values()) - local - counts["train"] - counts["evaluate"]
+    assert alone == 2 + 1 + 1 + 1
+    assert groups + alone == 125

@@ -1,7 +1,7 @@
 """Run one DVC stage of dvc.yaml: Snakemake on the jobs of some rules of the workflow.
 
-    python workflow/dvc_stage.py --experiment quick --rules pretrain train evaluate \
-        --omit-from report
+The training stage, for instance, runs ``python workflow/dvc_stage.py --experiment quick
+--rules pretrain train evaluate --omit-from report``.
 
 Snakemake stays the one DAG and decides which jobs run. DVC keeps a stage's finished runs in
 place (``persist``) and Snakemake reruns only the jobs whose settings, inputs or command
@@ -9,8 +9,9 @@ changed, which it knows from the records it keeps under ``.snakemake/``. Outputs
 restored (``dvc pull``, ``dvc checkout``, a queued ``dvc exp run``) come without such records,
 so Snakemake could not tell that they were made with other settings and would keep them. This
 script checks for that with a dry run first and reruns the stage's rules whose outputs have no
-record: slower, never stale. Running ``snakemake --cores 1 --touch --forceall`` right after
-``dvc pull``/``dvc checkout``, while ``dvc status`` is clean, records them instead.
+record: slower, never stale. ``dvc status --quiet && snakemake --cores 1 --touch --forceall``
+right after ``dvc pull`` or ``dvc checkout`` records them instead (README, "Versioning with
+DVC").
 """
 
 from __future__ import annotations
@@ -72,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     if unrecorded:
         print(
             f"dvc_stage: Snakemake has no record of how the outputs of {', '.join(unrecorded)} "
-            "were made (restored by DVC?): rerunning them. To keep restored results, run "
-            "`snakemake --cores 1 --touch --forceall` right after `dvc pull`/`dvc checkout`.",
+            "were made (restored by DVC?), so it reruns them. To keep results DVC restores, run "
+            "`dvc status --quiet && snakemake --cores 1 --touch --forceall` right after "
+            "`dvc pull` or `dvc checkout`.",
             file=sys.stderr,
             flush=True,
         )

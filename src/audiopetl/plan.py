@@ -53,7 +53,15 @@ def job_resources(cfg: Mapping[str, Any], kind: str, model: str | None = None) -
     return settings
 
 
-def snakemake_resources(settings: Mapping[str, Any], threads: int) -> dict[str, Any]:
+def runtime_of(settings: Mapping[str, Any], attempt: int) -> int:
+    """Minutes of an attempt: ``runtime`` for the first, ``retry_runtime`` (when set) after."""
+    retry = settings.get("retry_runtime")
+    return int(retry if attempt > 1 and retry else settings["runtime"])
+
+
+def snakemake_resources(
+    settings: Mapping[str, Any], threads: int, attempt: int = 1
+) -> dict[str, Any]:
     """Snakemake resource names and values for ``settings`` (None: not requested), as the
     SLURM executor plugin reads them: gres replaces gpu and gpu_model; the warning signal goes
     through slurm_extra. SIGTERM, not SIGUSR1: it reaches every process of the job step, and the
@@ -64,7 +72,7 @@ def snakemake_resources(settings: Mapping[str, Any], threads: int) -> dict[str, 
     signal_s = settings.get("signal_before_s") or 0
     return {
         "mem_mb": settings["mem_mb"],
-        "runtime": settings["runtime"],
+        "runtime": runtime_of(settings, attempt),
         "cpus_per_task": settings.get("cpus_per_task") or threads,
         "gres": gres or None,
         "gpu": gpus if gpus and not gres else None,
@@ -75,7 +83,10 @@ def snakemake_resources(settings: Mapping[str, Any], threads: int) -> dict[str, 
 
 def describe_resources(settings: Mapping[str, Any], threads: int) -> str:
     res = snakemake_resources(settings, threads)
-    parts = [f"{res['cpus_per_task']} cpu", f"{res['mem_mb']} MB", f"{res['runtime']} min"]
+    minutes = f"{res['runtime']} min"
+    if runtime_of(settings, 2) != res["runtime"]:
+        minutes += f" ({runtime_of(settings, 2)} min a retry)"
+    parts = [f"{res['cpus_per_task']} cpu", f"{res['mem_mb']} MB", minutes]
     if res["gres"]:
         parts.append(f"gres {res['gres']}")
     elif res["gpu"]:
@@ -290,12 +301,20 @@ def estimate_seconds(job: TrainingJob, throughput: Throughput) -> float:
     return epochs * per_epoch + test / throughput.evaluate
 
 
-def attempt_seconds(resources: Mapping[str, Any]) -> float:
-    """Training time one attempt gives: its time limit less the early warning, SLURM's slack
+def attempt_seconds(resources: Mapping[str, Any], attempt: int) -> float:
+    """Training time an attempt gives: its time limit less the early warning, SLURM's slack
     in sending it, and start-up."""
     signal_s = resources.get("signal_before_s") or 0
     slack = SIGNAL_SLACK_S if signal_s else 0
-    return resources["runtime"] * 60 - signal_s - slack - STARTUP_S
+    return runtime_of(resources, attempt) * 60 - signal_s - slack - STARTUP_S
+
+
+def attempts_needed(resources: Mapping[str, Any], seconds: float) -> int | None:
+    """Attempts a run of ``seconds`` needs; None when an attempt leaves no training time."""
+    first, later = attempt_seconds(resources, 1), attempt_seconds(resources, 2)
+    if first <= 0 or later <= 0:
+        return None
+    return 1 + max(0, math.ceil((seconds - first) / later))
 
 
 def profile_retries(profile: Path) -> int | None:
@@ -327,8 +346,7 @@ def make_plan(
         seconds = attempts = None
         if throughput is not None:
             seconds = estimate_seconds(job, throughput)
-            usable = attempt_seconds(resources)
-            attempts = math.ceil(seconds / usable) if usable > 0 else None
+            attempts = attempts_needed(resources, seconds)
         estimates.append(Estimate(job, resources, seconds, attempts, throughput))
     return estimates
 
@@ -384,15 +402,14 @@ def format_plan(
         if e.seconds is None:
             continue
         limit = e.resources["runtime"]
-        key = (
-            f"resources.models.{e.job.model}.runtime"
-            if "runtime" in ((cfg["resources"].get("models") or {}).get(e.job.model) or {})
-            else "resources.train.runtime"
-        )
+        own = (cfg["resources"].get("models") or {}).get(e.job.model) or {}
+        where = f"resources.models.{e.job.model}" if "runtime" in own else "resources.train"
+        key = f"{where}.runtime"
         if e.attempts is None:
             notes.append(
-                f"{e.job.name}: a {limit}-min attempt leaves no training time after the "
-                f"{e.resources.get('signal_before_s') or 0} s warning and start-up: raise {key}"
+                f"{e.job.name}: an attempt of {limit} (or retry_runtime) minutes leaves no "
+                f"training time after the {e.resources.get('signal_before_s') or 0} s warning "
+                f"and start-up: raise {key}"
             )
             continue
         if e.attempts <= 1:
@@ -404,8 +421,8 @@ def format_plan(
         )
         if retries is not None and e.attempts - 1 > retries:
             text += (
-                f", more than the {retries} retries of {profile}: raise {key} (up to your "
-                "partition's limit) or retries"
+                f", more than the {retries} retries of {profile}: raise {key} or "
+                f"{where}.retry_runtime (up to your partition's limit) or retries"
             )
         elif retries is not None:
             text += f" (the profile allows {retries} retries)"

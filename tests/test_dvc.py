@@ -1,0 +1,386 @@
+"""DVC end to end: real DVC and Snakemake run the quick preset in a temporary git repository.
+
+One repository is built and reproduced once per module; the tests then run in order on it, as a
+user would: a no-op repro, one strategy changed, Snakemake first and DVC after, an experiment,
+and a push/pull round trip into a fresh clone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import tree_digest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENT = "quick"
+RESULTS = Path("results") / EXPERIMENT
+STRATEGIES = ("full", "linear", "lora")
+UP_TO_DATE = "Data and pipelines are up to date."
+NOTHING_TO_DO = "Nothing to be done"
+TIMEOUT_S = 1800
+
+pytestmark = pytest.mark.slow
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    # The stages run `python`, Snakemake's rules run `audiopetl`: this interpreter's bin first.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["DVC_NO_ANALYTICS"] = "1"
+    for role in ("AUTHOR", "COMMITTER"):
+        env[f"GIT_{role}_NAME"] = "audiopetl tests"
+        env[f"GIT_{role}_EMAIL"] = "tests@audiopetl.invalid"
+    return env
+
+
+def call(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        list(args), cwd=cwd, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+def dvc(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return call(cwd, sys.executable, "-m", "dvc", *args, check=check)
+
+
+def snakemake(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return call(cwd, sys.executable, "-m", "snakemake", *args)
+
+
+def git(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return call(cwd, "git", *args)
+
+
+def output(result: subprocess.CompletedProcess) -> str:
+    return result.stdout + result.stderr
+
+
+def project_files() -> list[str]:
+    """What a clone of the working tree holds: tracked files and new ones git does not ignore."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    return [name for name in listed if name and os.path.lexists(ROOT / name)]
+
+
+def job_counts(dry_run: str) -> dict[str, int]:
+    """The 'Job stats' table of a Snakemake dry run."""
+    counts: dict[str, int] = {}
+    section = dry_run.split("Job stats:", 1)
+    for line in section[1].splitlines()[3:] if len(section) == 2 else []:
+        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not match:
+            break
+        counts[match.group(1)] = int(match.group(2))
+    return counts
+
+
+def set_config(repo: Path, pattern: str, replacement: str) -> None:
+    """Edit config/config.yaml as a person would: one line, comments kept."""
+    path = repo / "config" / "config.yaml"
+    text, count = re.subn(pattern, replacement, path.read_text(), count=1, flags=re.MULTILINE)
+    assert count == 1, pattern
+    path.write_text(text)
+
+
+def quick_cfg(repo: Path) -> dict:
+    from audiopetl.config import load_config
+
+    return load_config(repo / "config" / "config.yaml", EXPERIMENT)
+
+
+def run_dirs(repo: Path) -> list[Path]:
+    study = quick_cfg(repo)["study"]
+    return [
+        RESULTS / d / m / s / f"seed{seed}" / f"fold{f}"
+        for d in study["datasets"]
+        for m in study["models"]
+        for s in study["strategies"]
+        for seed in study["seeds"]
+        for f in study["folds"]
+    ]
+
+
+def outputs_digest(repo: Path) -> dict[str, str]:
+    """sha256 of every file DVC tracks (data/ and results/, logs aside: Snakemake's, untracked)."""
+    digest = {f"data/{k}": v for k, v in tree_digest(repo / "data").items()}
+    for name, value in tree_digest(repo / RESULTS).items():
+        if not name.startswith("logs/"):
+            digest[f"{RESULTS.as_posix()}/{name}"] = value
+    return digest
+
+
+def lock(repo: Path) -> dict:
+    return yaml.safe_load((repo / "dvc.lock").read_text())
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A git repository of the project on the quick preset, reproduced once by `dvc repro`."""
+    folder = tmp_path_factory.mktemp("dvc") / "audiopetl"
+    for name in project_files():
+        source, target = ROOT / name, folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target, follow_symlinks=False)
+    set_config(folder, r"^experiment: \S+", f"experiment: {EXPERIMENT}")
+    git(folder, "init", "--quiet")
+    # DVC commits experiments itself: the identity must not depend on the machine's git config.
+    git(folder, "config", "user.name", "audiopetl tests")
+    git(folder, "config", "user.email", "tests@audiopetl.invalid")
+    git(folder, "add", "--all")
+    git(folder, "commit", "--quiet", "--message", "audiopetl on the quick preset")
+    repro = dvc(folder, "repro")
+    for stage in ("data", "features", "training", "report"):
+        assert f"Running stage '{stage}'" in output(repro)
+    return folder
+
+
+def test_first_repro_runs_the_study(repo: Path) -> None:
+    recorded = lock(repo)["stages"]
+    assert set(recorded) == {"data", "features", "training", "report"}
+    # Settings are recorded per stage: the training stage's own keys, not the report's.
+    training_params = recorded["training"]["params"]["config/config.yaml"]
+    assert set(training_params) == {"models", "strategies", "training", "study"}
+    assert training_params["strategies"]["lora"]["rank"] == 8
+    assert set(recorded["report"]["params"]["config/config.yaml"]) == {"study", "report"}
+    for run in run_dirs(repo):
+        assert (repo / run / "evaluation.json").is_file(), run
+        assert any((repo / run / "model").rglob("*.safetensors")), run
+    metrics = json.loads((repo / RESULTS / "metrics.json").read_text())
+    assert set(metrics["synthetic"]["tiny-ast"]) == set(STRATEGIES)
+    # The workspace holds links into DVC's cache: a checkpoint takes its space once.
+    checkpoint = next((repo / run_dirs(repo)[0] / "model").rglob("*.safetensors"))
+    assert checkpoint.is_symlink()
+    assert (repo / ".dvc" / "cache") in checkpoint.resolve().parents
+    assert UP_TO_DATE in output(dvc(repo, "status"))
+    # Data and results never go into git; the lock file does.
+    untracked = git(repo, "status", "--porcelain", "--untracked-files=all").stdout.split("\n")
+    assert [line for line in untracked if line] == ["?? dvc.lock"]
+    for path in ("data/raw", "data/features", f"{RESULTS}/metrics.json"):
+        assert call(repo, "git", "check-ignore", "--quiet", path, check=False).returncode == 0
+    resume = run_dirs(repo)[0].parent / ".fold1.resume" / "state.pt"
+    for path in (resume.as_posix(), "data/raw/.downloads/x.zip"):
+        assert dvc(repo, "check-ignore", "--quiet", path, check=False).returncode == 0, path
+    git(repo, "add", "dvc.lock")
+    git(repo, "commit", "--quiet", "--message", "dvc repro")
+
+
+def test_second_repro_does_nothing(repo: Path) -> None:
+    before = outputs_digest(repo)
+    result = output(dvc(repo, "repro"))
+    assert UP_TO_DATE in result
+    assert "Running stage" not in result
+    assert outputs_digest(repo) == before
+    assert NOTHING_TO_DO in output(snakemake(repo, "--dry-run"))
+
+
+def test_metrics_and_plots_read_by_dvc(repo: Path) -> None:
+    summary = pd.read_csv(repo / RESULTS / "summary.csv").set_index("strategy")
+    shown = json.loads(dvc(repo, "metrics", "show", "--json").stdout)
+    metrics = next(iter(shown.values()))["data"][f"{RESULTS.as_posix()}/metrics.json"]["data"]
+    for strategy in STRATEGIES:
+        values = metrics["synthetic"]["tiny-ast"][strategy]
+        assert values["test_accuracy"] == pytest.approx(summary.loc[strategy, "test_accuracy_mean"])
+        assert values["n_runs"] == summary.loc[strategy, "n_runs"]
+
+    plots = json.loads(dvc(repo, "plots", "diff", "--json").stdout)
+    assert not plots.get("errors")
+    curves = f"{RESULTS.as_posix()}/plots/learning_curves"
+    epochs = quick_cfg(repo)["training"]["epochs"]
+    for strategy in STRATEGIES:
+        (plot,) = plots["data"][f"{curves}/{strategy}.csv"]
+        rows = plot["content"]["data"]["values"]
+        assert [int(r["epoch"]) for r in rows] == list(range(1, epochs + 1))
+        assert all(0.0 <= float(r["val_accuracy"]) <= 1.0 for r in rows)
+        assert plot["content"]["encoding"]["x"]["field"] == "epoch"
+    (plot,) = plots["data"][f"{RESULTS.as_posix()}/plots/accuracy_vs_params.csv"]
+    rows = {r["strategy"]: r for r in plot["content"]["data"]["values"]}
+    assert set(rows) == set(STRATEGIES)
+    for strategy, row in rows.items():
+        assert float(row["trainable_params"]) == summary.loc[strategy, "trainable_params_mean"]
+        assert float(row["test_accuracy"]) == pytest.approx(
+            summary.loc[strategy, "test_accuracy_mean"]
+        )
+
+
+def test_a_preset_change_is_seen(repo: Path) -> None:
+    preset = repo / "config" / "experiments" / f"{EXPERIMENT}.yaml"
+    original = preset.read_text()
+    try:
+        preset.write_text(original.replace("epochs: 3", "epochs: 2", 1))
+        status = output(dvc(repo, "status", "training"))
+        assert "config/experiments" in status
+        assert "training" in output(dvc(repo, "repro", "--dry", "training"))
+    finally:
+        preset.write_text(original)
+    assert UP_TO_DATE in output(dvc(repo, "status"))
+
+
+def test_one_strategy_change_retrains_only_its_jobs(repo: Path) -> None:
+    before = outputs_digest(repo)
+    logs = repo / RESULTS / "logs" / "train"
+    log_times = {p: p.stat().st_mtime_ns for p in logs.rglob("*.log")}
+    set_config(repo, r"^(    lr): 5\.0e-3", r"\1: 4.0e-3")  # strategies.lora.lr
+
+    status = output(dvc(repo, "status"))
+    assert "training:" in status and "strategies" in status
+    assert "data:" not in status and "features:" not in status
+    result = output(dvc(repo, "repro"))
+    assert "Stage 'features' didn't change, skipping" in result
+    assert "Running stage 'training'" in result
+
+    after = outputs_digest(repo)
+    changed = {name for name in after if after[name] != before.get(name)}
+    lora = [run for run in run_dirs(repo) if run.parts[-3] == "lora"]
+    assert lora
+    for run in run_dirs(repo):
+        inside = {name for name in changed if name.startswith(f"{run.as_posix()}/")}
+        # Every lora run is new (its run.json records the new rate); no other run changed.
+        assert (f"{run.as_posix()}/run.json" in inside) == (run in lora), run
+        assert bool(inside) == (run in lora), run
+    assert not [n for n in changed if n.startswith(("data/", f"{RESULTS.as_posix()}/pretrain/"))]
+    assert f"{RESULTS.as_posix()}/metrics.json" in changed
+    # Snakemake ran exactly the lora jobs: only their logs were written again.
+    rewritten = {
+        p.relative_to(logs).parts[2] for p, t in log_times.items() if p.stat().st_mtime_ns != t
+    }
+    assert rewritten == {"lora"}
+
+    assert lock(repo)["stages"]["training"]["params"]["config/config.yaml"]["strategies"]["lora"][
+        "lr"
+    ] == pytest.approx(4.0e-3)
+    params = output(dvc(repo, "params", "diff"))
+    assert "strategies.lora.lr" in params
+    assert UP_TO_DATE in output(dvc(repo, "status"))
+    git(repo, "commit", "--quiet", "--all", "--message", "lora: lr 4e-3")
+
+
+def test_snakemake_first_then_dvc_commit(repo: Path) -> None:
+    set_config(repo, r"^(  decimals): 2", r"\1: 1")
+    counts = job_counts(output(snakemake(repo, "--cores", "2")))
+    assert counts.get("report") == 1 and "train" not in counts
+    assert "report:" in output(dvc(repo, "status"))
+
+    dvc(repo, "commit", "--force")
+    assert UP_TO_DATE in output(dvc(repo, "status"))
+    result = output(dvc(repo, "repro"))
+    assert UP_TO_DATE in result and "Running stage" not in result
+    assert NOTHING_TO_DO in output(snakemake(repo, "--dry-run"))
+
+    # A study run by Snakemake alone, never by DVC: `dvc commit` records every stage from the
+    # workspace.
+    recorded = (repo / "dvc.lock").read_text()
+    (repo / "dvc.lock").unlink()
+    dvc(repo, "commit", "--force")
+    assert (repo / "dvc.lock").read_text() == recorded
+    assert UP_TO_DATE in output(dvc(repo, "status"))
+    git(repo, "commit", "--quiet", "--all", "--message", "report: one decimal")
+
+
+def test_experiment_run_and_show(repo: Path) -> None:
+    result = output(
+        dvc(
+            repo,
+            "exp",
+            "run",
+            "--name",
+            "linear-lr",
+            "-S",
+            "config/config.yaml:strategies.linear.lr=0.02",
+        )
+    )
+    assert "Running stage 'training'" in result
+    shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
+    experiments = {
+        rev["name"]: rev["data"]
+        for commit in shown
+        for group in commit.get("experiments") or []
+        for rev in group["revs"]
+    }
+    data = experiments["linear-lr"]
+    params = data["params"]["config/config.yaml"]["data"]
+    assert params["strategies"]["linear"]["lr"] == pytest.approx(0.02)
+    metrics = data["metrics"][f"{RESULTS.as_posix()}/metrics.json"]["data"]
+    assert set(metrics["synthetic"]["tiny-ast"]) == set(STRATEGIES)
+
+    # Back to the committed results: DVC checks them out, Snakemake is told they are current.
+    git(repo, "checkout", "--", "config/config.yaml", "dvc.lock")
+    dvc(repo, "checkout", "--force")
+    assert dvc(repo, "status", "--quiet", check=False).returncode == 0
+    snakemake(repo, "--cores", "1", "--touch", "--forceall")
+    assert NOTHING_TO_DO in output(snakemake(repo, "--dry-run"))
+    assert UP_TO_DATE in output(dvc(repo, "status"))
+
+
+def _stage_rules_without_records(clone: Path) -> list[str]:
+    sys.path.insert(0, str(clone / "workflow"))
+    try:
+        import dvc_stage
+    finally:
+        sys.path.pop(0)
+    stage = ["--rules", "pretrain", "train", "evaluate", "--omit-from", "report"]
+    args = dvc_stage.parse_args(["--experiment", EXPERIMENT, *stage])
+    cwd = Path.cwd()
+    os.chdir(clone)
+    try:
+        return dvc_stage.rules_without_records(dvc_stage.snakemake_command(args), args.rules)
+    finally:
+        os.chdir(cwd)
+
+
+def test_push_pull_round_trip(repo: Path, tmp_path: Path) -> None:
+    remote = tmp_path / "dvc-remote"
+    dvc(repo, "remote", "add", "--default", "local", str(remote))
+    git(repo, "commit", "--quiet", "--all", "--message", "a local DVC remote")
+    dvc(repo, "push")
+    original = outputs_digest(repo)
+
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "--quiet", str(repo), str(clone))
+    dvc(clone, "pull")
+    assert outputs_digest(clone) == original
+    assert UP_TO_DATE in output(dvc(clone, "status"))
+    result = output(dvc(clone, "repro"))
+    assert UP_TO_DATE in result and "Running stage" not in result
+    assert outputs_digest(clone) == original
+
+    # Pulled files carry new modification times and Snakemake has no record of them yet: record
+    # them as they are (the documented step), then Snakemake has nothing to do.
+    assert dvc(clone, "status", "--quiet", check=False).returncode == 0
+    snakemake(clone, "--cores", "1", "--touch", "--forceall")
+    assert NOTHING_TO_DO in output(snakemake(clone, "--dry-run"))
+    assert UP_TO_DATE in output(dvc(clone, "status"))
+    assert outputs_digest(clone) == original
+
+    # With the records in place a setting change reruns only the jobs it touches.
+    config = clone / "config" / "config.yaml"
+    original_config = config.read_text()
+    set_config(clone, r"^(    lr): 4\.0e-3", r"\1: 3.0e-3")  # strategies.lora.lr
+    counts = job_counts(output(snakemake(clone, "--dry-run")))
+    lora = [run for run in run_dirs(clone) if run.parts[-3] == "lora"]
+    assert counts.get("train") == len(lora) and "pretrain" not in counts
+    config.write_text(original_config)
+
+    # Without records (a queued experiment's fresh copy), a DVC stage reruns its rules instead
+    # of keeping results it cannot vouch for.
+    assert _stage_rules_without_records(clone) == []
+    shutil.rmtree(clone / ".snakemake" / "metadata")
+    assert _stage_rules_without_records(clone) == ["pretrain", "train", "evaluate"]

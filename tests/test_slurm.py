@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -235,7 +236,20 @@ def train_reference(project: Path, folder: Path) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,
     )
+
+
+def stop_group(process: subprocess.Popen, sig: int = signal.SIGKILL, wait_s: float = 0) -> None:
+    """Send ``sig`` to a process started in a session of its own, wait up to ``wait_s`` for it,
+    then kill whatever is left of its session."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=wait_s)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
@@ -258,17 +272,25 @@ def study(cluster: None, tmp_path_factory: pytest.TempPathFactory) -> SlurmStudy
         "--slurm-keep-successful-logs",
         *targets,
     ]  # fmt: skip
+    snakemake = subprocess.Popen(
+        command,
+        cwd=project,
+        env=command_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
-        done = subprocess.run(
-            command, cwd=project, env=command_env(), capture_output=True, text=True, check=False
-        )
-        output = done.stdout + done.stderr
-        if done.returncode != 0:
+        output, _ = snakemake.communicate()
+        if snakemake.returncode != 0:
             pytest.fail(f"snakemake --profile slurm failed:\n{output[-6000:]}{job_logs(project)}")
         reference_output, _ = reference.communicate(timeout=600)
         assert reference.returncode == 0, f"local reference run failed:\n{reference_output}"
     finally:
-        reference.kill()
+        # Interrupted (Ctrl-C, a timeout): SIGINT makes Snakemake cancel its SLURM jobs.
+        stop_group(snakemake, signal.SIGINT, wait_s=120)
+        stop_group(reference)
     match = re.search(r"SLURM run ID: (\S+)", output)
     assert match, output[-4000:]
     return SlurmStudy(project, work / "reference" / "run", output, sacct_jobs(match.group(1)))
@@ -317,7 +339,9 @@ def test_every_training_job_ran_in_slurm_with_the_configured_resources(study: Sl
         attempt = 1 + len(info["interruptions"])
         job = study.jobs[slurm_job_of(run)]
         assert job["State"] == "COMPLETED", job
-        assert "train" in job["Comment"] or "pretrain" in job["Comment"], job
+        # The plugin's comment names the rule, or the rules of a group job.
+        rules = ("train", "evaluate") if grouped else ("pretrain",)
+        assert all(rule in job["Comment"] for rule in rules), job
         granted = tres(job)
         assert granted["cpu"] == str(asked["cpus_per_task"]), job
         assert granted["mem"] == f"{asked['mem_mb']}M", job

@@ -178,10 +178,12 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
         help="time a few training steps of each model and strategy on random input on this "
         "machine's device (run it where training runs, e.g. under srun --gpus=1)",
     )
+    from audiopetl.plan import DEFAULT_PROFILE
+
     p.add_argument(
         "--profile",
         type=Path,
-        default=Path("workflow/profiles/slurm/config.yaml"),
+        default=DEFAULT_PROFILE,
         help="the SLURM profile whose retries resume long jobs (default: %(default)s)",
     )
 

@@ -1,11 +1,11 @@
 """The study's jobs before they run: what each asks a scheduler for, how long each will take,
 and whether it fits the time limit of one attempt.
 
-``job_resources`` is also what the workflow's rules ask for (rules/common.smk), so the plan and
-the SLURM jobs cannot disagree. A runtime estimate is samples to process / samples per second:
-from a given figure (``--samples-per-s``, e.g. read off a run's history.csv) or from a short
-measurement (a few training steps of the configured model on random input of the configured
-shape, on this machine's device).
+``job_resources`` and ``snakemake_resources`` are also what the workflow's rules ask for
+(rules/common.smk), so the plan and the SLURM jobs cannot disagree. A runtime estimate is the
+samples to process over samples per second: from a given figure (``--samples-per-s``, e.g. read
+off a run's history.csv) or from a short measurement (a few training steps of the configured
+model on random input of the configured shape, on this machine's device).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ EVAL_SPEEDUP = 3.0
 STARTUP_S = 60
 # SLURM checks its signal timers about every 30 s: a warning may come up to a minute early.
 SIGNAL_SLACK_S = 60
+# The project's SLURM profile, whose retries resume a long run.
 DEFAULT_PROFILE = Path("workflow/profiles/slurm/config.yaml")
 # What snakemake_resources returns: the resources of every rule (rules/common.smk).
 RESOURCE_NAMES = ("mem_mb", "runtime", "cpus_per_task", "gres", "gpu", "gpu_model", "slurm_extra")

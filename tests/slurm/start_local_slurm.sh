@@ -98,8 +98,14 @@ fi
 say "SLURM $(dpkg-query -W -f='${Version}' slurmctld), munge $(dpkg-query -W -f='${Version}' munge)"
 
 # ---------------------------------------------------------------------------------- config
+MARK=.audiopetl-slurm-state
+if [ -e "$STATE" ] && [ ! -e "$STATE/$MARK" ] \
+    && ! grep -qs "^# Written by tests/slurm/start_local_slurm.sh" "$STATE/etc/slurm.conf"; then
+    fail "$STATE exists but was not made by this script; set AUDIOPETL_SLURM_DIR elsewhere"
+fi
 rm -rf "$STATE"
 mkdir -p "$STATE"/{etc,run,log,spool/ctld,spool/d,munge,gpu}
+: >"$STATE/$MARK"
 : >"$STATE/started"
 chmod 700 "$STATE/munge"
 
@@ -197,7 +203,10 @@ if munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1; then
 else
     mungekey --create --keyfile="$STATE/munge/munge.key"
     chmod 400 "$STATE/munge/munge.key"
-    mkdir -p /run/munge
+    if [ ! -d /run/munge ]; then
+        mkdir /run/munge
+        record "dir /run/munge"
+    fi
     start_daemon munged "$STATE/run/munged.pid" munged --key-file="$STATE/munge/munge.key" \
         --pid-file="$STATE/run/munged.pid" --log-file="$STATE/log/munged.log" \
         --seed-file="$STATE/munge/munged.seed"

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from project_copy import copy_workflow
 
 ROOT = Path(__file__).resolve().parents[1]
 LEGACY_BIN = ROOT / ".venv-legacy" / "bin"
-PROJECT_FILES = ["Snakefile", "rules", "config", "workflow", "envs"]
 EXPERIMENT = "quick"
 
 pytestmark = pytest.mark.slow
@@ -82,12 +81,7 @@ def test_unit_tests_pass_in_the_legacy_environment(legacy_bin: Path) -> None:
 
 
 def run_quick(bin_dir: Path, name: str, folder: Path) -> Path:
-    for item in PROJECT_FILES:
-        source = ROOT / item
-        if source.is_dir():
-            shutil.copytree(source, folder / item)
-        else:
-            shutil.copy2(source, folder / item)
+    copy_workflow(folder)
     result = subprocess.run(
         [
             bin_dir / "python",

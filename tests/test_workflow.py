@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +13,9 @@ import matplotlib.image as mpimg
 import pandas as pd
 import pytest
 import yaml
+from project_copy import copy_workflow
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ["Snakefile", "rules", "config", "workflow", "envs"]
 EXPERIMENT = "quick"
 
 pytestmark = pytest.mark.slow
@@ -56,12 +55,7 @@ def job_counts(dry_run_output: str) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("workflow")
-    for name in PROJECT_FILES:
-        source = ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, folder / name)
-        else:
-            shutil.copy2(source, folder / name)
+    copy_workflow(folder)
     snakemake(folder, "--cores", "2")
     return folder
 

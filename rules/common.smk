@@ -8,8 +8,8 @@ from snakemake.io import report as mark_for_report
 from snakemake.utils import validate
 
 from audiopetl import config as apconfig
-from audiopetl import features as apfeatures
 from audiopetl import hub as aphub
+from audiopetl import paths as appaths
 from audiopetl import plan as applan
 from audiopetl.report.build import expected_outputs
 
@@ -28,6 +28,12 @@ DATA = CFG["paths"]["data"]
 RESULTS = CFG["paths"]["results"]
 STUDY = CFG["study"]
 LOGS = f"{RESULTS}/{EXPERIMENT}/logs"
+# One folder per run, and per source-task pretraining, under the two fixed folders that
+# dvc.yaml names as the training stage's outputs (audiopetl.paths).
+RUNS = f"{RESULTS}/{EXPERIMENT}/{appaths.RUNS}"
+PRETRAIN = f"{RESULTS}/{EXPERIMENT}/{appaths.PRETRAIN}"
+RUN = f"{RUNS}/{{dataset}}/{{model}}/{{strategy}}/seed{{seed}}/fold{{fold}}"
+RUN_LOG = "{dataset}/{model}/{strategy}/seed{seed}/fold{fold}.log"
 # Every CLI call names the same configuration the workflow resolved.
 CLI_CONFIG = f"--config {CONFIG_FILE} --experiment {EXPERIMENT} --quiet"
 # The conda environment of every rule, chosen in the config (used with --sdm conda).
@@ -50,7 +56,7 @@ def settings_json(value):
 
 
 def cache_file(dataset):
-    return f"{DATA}/features/{dataset}-{apfeatures.feature_id(CFG, dataset)}.parquet"
+    return f"{DATA}/features/{dataset}-{apconfig.feature_id(CFG, dataset)}.parquet"
 
 
 def pretrain_inputs(model):
@@ -58,14 +64,16 @@ def pretrain_inputs(model):
     mirror of a hub checkpoint (fetched on the submitting machine)."""
     model_cfg = apconfig.model_config(CFG, model)
     if model_cfg.get("pretrain"):
-        return [f"{RESULTS}/{EXPERIMENT}/pretrain/{model}/metrics.json"]
+        return [f"{PRETRAIN}/{model}/metrics.json"]
     if model_cfg.get("pretrained") and aphub.is_hub_id(model_cfg["pretrained"]):
         return [f"{DATA}/models/{model}/config.json"]
     return []
 
 
 def run_dir(dataset, model, strategy, seed, fold):
-    return f"{RESULTS}/{EXPERIMENT}/{dataset}/{model}/{strategy}/seed{seed}/fold{fold}"
+    return RUN.format(
+        dataset=dataset, model=model, strategy=strategy, seed=seed, fold=fold
+    )
 
 
 def all_runs():

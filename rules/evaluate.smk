@@ -4,12 +4,12 @@
 
 rule evaluate:
     input:
-        metrics=f"{RESULTS}/{EXPERIMENT}/{{dataset}}/{{model}}/{{strategy}}/seed{{seed}}/fold{{fold}}/metrics.json",
-        predictions=f"{RESULTS}/{EXPERIMENT}/{{dataset}}/{{model}}/{{strategy}}/seed{{seed}}/fold{{fold}}/predictions.parquet",
+        metrics=f"{RUN}/metrics.json",
+        predictions=f"{RUN}/predictions.parquet",
     output:
-        evaluation=f"{RESULTS}/{EXPERIMENT}/{{dataset}}/{{model}}/{{strategy}}/seed{{seed}}/fold{{fold}}/evaluation.json",
+        evaluation=f"{RUN}/evaluation.json",
     log:
-        f"{LOGS}/evaluate/{{dataset}}/{{model}}/{{strategy}}/seed{{seed}}/fold{{fold}}.log",
+        f"{LOGS}/evaluate/{RUN_LOG}",
     conda:
         ENV
     threads: CFG["training"]["threads"]

@@ -15,7 +15,7 @@ rule pretrain:
             apconfig.model_config(CFG, wc.model)["pretrain"]["dataset"]
         ),
     output:
-        metrics=f"{RESULTS}/{EXPERIMENT}/pretrain/{{model}}/metrics.json",
+        metrics=f"{PRETRAIN}/{{model}}/metrics.json",
     log:
         f"{LOGS}/pretrain/{{model}}.log",
     conda:
@@ -45,12 +45,12 @@ rule train:
         cache=lambda wc: cache_file(wc.dataset),
         pretrained=lambda wc: pretrain_inputs(wc.model),
     output:
-        metrics=f"{RESULTS}/{EXPERIMENT}/{{dataset}}/{{model}}/{{strategy}}/seed{{seed}}/fold{{fold}}/metrics.json",
-        predictions=f"{RESULTS}/{EXPERIMENT}/{{dataset}}/{{model}}/{{strategy}}/seed{{seed}}/fold{{fold}}/predictions.parquet",
-        history=f"{RESULTS}/{EXPERIMENT}/{{dataset}}/{{model}}/{{strategy}}/seed{{seed}}/fold{{fold}}/history.csv",
-        run=f"{RESULTS}/{EXPERIMENT}/{{dataset}}/{{model}}/{{strategy}}/seed{{seed}}/fold{{fold}}/run.json",
+        metrics=f"{RUN}/metrics.json",
+        predictions=f"{RUN}/predictions.parquet",
+        history=f"{RUN}/history.csv",
+        run=f"{RUN}/run.json",
     log:
-        f"{LOGS}/train/{{dataset}}/{{model}}/{{strategy}}/seed{{seed}}/fold{{fold}}.log",
+        f"{LOGS}/train/{RUN_LOG}",
     conda:
         ENV
     threads: CFG["training"]["threads"]

@@ -16,9 +16,9 @@ from conftest import QUICK
 
 from audiopetl.audio import read_audio
 from audiopetl.cache import file_sha256, read_folds, read_metadata
-from audiopetl.config import feature_settings, load_config
+from audiopetl.config import FEATURE_VERSION, feature_settings, load_config
 from audiopetl.errors import DataError
-from audiopetl.features import FEATURE_VERSION, LogMelExtractor
+from audiopetl.features import LogMelExtractor
 from audiopetl.manifest import class_names, read_manifest
 from audiopetl.paths import cache_path
 

@@ -108,9 +108,12 @@ def quick_cfg(repo: Path) -> dict:
 
 
 def run_dirs(repo: Path) -> list[Path]:
-    study = quick_cfg(repo)["study"]
+    from audiopetl.paths import run_dir
+
+    cfg = quick_cfg(repo)
+    study = cfg["study"]
     return [
-        RESULTS / d / m / s / f"seed{seed}" / f"fold{f}"
+        run_dir(cfg, d, m, s, f, seed)
         for d in study["datasets"]
         for m in study["models"]
         for s in study["strategies"]
@@ -164,6 +167,11 @@ def test_first_repro_runs_the_study(repo: Path) -> None:
     for run in run_dirs(repo):
         assert (repo / run / "evaluation.json").is_file(), run
         assert any((repo / run / "model").rglob("*.safetensors")), run
+    # Every study writes into the same folders; DVC records them even when empty (no model
+    # here is mirrored from a hub).
+    outs = [out["path"] for stage in recorded.values() for out in stage.get("outs", [])]
+    for folder in ("data/raw", "data/models", f"{RESULTS.as_posix()}/runs"):
+        assert folder in outs and (repo / folder).is_dir(), folder
     metrics = json.loads((repo / RESULTS / "metrics.json").read_text())
     assert set(metrics["synthetic"]["tiny-ast"]) == set(STRATEGIES)
     # The workspace holds links into DVC's cache: a checkpoint takes its space once.
@@ -404,3 +412,80 @@ def test_push_pull_round_trip(repo: Path, tmp_path: Path) -> None:
     assert _stage_rules_without_records(clone) == []
     shutil.rmtree(clone / ".snakemake" / "metadata")
     assert _stage_rules_without_records(clone) == ["pretrain", "train", "evaluate"]
+
+
+SCRATCH_PRESET = """\
+# A study unlike the embedded ones: another dataset, a model without pretraining.
+experiment: scratch
+features:
+  target_length: 64
+datasets:
+  synthetic-source:
+    synthetic:
+      classes: 4
+      folds: 3
+      clips_per_class_per_fold: 6
+      duration_s: 0.7
+models:
+  scratch-ast:
+    pretrained: null
+    attn_implementation: sdpa
+    architecture:
+      hidden_size: 32
+      num_hidden_layers: 1
+      num_attention_heads: 2
+      intermediate_size: 64
+training:
+  epochs: 1
+  batch_size: 8
+  threads: 1
+  min_accuracy_over_chance: null
+study:
+  datasets: [synthetic-source]
+  models: [scratch-ast]
+  strategies: [linear]
+  folds: [1]
+  seeds: [0]
+"""
+
+
+def test_any_study_without_editing_dvc_yaml(repo: Path) -> None:
+    """dvc.yaml names fixed folders, so a study on other datasets and models, without
+    pretraining or hub checkpoints, is recorded and rerun as it stands; the folders it leaves
+    empty still exist, as DVC requires of outputs."""
+    from audiopetl.config import load_config
+    from audiopetl.paths import run_dir
+
+    (repo / "config" / "experiments" / "scratch.yaml").write_text(SCRATCH_PRESET)
+    set_config(repo, r"^experiment: \S+", "experiment: scratch")
+    cfg = load_config(repo / "config" / "config.yaml")
+    run = repo / run_dir(cfg, "synthetic-source", "scratch-ast", "linear", 1, 0)
+    results = Path("results") / "scratch"
+
+    # Snakemake first, DVC after, with the fixed folders a study may leave empty.
+    counts = job_counts(output(snakemake(repo, "--cores", "2")))
+    assert counts.get("train") == 1 and "pretrain" not in counts and "fetch_model" not in counts
+    assert (run / "evaluation.json").is_file()
+    for empty in (repo / results / "pretrain", repo / "data" / "models"):
+        assert empty.is_dir() and not any(empty.iterdir()), empty
+    dvc(repo, "commit", "--force")
+    assert UP_TO_DATE in output(dvc(repo, "status"))
+    outs = {
+        out["path"]: out for stage in lock(repo)["stages"].values() for out in stage.get("outs", [])
+    }
+    assert outs[f"{results.as_posix()}/pretrain"]["nfiles"] == 0
+    assert outs["data/models"]["nfiles"] == 0
+    assert outs[f"{results.as_posix()}/runs"]["nfiles"] > 0
+    metrics = json.loads((repo / results / "metrics.json").read_text())
+    assert set(metrics["synthetic-source"]["scratch-ast"]) == {"linear"}
+
+    # And `dvc repro` reruns it after a change: the one run, then the report.
+    before = json.loads((run / "run.json").read_text())
+    set_config(repo, r"^(    lr): 1\.0e-2", r"\1: 2.0e-2")  # strategies.linear.lr
+    result = output(dvc(repo, "repro"))
+    assert "Running stage 'training'" in result and "Running stage 'report'" in result
+    after = json.loads((run / "run.json").read_text())
+    assert after["config"]["strategies"]["linear"]["lr"] == pytest.approx(2.0e-2)
+    assert after != before
+    again = output(dvc(repo, "repro"))
+    assert UP_TO_DATE in again and "Running stage" not in again

@@ -143,6 +143,7 @@ def run_dir(project: Path, model: str, strategy: str, seed: int, fold: int) -> P
         project
         / "results"
         / EXPERIMENT
+        / "runs"
         / "synthetic"
         / model
         / strategy

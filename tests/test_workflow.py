@@ -67,10 +67,12 @@ def quick_cfg() -> dict:
 
 
 def run_dirs(project: Path) -> list[Path]:
+    from audiopetl.paths import run_dir
+
     cfg = quick_cfg()
     study = cfg["study"]
     return [
-        project / "results" / EXPERIMENT / d / m / s / f"seed{seed}" / f"fold{f}"
+        project / run_dir(cfg, d, m, s, f, seed)
         for d in study["datasets"]
         for m in study["models"]
         for s in study["strategies"]
@@ -190,3 +192,25 @@ def test_one_strategy_change_reruns_only_that_strategy(project: Path) -> None:
     lr = json.loads((lora_runs[0] / "run.json").read_text())["config"]["strategies"]["lora"]["lr"]
     assert lr == 0.004
     assert "Nothing to be done" in snakemake(project, "--dry-run").stdout
+
+
+def test_parsing_the_workflow_imports_neither_torch_nor_matplotlib() -> None:
+    """Every job, each SLURM job included, parses the workflow again: the modules rules/*.smk
+    import must stay light (torch and matplotlib take seconds to import)."""
+    modules = set()
+    for smk in sorted((ROOT / "rules").glob("*.smk")):
+        for found in re.finditer(r"^from (audiopetl[\w.]*) import (\w+)", smk.read_text(), re.M):
+            package, name = found.groups()
+            # `from audiopetl import config` imports a module; `from x.y import f`, x.y.
+            modules.add(f"{package}.{name}" if package == "audiopetl" else package)
+    assert {"audiopetl.config", "audiopetl.report.build"} <= modules, modules
+    probe = (
+        "import importlib, sys\n"
+        f"for name in {sorted(modules)!r}:\n"
+        "    importlib.import_module(name)\n"
+        "print(sorted(m for m in ('torch', 'matplotlib', 'seaborn') if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]", result.stdout

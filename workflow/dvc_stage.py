@@ -21,6 +21,8 @@ import re
 import subprocess
 import sys
 
+# Where dvc.yaml expects the study's files: config paths.data and paths.results as shipped.
+DVC_PATHS = {"data": "data", "results": "results"}
 # Snakemake's own summary of jobs it keeps without any record of how they were made.
 MISSING_METADATA = re.compile(r"^Rules with missing metadata: (.+)$", re.MULTILINE)
 
@@ -66,8 +68,29 @@ def rules_without_records(command: list[str], rules: list[str]) -> list[str]:
     return [rule for rule in rules if rule in unrecorded]
 
 
+def check_paths(experiment: str, config_file: str = "config/config.yaml") -> None:
+    """dvc.yaml names its outputs under data/ and results/; a configuration that writes
+    elsewhere would leave DVC recording folders that the study never touched."""
+    from audiopetl.config import ConfigError, load_config
+    from audiopetl.errors import AudiopetlError
+
+    try:
+        paths = load_config(config_file, experiment)["paths"]
+    except (ConfigError, AudiopetlError) as err:  # names its file and key: say just that
+        raise SystemExit(f"dvc_stage: {err}") from None
+    moved = {key: paths[key] for key, default in DVC_PATHS.items() if paths[key] != default}
+    if moved:
+        settings = ", ".join(f"paths.{key} = {value!r}" for key, value in moved.items())
+        raise SystemExit(
+            f"dvc_stage: {config_file} (experiment {experiment!r}) sets {settings}, but dvc.yaml "
+            f"names its outputs under {' and '.join(f'{v}/' for v in DVC_PATHS.values())}: "
+            "change the paths in dvc.yaml too, or run this study with Snakemake alone."
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    check_paths(args.experiment)
     command = snakemake_command(args)
     unrecorded = rules_without_records(command, args.rules)
     if unrecorded:

@@ -26,9 +26,9 @@ from tqdm import tqdm
 
 from audiopetl.atomic import atomic_path
 from audiopetl.audio import read_audio
-from audiopetl.config import feature_settings
+from audiopetl.config import FEATURE_VERSION, feature_settings
 from audiopetl.errors import DataError
-from audiopetl.features import FEATURE_VERSION, LogMelExtractor
+from audiopetl.features import LogMelExtractor
 from audiopetl.manifest import class_names
 
 META_KEY = b"audiopetl"

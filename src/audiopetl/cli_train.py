@@ -33,7 +33,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from audiopetl.cli import _config
-    from audiopetl.train import pretrain, pretrain_dir
+    from audiopetl.paths import pretrain_dir
+    from audiopetl.train import pretrain
 
     cfg = _config(args)
     out = Path(args.out) if args.out else pretrain_dir(cfg, args.model)
@@ -129,7 +130,7 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--strategy", required=True)
     p.add_argument("--fold", type=int, required=True, help="the test fold")
     p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--out", help="run folder (default: results/EXPERIMENT/D/M/S/seedN/foldF)")
+    p.add_argument("--out", help="run folder (default: results/EXPERIMENT/runs/D/M/S/seedN/foldF)")
     p.add_argument(
         "--pretrained",
         help="start from this save_pretrained folder or hub id "

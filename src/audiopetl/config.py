@@ -363,6 +363,16 @@ def feature_settings(cfg: Mapping[str, Any], dataset: str) -> dict[str, Any]:
     return merged
 
 
+# Bump when the log-mel computation (audiopetl.features) changes in a way that alters cached
+# values: the cache file names change with it.
+FEATURE_VERSION = 1
+
+
+def feature_id(cfg: Mapping[str, Any], dataset: str) -> str:
+    """Names a dataset's feature cache: a hash of its feature settings and FEATURE_VERSION."""
+    return stable_hash({"version": FEATURE_VERSION, **feature_settings(cfg, dataset)}, 10)
+
+
 def training_settings(cfg: Mapping[str, Any], strategy: str) -> dict[str, Any]:
     """The global training block with the strategy's own overrides applied."""
     merged = copy.deepcopy(cfg["training"])

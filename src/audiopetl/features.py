@@ -16,18 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from audiopetl.config import feature_settings, stable_hash
-
-# Bump when the computation changes in a way that alters cached values.
-FEATURE_VERSION = 1
 # Kaldi floors mel energies at float32 epsilon before the log.
 _LOG_FLOOR = float(np.finfo(np.float32).eps)
 # AST pads short clips with zeros in the *unnormalised* log-mel domain.
 PAD_VALUE = 0.0
-
-
-def feature_id(cfg: Mapping[str, Any], dataset: str) -> str:
-    return stable_hash({"version": FEATURE_VERSION, **feature_settings(cfg, dataset)}, 10)
 
 
 def _mel(freq: np.ndarray | float) -> np.ndarray:

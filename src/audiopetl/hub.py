@@ -14,6 +14,7 @@ from typing import Any
 from audiopetl.atomic import atomic_dir
 from audiopetl.config import model_config
 from audiopetl.errors import DataError, TrainingError
+from audiopetl.paths import models_dir
 
 
 def is_hub_id(source: str) -> bool:
@@ -21,7 +22,7 @@ def is_hub_id(source: str) -> bool:
 
 
 def mirror_dir(cfg: Mapping[str, Any], model: str) -> Path:
-    return Path(cfg["paths"]["data"]) / "models" / model
+    return models_dir(cfg) / model
 
 
 def fetch_model(cfg: Mapping[str, Any], model: str) -> Path:

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from audiopetl.config import feature_id
+
 
 def raw_dir(cfg: Mapping[str, Any], dataset: str) -> Path:
     return Path(cfg["paths"]["data"]) / "raw" / dataset
@@ -18,8 +20,6 @@ def manifest_path(cfg: Mapping[str, Any], dataset: str) -> Path:
 def cache_path(cfg: Mapping[str, Any], dataset: str) -> Path:
     # The file name carries a hash of the feature settings, so changing them builds a new
     # cache beside the old one and switching back costs nothing.
-    from audiopetl.features import feature_id
-
     return Path(cfg["paths"]["data"]) / "features" / f"{dataset}-{feature_id(cfg, dataset)}.parquet"
 
 
@@ -31,7 +31,39 @@ def experiment_dir(cfg: Mapping[str, Any]) -> Path:
     return Path(cfg["paths"]["results"]) / cfg["experiment"]
 
 
+# The run folders of a study live in two fixed folders whatever its datasets and models, so
+# dvc.yaml can name them as the training stage's outputs (DVC cannot derive outputs from the
+# study's settings).
+RUNS = "runs"
+PRETRAIN = "pretrain"
+
+
+def runs_dir(cfg: Mapping[str, Any]) -> Path:
+    return experiment_dir(cfg) / RUNS
+
+
 def run_dir(
     cfg: Mapping[str, Any], dataset: str, model: str, strategy: str, fold: int, seed: int
 ) -> Path:
-    return experiment_dir(cfg) / dataset / model / strategy / f"seed{seed}" / f"fold{fold}"
+    return runs_dir(cfg) / dataset / model / strategy / f"seed{seed}" / f"fold{fold}"
+
+
+def pretrain_dir(cfg: Mapping[str, Any], model: str) -> Path:
+    return experiment_dir(cfg) / PRETRAIN / model
+
+
+def models_dir(cfg: Mapping[str, Any]) -> Path:
+    """Local mirrors of hub checkpoints (audiopetl fetch-model)."""
+    return Path(cfg["paths"]["data"]) / "models"
+
+
+def versioned_dirs(cfg: Mapping[str, Any]) -> list[Path]:
+    """The folders dvc.yaml names as stage outputs that a study may leave empty (no hub
+    checkpoint, no pretraining). The workflow creates them after every run, because DVC fails
+    on an output that does not exist and has no optional outputs."""
+    return [
+        Path(cfg["paths"]["data"]) / "raw",
+        models_dir(cfg),
+        experiment_dir(cfg) / PRETRAIN,
+        runs_dir(cfg),
+    ]

@@ -46,7 +46,7 @@ from audiopetl.config import (
 from audiopetl.errors import TrainingError
 from audiopetl.metrics import classification_metrics
 from audiopetl.models import build_model
-from audiopetl.paths import cache_path
+from audiopetl.paths import cache_path, pretrain_dir
 from audiopetl.strategies import ParameterCount, Strategy, get_strategy
 
 log = logging.getLogger(__name__)
@@ -659,10 +659,6 @@ def default_pretrained(cfg: Mapping[str, Any], model: str) -> str | None:
     from audiopetl.hub import resolve_pretrained
 
     return resolve_pretrained(cfg, model)
-
-
-def pretrain_dir(cfg: Mapping[str, Any], model: str) -> Path:
-    return Path(cfg["paths"]["results"]) / cfg["experiment"] / "pretrain" / model
 
 
 def pretrain(cfg: Mapping[str, Any], model: str, out: Path, progress: bool = False) -> Path:

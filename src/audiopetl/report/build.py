@@ -8,7 +8,6 @@ from typing import Any
 
 import pandas as pd
 
-from audiopetl.report import figures
 from audiopetl.report.aggregate import (
     collect_histories,
     collect_runs,
@@ -18,10 +17,12 @@ from audiopetl.report.aggregate import (
     summarize,
     write_summary,
 )
+from audiopetl.report.defaults import DEFAULT_REPORT
 from audiopetl.report.dvc_views import write_dvc_views
 from audiopetl.report.tables import write_tables
 
 FIGURES_DIR = "figures"
+
 STUDY_KEYS = (("dataset", "datasets"), ("model", "models"), ("strategy", "strategies"))
 
 
@@ -40,6 +41,8 @@ def _class_figures(
     are ``confusion_matrix``/``per_class_f1``; with several each gets a ``-{dataset}-{model}``
     suffix.
     """
+    from audiopetl.report import figures  # see build_report
+
     combos = list(dict.fromkeys(zip(summary["dataset"], summary["model"], strict=True)))
     keys = group_columns(runs)
     written = []
@@ -69,7 +72,11 @@ def build_report(cfg: Mapping[str, Any], run_dirs: Sequence[Path], out_dir: Path
     """Write summary.csv/json, table.csv/md/tex, the figures under ``out_dir/figures`` and
     the flat views for DVC (metrics.json, plots/); return every written path, in the order
     written."""
-    report_cfg = {**figures.DEFAULT_REPORT, **(cfg.get("report") or {})}
+    # Imported here, not at the top: matplotlib and seaborn take over a second to import, and
+    # the workflow imports this module in every job only for expected_outputs().
+    from audiopetl.report import figures
+
+    report_cfg = {**DEFAULT_REPORT, **(cfg.get("report") or {})}
     out_dir = Path(out_dir)
     fig_dir = out_dir / FIGURES_DIR
     runs = order_runs(collect_runs(run_dirs), _study_order(cfg))
@@ -88,7 +95,7 @@ def build_report(cfg: Mapping[str, Any], run_dirs: Sequence[Path], out_dir: Path
 def expected_outputs(cfg: Mapping[str, Any], out_dir: Path) -> list[Path]:
     """Every file build_report writes for ``cfg``'s study, so a workflow can declare them."""
     out_dir = Path(out_dir)
-    formats = list((cfg.get("report") or figures.DEFAULT_REPORT)["formats"])
+    formats = list((cfg.get("report") or DEFAULT_REPORT)["formats"])
     names = ["learning_curves", "accuracy_vs_params", "accuracy_per_strategy"]
     combos = [(d, m) for d in cfg["study"]["datasets"] for m in cfg["study"]["models"]]
     for dataset, model in combos:

@@ -28,18 +28,8 @@ from matplotlib.figure import Figure
 from audiopetl.atomic import atomic_path
 from audiopetl.errors import DataError
 from audiopetl.report.aggregate import METRIC_NAMES, base_metric, is_fraction
+from audiopetl.report.defaults import DEFAULT_REPORT
 
-# The values of config/config.yaml's report block, for callers without a configuration.
-DEFAULT_REPORT: dict[str, Any] = {
-    "metric": "accuracy",
-    "formats": ["pdf", "png"],
-    "dpi": 300,
-    "text_width_in": 6.3,
-    "font_size": 9,
-    "font_family": "serif",
-    "palette": "colorblind",
-    "decimals": 2,
-}
 # Heatmap cells get their number written in only while it stays legible.
 MAX_ANNOTATED_CLASSES = 15
 MAX_ANNOTATED_CELLS = 400

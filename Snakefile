@@ -23,10 +23,3 @@ rule all:
     input:
         report_outputs(),
         data_reports(),
-
-
-onsuccess:
-    # dvc.yaml names these folders as outputs; a study may leave some of them empty (no hub
-    # checkpoint, no pretraining), and DVC refuses an output that does not exist.
-    for folder in appaths.versioned_dirs(CFG):
-        os.makedirs(folder, exist_ok=True)

@@ -34,6 +34,11 @@ RUNS = f"{RESULTS}/{EXPERIMENT}/{appaths.RUNS}"
 PRETRAIN = f"{RESULTS}/{EXPERIMENT}/{appaths.PRETRAIN}"
 RUN = f"{RUNS}/{{dataset}}/{{model}}/{{strategy}}/seed{{seed}}/fold{{fold}}"
 RUN_LOG = "{dataset}/{model}/{strategy}/seed{seed}/fold{fold}.log"
+# dvc.yaml names these folders as outputs, and a study may leave some of them empty (no hub
+# checkpoint, no pretraining): DVC refuses an output that does not exist. Made here, not in an
+# onsuccess handler, which Snakemake skips when it has nothing to do.
+for _folder in appaths.versioned_dirs(CFG):
+    os.makedirs(_folder, exist_ok=True)
 # Every CLI call names the same configuration the workflow resolved.
 CLI_CONFIG = f"--config {CONFIG_FILE} --experiment {EXPERIMENT} --quiet"
 # The conda environment of every rule, chosen in the config (used with --sdm conda).

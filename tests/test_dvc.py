@@ -478,6 +478,10 @@ def test_any_study_without_editing_dvc_yaml(repo: Path) -> None:
     assert outs[f"{results.as_posix()}/runs"]["nfiles"] > 0
     metrics = json.loads((repo / results / "metrics.json").read_text())
     assert set(metrics["synthetic-source"]["scratch-ast"]) == {"linear"}
+    # Even when Snakemake has nothing to do, the folders are there for DVC.
+    (repo / results / "pretrain").rmdir()
+    assert NOTHING_TO_DO in output(snakemake(repo, "--cores", "1"))
+    assert UP_TO_DATE in output(dvc(repo, "status"))
 
     # And `dvc repro` reruns it after a change: the one run, then the report.
     before = json.loads((run / "run.json").read_text())

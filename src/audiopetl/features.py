@@ -97,11 +97,9 @@ class LogMelExtractor:
         emphasised[:, 1:] -= c * batch[:, :-1]
         frames = emphasised.unfold(-1, self.window, self.shift)  # a view: (B, T, window)
         spectrum = torch.fft.rfft(frames * self._hann, n=self.n_fft)
-        # Frame means from a float64 running sum: exact enough, and no pass over the frames.
-        csum = torch.nn.functional.pad(batch.double().cumsum(dim=-1), (1, 0))
-        starts = torch.arange(frames.shape[1]) * self.shift
-        means = (csum[:, starts + self.window] - csum[:, starts]) / self.window
-        spectrum -= ((1.0 - c) * means).to(torch.float32).unsqueeze(-1) * self._hann_fft
+        # The raw frames' means: a reduction over a strided view, no copy of the frames.
+        means = batch.unfold(-1, self.window, self.shift).mean(dim=-1)
+        spectrum -= ((1.0 - c) * means).unsqueeze(-1) * self._hann_fft
         power = spectrum.real.square() + spectrum.imag.square()
         energies = power @ self._banks
         return energies.clamp_min(_LOG_FLOOR).log()
@@ -115,9 +113,14 @@ class LogMelExtractor:
         batch = torch.zeros(len(waveforms), width, dtype=torch.float32)
         for i, (w, n) in enumerate(zip(waveforms, lengths, strict=True)):
             batch[i, :n] = torch.from_numpy(np.asarray(w[:n], dtype=np.float32))
-        feats = self.log_mel(batch)
-        out = torch.full((len(waveforms), self.target_length, self.num_mel_bins), PAD_VALUE)
+        feats = self.log_mel(batch)[:, : self.target_length]
+        # Normalised in place, then placed in an output already filled with the normalised pad
+        # value: two passes over the features instead of four.
+        feats.sub_(self.mean).div_(2.0 * self.std)
+        pad = (PAD_VALUE - self.mean) / (2.0 * self.std)
+        out = torch.full((len(waveforms), self.target_length, self.num_mel_bins), pad)
+        out[:, : feats.shape[1]] = feats
         for i, n in enumerate(n_frames):
-            keep = min(n, self.target_length)
-            out[i, :keep] = feats[i, :keep]
-        return (out - self.mean) / (2.0 * self.std), n_frames
+            if n < feats.shape[1]:  # a clip shorter than the batch's longest: pad its tail
+                out[i, n:] = pad
+        return out, n_frames

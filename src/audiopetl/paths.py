@@ -59,8 +59,8 @@ def models_dir(cfg: Mapping[str, Any]) -> Path:
 
 def versioned_dirs(cfg: Mapping[str, Any]) -> list[Path]:
     """The folders dvc.yaml names as stage outputs that a study may leave empty (no hub
-    checkpoint, no pretraining). The workflow creates them after every run, because DVC fails
-    on an output that does not exist and has no optional outputs."""
+    checkpoint, no pretraining). The workflow creates them whenever it is loaded, because DVC
+    fails on an output that does not exist and has no optional outputs."""
     return [
         Path(cfg["paths"]["data"]) / "raw",
         models_dir(cfg),

@@ -1,4 +1,4 @@
-"""How long DVC takes to find nothing to do, in a fresh git repository of the project.
+"""How long DVC takes to find nothing to do, in a fresh clone of the project.
 
     python benchmarks/dvc_noop.py [--experiment NAME] [--keep DIR]
 
@@ -23,18 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 UP_TO_DATE = "Data and pipelines are up to date."
 
 
-def project_files() -> list[str]:
-    """What a clone of the working tree holds: tracked files and new ones git does not ignore."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\0")
-    return [name for name in listed if name and os.path.lexists(ROOT / name)]
-
-
 def timed(folder: Path, env: dict[str, str], *command: str) -> tuple[float, str]:
     started = time.perf_counter()
     result = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
@@ -53,27 +41,22 @@ def tracked_size(folder: Path) -> tuple[int, int]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experiment", default="quick", help="the preset (default: quick)")
-    parser.add_argument("--keep", type=Path, help="build the repository here and keep it")
+    parser.add_argument("--keep", type=Path, help="clone into this new folder and keep it")
     args = parser.parse_args()
-    folder = args.keep or Path(tempfile.mkdtemp(prefix="audiopetl-dvc-bench-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in project_files():
-        target = folder / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, target, follow_symlinks=False)
-    config = folder / "config" / "config.yaml"
-    text = re.sub(
-        r"^experiment: \S+", f"experiment: {args.experiment}", config.read_text(), flags=re.M
-    )
-    config.write_text(text)
+    folder = args.keep or Path(tempfile.mkdtemp(prefix="audiopetl-dvc-bench-")) / "audiopetl"
     env = dict(os.environ, DVC_NO_ANALYTICS="1")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     for role in ("AUTHOR", "COMMITTER"):
         env[f"GIT_{role}_NAME"] = "audiopetl benchmark"
         env[f"GIT_{role}_EMAIL"] = "benchmark@audiopetl.invalid"
-    timed(folder, env, "git", "init", "--quiet")
-    timed(folder, env, "git", "add", "--all")
-    timed(folder, env, "git", "commit", "--quiet", "--message", "benchmark")
+    # A clone, as a user's: the committed workflow (the code is the installed audiopetl).
+    timed(ROOT, env, "git", "clone", "--quiet", str(ROOT), str(folder))
+    config = folder / "config" / "config.yaml"
+    text = re.sub(
+        r"^experiment: \S+", f"experiment: {args.experiment}", config.read_text(), flags=re.M
+    )
+    config.write_text(text)
+    timed(folder, env, "git", "commit", "--quiet", "--all", "--allow-empty", "-m", "benchmark")
 
     dvc = (sys.executable, "-m", "dvc")
     first, _ = timed(folder, env, *dvc, "repro")
@@ -90,7 +73,7 @@ def main() -> int:
     print(f"  snakemake --dry-run  {dry:8.1f} s")
     print(f"  DVC cache            {files} files, {size / 2**20:.1f} MiB")
     if not args.keep:
-        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(folder.parent, ignore_errors=True)
     return 0
 
 

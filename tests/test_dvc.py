@@ -385,6 +385,8 @@ def test_push_pull_round_trip(repo: Path, tmp_path: Path) -> None:
     git(tmp_path, "clone", "--quiet", str(repo), str(clone))
     dvc(clone, "pull")
     assert outputs_digest(clone) == original
+    # An output folder the study leaves empty comes back too (no hub mirror in this study).
+    assert (clone / "data" / "models").is_dir() and not any((clone / "data" / "models").iterdir())
     assert UP_TO_DATE in output(dvc(clone, "status"))
     result = output(dvc(clone, "repro"))
     assert UP_TO_DATE in result and "Running stage" not in result

@@ -108,18 +108,9 @@ def quick_cfg(repo: Path) -> dict:
 
 
 def run_dirs(repo: Path) -> list[Path]:
-    from audiopetl.paths import run_dir
+    from audiopetl.paths import study_runs
 
-    cfg = quick_cfg(repo)
-    study = cfg["study"]
-    return [
-        run_dir(cfg, d, m, s, f, seed)
-        for d in study["datasets"]
-        for m in study["models"]
-        for s in study["strategies"]
-        for seed in study["seeds"]
-        for f in study["folds"]
-    ]
+    return study_runs(quick_cfg(repo))
 
 
 def outputs_digest(repo: Path) -> dict[str, str]:

@@ -67,18 +67,9 @@ def quick_cfg() -> dict:
 
 
 def run_dirs(project: Path) -> list[Path]:
-    from audiopetl.paths import run_dir
+    from audiopetl.paths import study_runs
 
-    cfg = quick_cfg()
-    study = cfg["study"]
-    return [
-        project / run_dir(cfg, d, m, s, f, seed)
-        for d in study["datasets"]
-        for m in study["models"]
-        for s in study["strategies"]
-        for seed in study["seeds"]
-        for f in study["folds"]
-    ]
+    return [project / run for run in study_runs(quick_cfg())]
 
 
 def test_every_output_present_and_consistent(project: Path) -> None:

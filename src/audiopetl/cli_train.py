@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from audiopetl.paths import run_dir
+from audiopetl.paths import run_dir, study_runs
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -59,19 +59,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"run (max logit difference {result['max_abs_logit_difference']:.2g})"
     )
     return 0
-
-
-def study_runs(cfg: dict) -> list[Path]:
-    """Every run folder of the configured study matrix, in the study's order."""
-    study = cfg["study"]
-    return [
-        run_dir(cfg, d, m, s, f, seed)
-        for d in study["datasets"]
-        for m in study["models"]
-        for s in study["strategies"]
-        for seed in study["seeds"]
-        for f in study["folds"]
-    ]
 
 
 def cmd_report(args: argparse.Namespace) -> int:

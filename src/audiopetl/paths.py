@@ -48,6 +48,19 @@ def run_dir(
     return runs_dir(cfg) / dataset / model / strategy / f"seed{seed}" / f"fold{fold}"
 
 
+def study_runs(cfg: Mapping[str, Any]) -> list[Path]:
+    """Every run folder of the configured study matrix, in the study's order."""
+    study = cfg["study"]
+    return [
+        run_dir(cfg, d, m, s, f, seed)
+        for d in study["datasets"]
+        for m in study["models"]
+        for s in study["strategies"]
+        for seed in study["seeds"]
+        for f in study["folds"]
+    ]
+
+
 def pretrain_dir(cfg: Mapping[str, Any], model: str) -> Path:
     return experiment_dir(cfg) / PRETRAIN / model
 

@@ -33,6 +33,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from project_copy import copy_workflow, deep_merge, edit_preset
 from training_helpers import assert_bitwise_equal, load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,31 +103,12 @@ needs_cluster = pytest.mark.skipif(_why_no_cluster() is not None, reason=str(_wh
 pytestmark = pytest.mark.slow
 
 
-def merge(base: dict, extra: dict) -> dict:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            merge(base[key], value)
-        else:
-            base[key] = value
-    return base
-
-
 def copy_project(dest: Path, preset_changes: dict) -> Path:
     """The workflow's files (the `slurm` profile link included) in ``dest``, with changes to
     the quick preset."""
     dest.mkdir(parents=True)
-    for name in PROJECT_FILES:
-        source = ROOT / name
-        if not source.exists():
-            continue
-        if source.is_symlink():
-            os.symlink(os.readlink(source), dest / name)
-        elif source.is_dir():
-            shutil.copytree(source, dest / name)
-        else:
-            shutil.copy2(source, dest / name)
-    preset = dest / "config" / "experiments" / f"{EXPERIMENT}.yaml"
-    preset.write_text(yaml.safe_dump(merge(yaml.safe_load(preset.read_text()), preset_changes)))
+    copy_workflow(dest, PROJECT_FILES)
+    edit_preset(dest, EXPERIMENT, preset_changes)
     return dest
 
 
@@ -230,9 +212,15 @@ def train_reference(project: Path, folder: Path) -> subprocess.Popen:
             f"--model {model} --strategy {strategy} --seed {seed} --fold {fold} --out run",
         ]
     )
+    return start_in_own_session(["nice", "-n", "19", "bash", "-c", script], folder)
+
+
+def start_in_own_session(command: list[str], cwd: Path) -> subprocess.Popen:
+    """Start ``command`` in a session of its own (so stop_group reaches all it starts), its
+    output and errors together in one pipe."""
     return subprocess.Popen(
-        ["nice", "-n", "19", "bash", "-c", script],
-        cwd=folder,
+        command,
+        cwd=cwd,
         env=command_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -257,7 +245,7 @@ def stop_group(process: subprocess.Popen, sig: int = signal.SIGKILL, wait_s: flo
 def study(cluster: None, tmp_path_factory: pytest.TempPathFactory) -> SlurmStudy:
     work = tmp_path_factory.mktemp("slurm")
     # One decoding thread per cache job: the two caches then share the node's two CPUs.
-    changes = merge({"resources": RESOURCES, "cache": {"workers": 1}}, LONG)
+    changes = deep_merge({"resources": RESOURCES, "cache": {"workers": 1}}, LONG)
     project = copy_project(work / "project", changes)
     reference = train_reference(project, work / "reference")
     targets = [
@@ -273,15 +261,7 @@ def study(cluster: None, tmp_path_factory: pytest.TempPathFactory) -> SlurmStudy
         "--slurm-keep-successful-logs",
         *targets,
     ]  # fmt: skip
-    snakemake = subprocess.Popen(
-        command,
-        cwd=project,
-        env=command_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    snakemake = start_in_own_session(command, project)
     try:
         output, _ = snakemake.communicate()
         if snakemake.returncode != 0:

@@ -13,7 +13,7 @@ import matplotlib.image as mpimg
 import pandas as pd
 import pytest
 import yaml
-from project_copy import copy_workflow
+from project_copy import copy_workflow, edit_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = "quick"
@@ -140,25 +140,10 @@ def test_self_contained_report(project: Path) -> None:
     assert not re.search(r"<link[^>]+href=[\"']https?://[^\"']+\.css", html)
 
 
-def _edit_preset(project: Path, change: dict) -> None:
-    path = project / "config" / "experiments" / f"{EXPERIMENT}.yaml"
-    preset = yaml.safe_load(path.read_text())
-
-    def merge(base: dict, extra: dict) -> None:
-        for key, value in extra.items():
-            if isinstance(value, dict) and isinstance(base.get(key), dict):
-                merge(base[key], value)
-            else:
-                base[key] = value
-
-    merge(preset, change)
-    path.write_text(yaml.safe_dump(preset, sort_keys=False))
-
-
 def test_training_only_change_never_rebuilds_the_cache(project: Path) -> None:
     original = (project / "config" / "experiments" / f"{EXPERIMENT}.yaml").read_text()
     try:
-        _edit_preset(project, {"training": {"label_smoothing": 0.05}})
+        edit_preset(project, EXPERIMENT, {"training": {"label_smoothing": 0.05}})
         counts = job_counts(snakemake(project, "--dry-run").stdout)
         assert counts.get("train") == len(run_dirs(project))
         assert "cache" not in counts and "fetch" not in counts
@@ -170,7 +155,7 @@ def test_training_only_change_never_rebuilds_the_cache(project: Path) -> None:
 def test_one_strategy_change_reruns_only_that_strategy(project: Path) -> None:
     runs = run_dirs(project)
     before = {r: (r / "metrics.json").stat().st_mtime_ns for r in runs}
-    _edit_preset(project, {"strategies": {"lora": {"lr": 0.004}}})
+    edit_preset(project, EXPERIMENT, {"strategies": {"lora": {"lr": 0.004}}})
     counts = job_counts(snakemake(project, "--dry-run").stdout)
     lora_runs = [r for r in runs if r.parts[-3] == "lora"]
     assert counts.get("train") == len(lora_runs)

@@ -2,7 +2,8 @@
 
     python benchmarks/cache_throughput.py [--clips N] [--ast-clips M] [--keep DIR]
 
-The 83 real ESC-50 clips of /work/shared/data/esc50-subset (44.1 kHz, 5 s) are repeated to N
+The 83 real ESC-50 clips of ../shared/data/esc50-subset beside the project, or of
+$AUDIOPETL_SHARED_DATA/esc50-subset (44.1 kHz, 5 s), are repeated to N
 clips (symlinks with distinct names in a temporary folder), described as a `folder` dataset by a
 CSV manifest (all in fold 1, so one fold holds N clips), and cached at AST's ESC-50 recipe
 (16 kHz, 128 mel bins, target_length 512). Measured:
@@ -40,7 +41,8 @@ from audiopetl.config import feature_settings, load_config
 from audiopetl.features import LogMelExtractor
 
 REPO = Path(__file__).resolve().parents[1]
-SUBSET = Path("/work/shared/data/esc50-subset")
+SHARED_DATA = Path(os.environ.get("AUDIOPETL_SHARED_DATA") or REPO.parent / "shared" / "data")
+SUBSET = SHARED_DATA / "esc50-subset"
 DATASET = "bench"
 
 

@@ -1,5 +1,6 @@
 # Configuration and paths shared by every rule. The configuration is resolved and validated
-# by the same function the CLI uses, so a rule and a person at the shell see the same settings.
+# by the same function the CLI uses, and every path comes from audiopetl.paths, so a rule and a
+# person at the shell see the same settings and the same files.
 
 import json
 import os
@@ -24,23 +25,36 @@ CONFIG_FILE = config.get("config_file", "config/config.yaml")
 CFG = apconfig.load_config(CONFIG_FILE, config.get("experiment"))
 validate(CFG, str(apconfig.schema_path()))
 EXPERIMENT = CFG["experiment"]
-DATA = CFG["paths"]["data"]
-RESULTS = CFG["paths"]["results"]
 STUDY = CFG["study"]
-LOGS = f"{RESULTS}/{EXPERIMENT}/logs"
-# One folder per run, and per source-task pretraining, under the two fixed folders that
-# dvc.yaml names as the training stage's outputs (audiopetl.paths).
-RUNS = f"{RESULTS}/{EXPERIMENT}/{appaths.RUNS}"
-PRETRAIN = f"{RESULTS}/{EXPERIMENT}/{appaths.PRETRAIN}"
-RUN = f"{RUNS}/{{dataset}}/{{model}}/{{strategy}}/seed{{seed}}/fold{{fold}}"
-RUN_LOG = "{dataset}/{model}/{strategy}/seed{seed}/fold{fold}.log"
+# Every job's `audiopetl` command reads the configuration the workflow resolved from these two
+# variables (the CLI's --config and --experiment default to them; its log names them). They
+# stay off the command lines on purpose: Snakemake reruns a job whose command or params
+# changed, and a data job must not rerun because another preset asks for the same data.
+os.environ[apconfig.CONFIG_ENV] = CONFIG_FILE
+os.environ[apconfig.EXPERIMENT_ENV] = EXPERIMENT
+
+
+envvars:
+    apconfig.CONFIG_ENV,
+    apconfig.EXPERIMENT_ENV,
+
+
+# Path patterns, from the functions that give the CLI its paths.
+MANIFEST = str(appaths.manifest_path(CFG, "{dataset}", "{did}"))
+CACHE = str(appaths.cache_path(CFG, "{dataset}", "{fid}"))
+DATA_REPORT = str(appaths.data_report_path(CFG, "{dataset}", "{fid}"))
+MIRROR = str(appaths.mirror_dir(CFG, "{model}"))
+PRETRAIN = str(appaths.pretrain_dir(CFG, "{model}"))
+RUN = str(
+    appaths.run_dir(CFG, "{dataset}", "{model}", "{strategy}", "{fold}", "{seed}")
+)
+RUN_LOG = str(appaths.run_log("{dataset}", "{model}", "{strategy}", "{fold}", "{seed}"))
+LOGS = str(appaths.logs_dir(CFG))
 # dvc.yaml names these folders as outputs, and a study may leave some of them empty (no hub
 # checkpoint, no pretraining): DVC refuses an output that does not exist. Made here, not in an
 # onsuccess handler, which Snakemake skips when it has nothing to do.
 for _folder in appaths.versioned_dirs(CFG):
     os.makedirs(_folder, exist_ok=True)
-# Every CLI call names the same configuration the workflow resolved.
-CLI_CONFIG = f"--config {CONFIG_FILE} --experiment {EXPERIMENT} --quiet"
 # The conda environment of every rule, chosen in the config (used with --sdm conda).
 ENV = f"../envs/{CFG['env']}.yaml"
 
@@ -50,6 +64,7 @@ wildcard_constraints:
     dataset=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     model=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     strategy=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    did=r"[0-9a-f]{10}",
     fid=r"[0-9a-f]{10}",
     fold=r"\d+",
     seed=r"\d+",
@@ -60,8 +75,12 @@ def settings_json(value):
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
+def manifest_file(dataset):
+    return str(appaths.manifest_path(CFG, dataset))
+
+
 def cache_file(dataset):
-    return f"{DATA}/features/{dataset}-{apconfig.feature_id(CFG, dataset)}.parquet"
+    return str(appaths.cache_path(CFG, dataset))
 
 
 def pretrain_inputs(model):
@@ -69,31 +88,18 @@ def pretrain_inputs(model):
     mirror of a hub checkpoint (fetched on the submitting machine)."""
     model_cfg = apconfig.model_config(CFG, model)
     if model_cfg.get("pretrain"):
-        return [f"{PRETRAIN}/{model}/metrics.json"]
+        return [str(appaths.pretrain_dir(CFG, model) / "metrics.json")]
     if model_cfg.get("pretrained") and aphub.is_hub_id(model_cfg["pretrained"]):
-        return [f"{DATA}/models/{model}/config.json"]
+        return [str(appaths.mirror_dir(CFG, model) / aphub.MIRROR_RECORD)]
     return []
 
 
-def run_dir(dataset, model, strategy, seed, fold):
-    return RUN.format(
-        dataset=dataset, model=model, strategy=strategy, seed=seed, fold=fold
-    )
-
-
 def all_runs():
-    return [
-        run_dir(d, m, s, seed, f)
-        for d in STUDY["datasets"]
-        for m in STUDY["models"]
-        for s in STUDY["strategies"]
-        for seed in STUDY["seeds"]
-        for f in STUDY["folds"]
-    ]
+    return [str(run) for run in appaths.study_runs(CFG)]
 
 
 def report_outputs():
-    return [str(p) for p in expected_outputs(CFG, f"{RESULTS}/{EXPERIMENT}")]
+    return [str(p) for p in expected_outputs(CFG, appaths.experiment_dir(CFG))]
 
 
 def report_entries():
@@ -109,7 +115,7 @@ def report_entries():
 
 
 def data_reports():
-    return [f"{DATA}/reports/{d}.json" for d in STUDY["datasets"]]
+    return [str(appaths.data_report_path(CFG, d)) for d in STUDY["datasets"]]
 
 
 def resources_of(kind):

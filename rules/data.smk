@@ -1,29 +1,32 @@
-# Data: a verified dataset under data/raw, then its log-mel cache, computed once.
+# Data: a verified dataset under data/raw, then its log-mel cache, computed once. Each folder
+# and file name carries a hash of the settings it is made from (audiopetl.paths), so presets
+# that share a dataset share its files, and presets that define it differently keep their own.
 
 
 rule fetch:
     # Local: downloads need the internet, which compute nodes often lack.
     output:
-        manifest=f"{DATA}/raw/{{dataset}}/manifest.csv",
+        manifest=MANIFEST,
     log:
-        f"{LOGS}/fetch/{{dataset}}.log",
+        f"{LOGS}/fetch/{{dataset}}-{{did}}.log",
     localrule: True
     conda:
         ENV
     resources:
         **resources_of("data"),
     params:
-        cli=CLI_CONFIG,
-        settings=lambda wc: settings_json(apconfig.dataset_config(CFG, wc.dataset)),
+        settings=lambda wc: settings_json(
+            apconfig.dataset_identity(apconfig.dataset_config(CFG, wc.dataset))
+        ),
     shell:
-        "audiopetl fetch {wildcards.dataset} {params.cli} --force > {log} 2>&1"
+        "audiopetl fetch {wildcards.dataset} --quiet --force > {log} 2>&1"
 
 
 rule cache:
     input:
-        manifest=f"{DATA}/raw/{{dataset}}/manifest.csv",
+        manifest=lambda wc: manifest_file(wc.dataset),
     output:
-        cache=f"{DATA}/features/{{dataset}}-{{fid}}.parquet",
+        cache=CACHE,
     log:
         f"{LOGS}/cache/{{dataset}}-{{fid}}.log",
     conda:
@@ -32,36 +35,31 @@ rule cache:
     resources:
         **resources_of("data"),
     params:
-        cli=CLI_CONFIG,
         features=lambda wc: settings_json(apconfig.feature_settings(CFG, wc.dataset)),
     shell:
-        "audiopetl cache {wildcards.dataset} {params.cli} --out {output.cache} --force"
-        " > {log} 2>&1"
+        "audiopetl cache {wildcards.dataset} --quiet --out {output.cache} --force > {log} 2>&1"
 
 
 rule data_report:
     input:
-        manifest=f"{DATA}/raw/{{dataset}}/manifest.csv",
+        manifest=lambda wc: manifest_file(wc.dataset),
         cache=lambda wc: cache_file(wc.dataset),
     output:
-        report=f"{DATA}/reports/{{dataset}}.json",
+        report=DATA_REPORT,
     log:
-        f"{LOGS}/data_report/{{dataset}}.log",
+        f"{LOGS}/data_report/{{dataset}}-{{fid}}.log",
     conda:
         ENV
     resources:
         **resources_of("data"),
-    params:
-        cli=CLI_CONFIG,
     shell:
-        "audiopetl data-report {wildcards.dataset} {params.cli} --out {output.report}"
-        " > {log} 2>&1"
+        "audiopetl data-report {wildcards.dataset} --quiet --out {output.report} > {log} 2>&1"
 
 
 rule fetch_model:
     # Local: compute nodes often have no internet; training jobs read the mirror.
     output:
-        config=f"{DATA}/models/{{model}}/config.json",
+        record=f"{MIRROR}/{aphub.MIRROR_RECORD}",
     log:
         f"{LOGS}/fetch_model/{{model}}.log",
     localrule: True
@@ -70,7 +68,6 @@ rule fetch_model:
     resources:
         **resources_of("data"),
     params:
-        cli=CLI_CONFIG,
-        source=lambda wc: apconfig.model_config(CFG, wc.model)["pretrained"],
+        source=lambda wc: settings_json(aphub.source_of(CFG, wc.model)),
     shell:
-        "audiopetl fetch-model --model {wildcards.model} {params.cli} > {log} 2>&1"
+        "audiopetl fetch-model --model {wildcards.model} --quiet --force > {log} 2>&1"

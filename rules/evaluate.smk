@@ -16,8 +16,7 @@ rule evaluate:
     resources:
         **resources_of("data"),
     params:
-        cli=CLI_CONFIG,
         run=lambda wc, input: os.path.dirname(input.metrics),
     shell:
-        "HF_HUB_OFFLINE=1 audiopetl evaluate {params.run} {params.cli}"
+        "HF_HUB_OFFLINE=1 audiopetl evaluate {params.run} --quiet"
         " --out {output.evaluation} > {log} 2>&1"

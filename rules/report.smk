@@ -11,11 +11,11 @@ rule report:
     output:
         report_entries(),
         resolved=report(
-            f"{RESULTS}/{EXPERIMENT}/config.resolved.yaml",
+            str(appaths.experiment_dir(CFG) / "config.resolved.yaml"),
             caption="../workflow/report/config.rst",
             category="Configuration",
         ),
-        dvc_views=[str(p) for p in dvc_view_outputs(CFG, f"{RESULTS}/{EXPERIMENT}")],
+        dvc_views=[str(p) for p in dvc_view_outputs(CFG, appaths.experiment_dir(CFG))],
     log:
         f"{LOGS}/report.log",
     conda:
@@ -23,8 +23,7 @@ rule report:
     resources:
         **resources_of("report"),
     params:
-        cli=CLI_CONFIG,
         out=lambda wc, output: os.path.dirname(output.resolved),
         report=settings_json(CFG["report"]),
     shell:
-        "audiopetl report {params.cli} --out {params.out} > {log} 2>&1"
+        "audiopetl report --quiet --out {params.out} > {log} 2>&1"

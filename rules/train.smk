@@ -15,7 +15,7 @@ rule pretrain:
             apconfig.model_config(CFG, wc.model)["pretrain"]["dataset"]
         ),
     output:
-        metrics=f"{PRETRAIN}/{{model}}/metrics.json",
+        metrics=f"{PRETRAIN}/metrics.json",
     log:
         f"{LOGS}/pretrain/{{model}}.log",
     conda:
@@ -24,7 +24,6 @@ rule pretrain:
     resources:
         **resources_of("train"),
     params:
-        cli=CLI_CONFIG,
         out=lambda wc, output: os.path.dirname(output.metrics),
         settings=lambda wc: settings_json(
             {
@@ -36,7 +35,7 @@ rule pretrain:
             }
         ),
     shell:
-        "HF_HUB_OFFLINE=1 exec audiopetl pretrain --model {wildcards.model} {params.cli}"
+        "HF_HUB_OFFLINE=1 exec audiopetl pretrain --model {wildcards.model} --quiet"
         " --out {params.out} > {log} 2>&1"
 
 
@@ -57,7 +56,6 @@ rule train:
     resources:
         **resources_of("train"),
     params:
-        cli=CLI_CONFIG,
         out=lambda wc, output: os.path.dirname(output.metrics),
         # Only the settings this run depends on: changing one strategy reruns only its jobs.
         settings=lambda wc: settings_json(
@@ -68,7 +66,7 @@ rule train:
             }
         ),
     shell:
-        "HF_HUB_OFFLINE=1 exec audiopetl train {params.cli} --dataset {wildcards.dataset}"
+        "HF_HUB_OFFLINE=1 exec audiopetl train --quiet --dataset {wildcards.dataset}"
         " --model {wildcards.model}"
         " --strategy {wildcards.strategy} --fold {wildcards.fold} --seed {wildcards.seed}"
         " --out {params.out} > {log} 2>&1"

@@ -13,15 +13,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-from conftest import ESC50_SUBSET, FSDD, QUICK, needs_esc50, needs_fsdd
+from conftest import CONFIG_DIR, ESC50_SUBSET, FSDD, QUICK, needs_esc50, needs_fsdd
 
 from audiopetl.cache import read_folds, read_metadata
+from audiopetl.config import load_config
 from audiopetl.datasets.esc50 import esc50_manifest
 from audiopetl.errors import DataError
+from audiopetl.paths import data_report_path, manifest_path
 
-MANIFEST = Path("data/raw/synthetic/manifest.csv")
+# Relative to the project folder each test runs in, as the CLI sees them.
+QUICK_CFG = load_config(CONFIG_DIR / "config.yaml", "quick")
+MANIFEST = manifest_path(QUICK_CFG, "synthetic")
 FEATURES = Path("data/features")
-REPORT = Path("data/reports/synthetic.json")
+REPORT = data_report_path(QUICK_CFG, "synthetic")
 # A clip in the second cache batch (batch_size 64), so row numbers are not trivially right.
 VICTIM_ROW = 66  # line of manifest.csv (header is line 1)
 
@@ -246,7 +250,7 @@ def test_fetch_esc50_archive_without_category(project, cli, tmp_path):
     assert result.code == 1
     assert "ESC-50-master/meta/esc50.csv: missing column(s): category" in result.err
     assert str(archive) in result.err
-    assert not Path("data/raw/esc50").exists()
+    assert list(Path("data/raw").glob("esc50-*/")) == []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,7 +297,7 @@ def test_folder_corrupt_audio_fails_fetch(small_folder, cli):
     assert result.code == 1
     assert f"{bad.resolve()}" in result.err or f"{bad}" in result.err
     assert "cannot read audio header" in result.err
-    assert not Path("data/raw/fsdd").exists()
+    assert list(Path("data/raw").glob("fsdd-*/")) == []
 
 
 @needs_fsdd
@@ -307,7 +311,8 @@ def test_folder_fetch_cache_and_report(small_folder, cli):
     assert sorted(set(features.folds.tolist())) == [1, 2]
     report = cli("data-report", "fsdd", *args)
     assert report.code == 0, report.err
-    data = json.loads(Path("data/reports/fsdd.json").read_text())
+    (report_file,) = Path("data/reports").glob("fsdd-*.json")
+    data = json.loads(report_file.read_text())
     assert data["clips"] == 12 and data["classes"] == 3 and data["groups"] == 2
     assert data["sample_rates"] == {"8000": 12}
     assert data["clips_per_class_and_fold"] == {d: {"1": 2, "2": 2} for d in "012"}
@@ -435,3 +440,23 @@ def test_usage_error_exits_2(project, cli):
     result = cli("cache")
     assert result.code == 2
     assert "dataset" in result.err
+
+
+@needs_esc50
+def test_esc50_subset_is_verified_and_said_everywhere(project, cli, tmp_path):
+    meta = pd.read_csv(ESC50_SUBSET / "meta" / "esc50.csv", dtype=str)
+    archive = tmp_path / "esc50.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("ESC-50-master/meta/esc50.csv", meta.to_csv(index=False))  # all 2000 rows
+        for clip in sorted((ESC50_SUBSET / "audio").glob("*.wav")):
+            zf.write(clip, f"ESC-50-master/audio/{clip.name}")
+    sets = ("--quiet", "--set", f"datasets.esc50.esc50.archive={archive}")
+    refused = cli("fetch", "esc50", *sets)
+    assert refused.code == 1 and "1917 problem(s) (1917 missing)" in refused.err
+    subset = (*sets, "--set", "datasets.esc50.esc50.subset=true")
+    fetched = cli("fetch", "esc50", *subset)
+    assert fetched.code == 0, fetched.err
+    assert "subset: 83 of 2000 clips" in fetched.err
+    report = cli("data-report", "esc50", *subset)
+    assert report.code == 0, report.err
+    assert "83 clips" in report.out and "(subset: 83 of 2000 clips)" in report.out

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 from conftest import FSDD, FSDD_PATTERN, make_project, needs_fsdd, tree_digest
 
-from audiopetl.config import load_config
+from audiopetl.config import data_id, load_config
 from audiopetl.datasets import fetch
 from audiopetl.datasets.esc50 import esc50_manifest
 from audiopetl.datasets.folder import folder_manifest
@@ -34,11 +34,14 @@ def test_synthetic_same_settings_same_bytes(tmp_path, monkeypatch):
         root = make_project(tmp_path / name)
         monkeypatch.chdir(root)
         manifest = fetch(quick_cfg(), "synthetic", progress=False)
-        assert manifest == Path("data/raw/synthetic/manifest.csv")
-        digests.append(tree_digest(root / "data" / "raw" / "synthetic"))
+        assert (
+            manifest
+            == Path(f"data/raw/synthetic-{data_id(quick_cfg(), 'synthetic')}") / "manifest.csv"
+        )
+        digests.append(tree_digest(manifest.parent))
     a, b = digests
-    assert len(a) == 4 * 3 * 6 + 2  # clips + meta/esc50.csv + manifest.csv
-    assert "manifest.csv" in a and "meta/esc50.csv" in a
+    assert len(a) == 4 * 3 * 6 + 3  # clips + meta/esc50.csv + manifest.csv + dataset.json
+    assert "manifest.csv" in a and "meta/esc50.csv" in a and "dataset.json" in a
     assert a == b
 
 
@@ -171,7 +174,7 @@ def test_fsdd_through_cli_fetch(project, cli):
         f"datasets.fsdd.folder.root={FSDD}",
     )
     assert result.code == 0, result.err
-    manifest = Path("data/raw/fsdd/manifest.csv")
+    (manifest,) = Path("data/raw").glob("fsdd-*/manifest.csv")
     assert result.out.strip() == str(manifest)
     df = read_manifest(manifest)
     assert len(df) == 3000

@@ -33,8 +33,8 @@ from audiopetl.doctor import (
     has_errors,
     has_kernels,
     load_study,
+    parse_version,
     study_needs,
-    version_tuple,
 )
 
 LEGACY_PYTHON = REPO / ".venv-legacy" / "bin" / "python"
@@ -147,7 +147,7 @@ def test_broken_torchaudio_fails_with_the_fix(project: Path, broken_torchaudio: 
     assert facts["imports"]["torchaudio"]["error"].startswith("OSError: libcudart.so.13")
     # transformers 5 imports torchaudio for its audio models once the metadata says it is
     # installed, and peft imports transformers' audio utilities with it: both break.
-    if version_tuple(transformers.__version__) >= (5,):
+    if parse_version(transformers.__version__) >= parse_version("5"):
         for name in ("transformers", "peft"):
             check = facts["imports"][name]
             assert check["ok"] is False and "libcudart.so.13" in check["error"]
@@ -246,7 +246,7 @@ def test_the_driver_is_asked_directly(project: Path, tmp_path: Path) -> None:
 def test_legacy_environment_passes_and_warns_about_torch_load(project: Path) -> None:
     proc, report = run_doctor(project, python=str(LEGACY_PYTHON))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert version_tuple(report["facts"]["torch"]) < (2, 6)
+    assert parse_version(report["facts"]["torch"]) < parse_version("2.6")
     assert "[warn] torch 1.13" in proc.stdout and "torch.load" in proc.stdout
     # A CUDA 11.7 build: its kernel list is known even on a machine without a GPU, and it is
     # the list the judgement tests below put beside an H100.

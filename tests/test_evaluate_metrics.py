@@ -96,6 +96,35 @@ def test_evaluate_refuses_weights_of_another_shape(
     assert "weights do not fit the model" in capsys.readouterr().err
 
 
+def test_evaluate_where_it_runs_follows_set_and_config(
+    quick_lora_run: Path,  # noqa: F811
+    in_quick_project: Path,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(quick_lora_run, run)
+    # Where it runs: a GPU run is scored on a CPU, with other threads and batches.
+    sets = ["--set", "training.device=cpu", "--set", "training.threads=2"]
+    assert run_main(["evaluate", run, *sets, "--set", "training.eval_batch_size=5"]) == 0
+    result = json.loads((run / "evaluation.json").read_text())
+    assert result["device"] == "cpu" and result["matches_reported"] is True
+    # The study's configuration, named, is used when it agrees with the run's record.
+    assert run_main(["evaluate", run, "--experiment", "quick", *sets]) == 0
+    capsys.readouterr()
+    # What the run computes cannot change: neither through --set nor a configuration.
+    for args in (
+        ["--set", "strategies.lora.rank=2"],
+        ["--experiment", "quick", "--set", "training.epochs=9"],
+    ):
+        (run / "evaluation.json").unlink(missing_ok=True)
+        assert run_main(["evaluate", run, *args]) == 2
+        err = capsys.readouterr().err
+        assert "differs from the one the run was trained with in" in err
+        assert "strategy.rank" in err or "training.epochs" in err
+        assert not (run / "evaluation.json").exists()
+
+
 def test_evaluate_needs_a_finished_run(
     in_quick_project: Path,  # noqa: F811
     tmp_path: Path,

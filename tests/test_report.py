@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -255,3 +256,24 @@ def test_rebuild_gives_identical_bytes(experiment: dict[str, Any], tmp_path: Pat
         p.name for p, q in zip(first, again, strict=True) if p.read_bytes() != q.read_bytes()
     ]
     assert changed == []
+
+
+def test_compare_envs_fails_when_a_side_lacks_runs(
+    experiment: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from audiopetl.cli import main
+
+    results = Path(experiment["cfg"]["paths"]["results"]) / experiment["cfg"]["experiment"]
+    other = tmp_path / "other"
+    shutil.copytree(results, other)
+    out = tmp_path / "comparison.md"
+    assert main(["compare-envs", str(results), str(other), "--out", str(out)]) == 0
+    # One run never finished on the other side: comparing the rest would hide that.
+    missing = experiment["dirs"][4].relative_to(results)
+    shutil.rmtree(other / missing)
+    assert main(["compare-envs", str(results), str(other), "--out", str(out)]) == 1
+    assert "FAIL" in capsys.readouterr().out
+    verdict = json.loads(out.with_suffix(".json").read_text())
+    assert verdict["passed"] is False
+    assert verdict["only_in_a"] == [str(missing)] and verdict["only_in_b"] == []
+    assert f"- {missing}" in out.read_text()

@@ -1,18 +1,23 @@
 """Interrupted runs: killed (SIGKILL) or asked to stop (SIGTERM, SIGUSR1) part-way, then run
 again with the same command, end bitwise identical to runs never interrupted. Resume states
-from other settings are ignored; a resume file carrying pickled code is refused unexecuted."""
+from other settings, data or starting weights are set aside, never continued; a resume file
+carrying pickled code is refused unexecuted."""
 
 from __future__ import annotations
 
 import json
 import pickle
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from training_helpers import (  # noqa: F401
+    QUICK,
     QUICK_BATCH,
     QUICK_CLIPS_PER_FOLD,
+    QuickProject,
     SubprocessRuns,
     assert_bitwise_equal,
     in_quick_project,
@@ -28,6 +33,7 @@ from training_helpers import (  # noqa: F401
 from audiopetl import checkpoint
 from audiopetl.config import load_config
 from audiopetl.errors import TrainingError
+from audiopetl.paths import manifest_path
 from audiopetl.train import EXIT_INTERRUPTED, RunSpec, Trainer, TrainState
 
 pytestmark = [
@@ -91,28 +97,80 @@ def test_resume_folder_is_removed_after_success(
         assert history["epochs_run"] == 8
 
 
-def test_resume_state_of_other_settings_is_ignored(
-    in_quick_project: Path,  # noqa: F811
-    tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    out = tmp_path / "run"
-    # A resume state of the same run with another learning rate, three epochs in: were it
-    # used, the run below would train no epoch at all.
-    cfg = load_config("config/config.yaml", "quick", ["strategies.lora.lr=0.02"])
-    pretrained = "results/quick/pretrain/tiny-ast/pretrained"
+def save_stale_state(out: Path, cfg: dict, pretrained: str) -> None:
+    """A resume state of the run three epochs in: were it continued, no epoch would train."""
     trainer = Trainer(cfg, RunSpec("synthetic", "tiny-ast", "lora", 3, 0, out, pretrained))
     trainer.load_data()
     trainer.build()
     trainer.save_resume(TrainState(epoch=3, global_step=9))
     assert resume_state_file(out).is_file()
 
-    assert run_main(train_args("lora", out)) == 0
-    assert "belongs to other settings; starting afresh" in caplog.text
+
+def assert_set_aside_and_fresh(out: Path, what: str, caplog: pytest.LogCaptureFixture) -> None:
+    stale = out.parent / f".{out.name}.resume.stale"
+    assert f"was saved from other {what}; set aside as {stale}, starting afresh" in caplog.text
     assert "resuming" not in caplog.text
+    assert (stale / checkpoint.STATE_FILE).is_file()  # kept for inspection, not continued
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs_run"] == 3  # all three epochs trained, none skipped
     assert not resume_state_file(out).parent.exists()
+
+
+PRETRAINED = "results/quick/pretrain/tiny-ast/pretrained"
+
+
+def test_resume_state_of_other_settings_is_set_aside(
+    in_quick_project: Path,  # noqa: F811
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    out = tmp_path / "run"
+    save_stale_state(
+        out, load_config("config/config.yaml", "quick", ["strategies.lora.lr=0.02"]), PRETRAINED
+    )
+    assert run_main(train_args("lora", out)) == 0
+    assert_set_aside_and_fresh(out, "settings", caplog)
+
+
+def test_resume_state_from_other_weights_is_set_aside(
+    in_quick_project: Path,  # noqa: F811
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The same folder name and settings, other starting weights: one value changed.
+    weights = tmp_path / "pretrained"
+    shutil.copytree(PRETRAINED, weights)
+    state = load_file(weights / "model.safetensors")
+    name = next(iter(state))
+    state[name] = state[name] + 1e-3
+    save_file(state, weights / "model.safetensors", metadata={"format": "pt"})
+    out = tmp_path / "run"
+    save_stale_state(out, load_config("config/config.yaml", "quick"), PRETRAINED)
+    assert run_main([*train_args("lora", out), "--pretrained", weights]) == 0
+    assert_set_aside_and_fresh(out, "weights", caplog)
+
+
+def test_resume_state_from_other_data_is_set_aside(
+    quick_project: QuickProject,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    restore_torch_globals: None,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    project = tmp_path / "project"
+    shutil.copytree(quick_project.root, project, symlinks=True)
+    monkeypatch.chdir(project)
+    cfg = load_config("config/config.yaml", "quick")
+    out = tmp_path / "run"
+    save_stale_state(out, cfg, PRETRAINED)
+    # The same dataset settings, other data: a clip of a training fold dropped from the
+    # manifest, and the cache rebuilt from it.
+    manifest = manifest_path(cfg, "synthetic")
+    lines = manifest.read_text().splitlines(keepends=True)
+    manifest.write_text("".join(lines[:2] + lines[3:]))
+    assert run_main(["cache", "synthetic", *QUICK, "--force"]) == 0
+    assert run_main(train_args("lora", out)) == 0
+    assert_set_aside_and_fresh(out, "data", caplog)
 
 
 class _Marker:

@@ -8,6 +8,7 @@ import itertools
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import FSDD, needs_fsdd
 from safetensors.torch import load_file
 from training_helpers import (  # noqa: F401
     HISTORY_COLUMNS,
@@ -43,13 +45,13 @@ from training_helpers import (  # noqa: F401
 
 from audiopetl import train as train_mod
 from audiopetl.cache import FeatureSet
+from audiopetl.checksums import file_sha256
 from audiopetl.config import load_config
 from audiopetl.errors import TrainingError
+from audiopetl.paths import cache_path, manifest_path
 from audiopetl.train import Trainer, epoch_order, spec_augment, split_folds
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
-
-FSDD = Path("/work/shared/data/fsdd/recordings")
 
 
 def metrics_of(run: Path) -> dict[str, Any]:
@@ -453,7 +455,9 @@ def test_run_folder_contents(quick_lora_run: Path, quick_project: QuickProject) 
         "probabilities",
         "logits",
     ]
-    manifest = pd.read_csv(quick_project.root / "data/raw/synthetic/manifest.csv", dtype=str)
+    cfg = load_config(quick_project.root / "config/config.yaml", "quick")
+    manifest_file = quick_project.root / manifest_path(cfg, "synthetic")
+    manifest = pd.read_csv(manifest_file, dtype=str)
     test_ids = sorted(manifest.loc[manifest["fold"] == "3", "clip_id"])
     assert sorted(table.column("clip_id").to_pylist()) == test_ids
     assert set(table.column("fold").to_pylist()) == {3}
@@ -494,7 +498,6 @@ def test_run_folder_contents(quick_lora_run: Path, quick_project: QuickProject) 
     assert info["hardware"]["device"] == "cpu"
     assert info["hardware"]["threads"] == 1  # the quick preset's training.threads
     assert info["seed"] == 0 and info["run"]["seed"] == 0
-    cfg = load_config(quick_project.root / "config/config.yaml", "quick")
     assert info["config"] == json.loads(json.dumps(cfg))  # the resolved config, whole
     assert info["parameters"] == {
         "trainable": metrics["trainable_params"],
@@ -503,12 +506,47 @@ def test_run_folder_contents(quick_lora_run: Path, quick_project: QuickProject) 
     assert info["wall_seconds"] > 0 and info["training_seconds"] > 0
     assert info["peak_memory"]["host_rss_mb"] > 0
     assert info["run"]["pretrained"] == "results/quick/pretrain/tiny-ast/pretrained"
+    # What was enforced, not only asked for: on the CPU, every operation, bitwise.
+    assert info["deterministic"]["requested"] is True and info["deterministic"]["bitwise"]
+    assert info["deterministic"]["enforced"].startswith("every operation")
+    # The exact data and weights the run started from.
+    assert info["data"]["manifest_sha256"] == file_sha256(manifest_file)
+    assert info["data"]["rows"] == len(manifest)
+    weights = quick_project.root / info["run"]["pretrained"]
+    assert info["weights"]["kind"] == "folder"
+    assert info["weights"]["files"]["model.safetensors"] == file_sha256(
+        weights / "model.safetensors"
+    )
+    assert set(info["weights"]["files"]) == {"config.json", "model.safetensors"}
+
+
+def test_cache_of_another_manifest_is_refused(
+    quick_project: QuickProject,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The manifest on disk changed after the cache was built (a clip dropped by hand): the
+    # cache no longer holds this data, and training says so instead of using it.
+    project = tmp_path / "project"
+    shutil.copytree(quick_project.root, project)
+    monkeypatch.chdir(project)
+    cfg = load_config("config/config.yaml", "quick")
+    manifest, cache = manifest_path(cfg, "synthetic"), cache_path(cfg, "synthetic")
+    lines = manifest.read_text().splitlines(keepends=True)
+    manifest.write_text("".join(lines[:-1]))
+    out = project / "run"
+    assert run_main(train_args("linear", out)) == 1
+    err = capsys.readouterr().err
+    assert f"{cache}: built from another manifest than {manifest}" in err
+    assert "audiopetl cache synthetic --force" in err
+    assert not out.exists()
 
 
 # -- real audio -------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not FSDD.is_dir(), reason="FSDD recordings not available")
+@needs_fsdd
 def test_real_audio_folder_dataset(
     quick_project: QuickProject,  # noqa: F811
     tmp_path: Path,
@@ -536,7 +574,8 @@ def test_real_audio_folder_dataset(
     ]
     assert run_main(["fetch", "fsdd", *QUICK, *sets]) == 0, capsys.readouterr().err
     assert run_main(["cache", "fsdd", *QUICK, *sets]) == 0, capsys.readouterr().err
-    manifest = pd.read_csv(project / "data/raw/fsdd/manifest.csv", dtype=str)
+    (manifest_file,) = (project / "data" / "raw").glob("fsdd-*/manifest.csv")
+    manifest = pd.read_csv(manifest_file, dtype=str)
     assert len(manifest) == 75
     assert sorted(manifest["label_name"].unique()) == ["0", "1", "2", "3", "4"]
     assert manifest.groupby("fold")["group"].nunique().tolist() == [1, 1, 1]

@@ -21,12 +21,14 @@ EXPERIMENT = "quick"
 pytestmark = pytest.mark.slow
 
 
-def snakemake(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def snakemake(
+    project: Path, *args: str, check: bool = True, experiment: str = EXPERIMENT
+) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     # The rules call `audiopetl`: the interpreter's own bin folder must come first on PATH.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--config", f"experiment={EXPERIMENT}", *args],
+        [sys.executable, "-m", "snakemake", "--config", f"experiment={experiment}", *args],
         cwd=project,
         env=env,
         capture_output=True,
@@ -117,7 +119,9 @@ def test_every_output_present_and_consistent(project: Path) -> None:
     assert "\\toprule" in (exp / "table.tex").read_text()
     resolved = yaml.safe_load((exp / "config.resolved.yaml").read_text())
     assert resolved["experiment"] == EXPERIMENT
-    report = json.loads((project / "data" / "reports" / "synthetic.json").read_text())
+    from audiopetl.paths import data_report_path
+
+    report = json.loads((project / data_report_path(cfg, "synthetic")).read_text())
     assert report["clips"] > 0
     assert (
         project / "results" / EXPERIMENT / "pretrain" / "tiny-ast" / "pretrained" / "config.json"
@@ -168,6 +172,56 @@ def test_one_strategy_change_reruns_only_that_strategy(project: Path) -> None:
     lr = json.loads((lora_runs[0] / "run.json").read_text())["config"]["strategies"]["lora"]["lr"]
     assert lr == 0.004
     assert "Nothing to be done" in snakemake(project, "--dry-run").stdout
+
+
+def data_files(project: Path) -> dict[str, int]:
+    """Every file under data/ with its modification time."""
+    data = project / "data"
+    return {str(p.relative_to(data)): p.stat().st_mtime_ns for p in data.rglob("*") if p.is_file()}
+
+
+def test_presets_alternate_without_refetching_or_retraining(project: Path) -> None:
+    from audiopetl.config import load_config
+    from audiopetl.paths import cache_path, data_report_path
+
+    quick_data = data_files(project)
+    quick_runs = {r: (r / "metrics.json").stat().st_mtime_ns for r in run_dirs(project)}
+    # The default defines both synthetic datasets otherwise (more classes, clips, seconds):
+    # its data goes into folders of its own, beside the quick preset's.
+    default = load_config(project / "config" / "config.yaml", "default")
+    targets = [
+        str(data_report_path(default, "synthetic")),
+        str(cache_path(default, "synthetic-source")),
+    ]
+    assert not any((project / t).exists() for t in targets)
+    snakemake(project, "--cores", "2", *targets, experiment="default")
+    after = data_files(project)
+    assert {k: after[k] for k in quick_data} == quick_data  # the quick data untouched
+    assert {Path(k).parts[0] for k in set(after) - set(quick_data)} == {
+        "raw",
+        "features",
+        "reports",
+    }
+    # Back to quick: nothing to fetch, cache or train. And to the default: its data is there.
+    assert "Nothing to be done" in snakemake(project, "--dry-run").stdout
+    assert (
+        "Nothing to be done"
+        in snakemake(project, "--dry-run", *targets, experiment="default").stdout
+    )
+    assert all((r / "metrics.json").stat().st_mtime_ns == t for r, t in quick_runs.items())
+    # A preset that shares the quick preset's data and changes only training reuses the data:
+    # its jobs are its own pretraining and runs, no fetch, cache or data report.
+    presets = project / "config" / "experiments"
+    longer = yaml.safe_load((presets / "quick.yaml").read_text())
+    longer["experiment"] = "quick-longer"
+    (presets / "quick-longer.yaml").write_text(yaml.safe_dump(longer, sort_keys=False))
+    try:
+        edit_preset(project, "quick-longer", {"training": {"epochs": 5}})
+        counts = job_counts(snakemake(project, "--dry-run", experiment="quick-longer").stdout)
+        assert counts.get("train") == len(quick_runs) and counts.get("pretrain") == 1
+        assert not {"fetch", "cache", "data_report"} & set(counts), counts
+    finally:
+        (presets / "quick-longer.yaml").unlink()
 
 
 def test_parsing_the_workflow_imports_neither_torch_nor_matplotlib() -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import functools
 import json
 import os
 import shutil
@@ -38,11 +41,46 @@ def atomic_path(target: Path | str, suffix: str = "") -> Iterator[Path]:
         raise
 
 
+# renameat2(2) flags and the "current directory" file descriptor, from <linux/fs.h>/<fcntl.h>.
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+@functools.lru_cache(maxsize=1)
+def _renameat2() -> Any:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.renameat2
+    except (OSError, AttributeError):
+        return None
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step; False where the system or the file system
+    cannot (then nothing happened).
+
+    Linux's renameat2(RENAME_EXCHANGE) (glibc >= 2.28; ext4, xfs, btrfs, tmpfs; not NFS), called
+    through ctypes because Python's os module does not offer it.
+    """
+    call = _renameat2()
+    if call is None:
+        return False
+    if call(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
 @contextlib.contextmanager
 def atomic_dir(target: Path | str) -> Iterator[Path]:
     """Yield a temporary folder beside ``target``; move it into place when the block succeeds.
 
-    An existing ``target`` is replaced only after the new folder is complete.
+    An existing ``target`` is replaced only after the new folder is complete, by swapping the
+    two in one step, so a reader sees the old folder or the new one and never none. Where the
+    file system cannot swap (NFS, non-Linux), the old folder is moved aside first, which leaves
+    a moment without ``target``.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -50,14 +88,16 @@ def atomic_dir(target: Path | str) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
-        if target.exists():
+        if not target.exists():
+            os.replace(tmp, target)
+        elif exchange(tmp, target):
+            shutil.rmtree(tmp, ignore_errors=True)  # now the old folder
+        else:
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(target, old)
             os.replace(tmp, target)
             shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

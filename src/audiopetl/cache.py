@@ -8,7 +8,6 @@ source manifest and the library versions, so a stale or foreign cache is recogni
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,20 +25,13 @@ from tqdm import tqdm
 
 from audiopetl.atomic import atomic_path
 from audiopetl.audio import read_audio
+from audiopetl.checksums import file_sha256
 from audiopetl.config import FEATURE_VERSION, feature_settings
 from audiopetl.errors import DataError
 from audiopetl.features import LogMelExtractor
 from audiopetl.manifest import class_names
 
 META_KEY = b"audiopetl"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def library_versions() -> dict[str, str]:

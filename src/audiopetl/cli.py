@@ -14,7 +14,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from audiopetl.config import DEFAULT_CONFIG, ConfigError, load_config
+from audiopetl.config import (
+    CONFIG_ENV,
+    DEFAULT_CONFIG,
+    EXPERIMENT_ENV,
+    ConfigError,
+    load_config,
+)
 from audiopetl.errors import AudiopetlError
 
 log = logging.getLogger("audiopetl")
@@ -27,14 +33,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
         type=Path,
-        default=DEFAULT_CONFIG,
         metavar="FILE",
-        help=f"base configuration (default: {DEFAULT_CONFIG})",
+        help=f"base configuration (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG})",
     )
     parser.add_argument(
         "--experiment",
         metavar="NAME",
-        help="experiment preset from config/experiments/NAME.yaml applied over the base",
+        help="experiment preset from config/experiments/NAME.yaml applied over the base "
+        f"(default: ${EXPERIMENT_ENV}, else the base file's `experiment`)",
     )
     parser.add_argument(
         "--set",
@@ -47,6 +53,26 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _resolve_config_args(args: argparse.Namespace) -> None:
+    """Fill --config and --experiment from the workflow's variables where not given, and say
+    so in the log: a job's command line does not name them (rules/common.smk says why)."""
+    args.config_given = args.config is not None or args.experiment is not None
+    from_env = {}
+    if args.config is None:
+        args.config = Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+        if os.environ.get(CONFIG_ENV):
+            from_env[CONFIG_ENV] = str(args.config)
+    if args.experiment is None and os.environ.get(EXPERIMENT_ENV):
+        args.experiment = os.environ[EXPERIMENT_ENV]
+        from_env[EXPERIMENT_ENV] = args.experiment
+    args.config_given = args.config_given or bool(from_env)
+    if from_env:
+        log.info(
+            "configuration from the workflow: %s",
+            ", ".join(f"{k}={v}" for k, v in from_env.items()),
+        )
+
+
 def _config(args: argparse.Namespace) -> dict[str, Any]:
     return load_config(args.config, args.experiment, args.overrides)
 
@@ -55,11 +81,20 @@ def _progress(args: argparse.Namespace) -> bool:
     return not args.quiet and sys.stderr.isatty()
 
 
+def _say_subset(cfg: dict[str, Any], dataset: str) -> None:
+    from audiopetl.datasets import describe
+
+    line = describe(cfg, dataset)
+    if line is not None:
+        print(f"dataset {dataset}: {line}", file=sys.stderr)
+
+
 def cmd_fetch(args: argparse.Namespace) -> int:
     from audiopetl.datasets import fetch
 
     cfg = _config(args)
     path = fetch(cfg, args.dataset, force=args.force, progress=_progress(args))
+    _say_subset(cfg, args.dataset)
     print(path)
     return 0
 
@@ -74,7 +109,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     manifest_file = manifest_path(cfg, args.dataset)
     # Without a manifest, load_manifest below says so (and how to make one).
     if out.is_file() and not args.force and manifest_file.is_file():
-        from audiopetl.cache import file_sha256
+        from audiopetl.checksums import file_sha256
 
         meta = read_metadata(out)
         if meta.get("manifest_sha256") == file_sha256(manifest_file):
@@ -82,6 +117,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
             return 0
         log.info("%s was built from another manifest; rebuilding", out)
     manifest = load_manifest(cfg, args.dataset)
+    _say_subset(cfg, args.dataset)
     result = build_cache(
         cfg,
         args.dataset,
@@ -108,7 +144,9 @@ def cmd_data_report(args: argparse.Namespace) -> int:
     manifest = load_manifest(cfg, args.dataset)
     cache = cache_path(cfg, args.dataset)
     meta = read_metadata(cache) if cache.is_file() else None
-    report = build_report(cfg, args.dataset, manifest, meta)
+    from audiopetl.datasets import describe
+
+    report = build_report(cfg, args.dataset, manifest, meta, describe(cfg, args.dataset))
     out = Path(args.out) if args.out else data_report_path(cfg, args.dataset)
     write_json(out, report)
     print(format_report(report, out))
@@ -173,6 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
     args = build_parser().parse_args(argv)
+    if hasattr(args, "config"):
+        _resolve_config_args(args)
     if not _progress(args):
         _quiet_library_progress()
     try:

@@ -46,14 +46,19 @@ def cmd_fetch_model(args: argparse.Namespace) -> int:
     from audiopetl.cli import _config
     from audiopetl.hub import fetch_model
 
-    print(fetch_model(_config(args), args.model))
+    print(fetch_model(_config(args), args.model, force=args.force))
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from audiopetl.cli import _config
     from audiopetl.evaluate import evaluate_run
 
-    result = evaluate_run(Path(args.run_dir), Path(args.out) if args.out else None)
+    # The run's own recorded configuration (with --set), unless one is named: then it must
+    # agree with the record on everything the run computes.
+    cfg = _config(args) if args.config_given else None
+    overrides = [] if args.config_given else args.overrides
+    result = evaluate_run(Path(args.run_dir), Path(args.out) if args.out else None, cfg, overrides)
     print(
         f"{args.run_dir}: test accuracy {result['test']['accuracy']:.4f}, matches the stored "
         f"run (max logit difference {result['max_abs_logit_difference']:.2g})"
@@ -90,9 +95,11 @@ def cmd_compare_envs(args: argparse.Namespace) -> int:
     }
     result = compare(Path(args.results_a), Path(args.results_b), **settings)
     write_comparison(result, Path(args.out), settings)
+    missing = len(result.only_a) + len(result.only_b)
     print(
         f"{args.out}: {'PASS' if result.passed else 'FAIL'} "
-        f"({len(result.runs)} runs, {' vs '.join(result.environments)})"
+        f"({len(result.runs)} runs, {' vs '.join(result.environments)}"
+        f"{f'; {missing} finished on one side only' if missing else ''})"
     )
     return 0 if result.passed else 1
 
@@ -131,6 +138,17 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--model", required=True)
     p.add_argument("--out", help="folder (default: results/EXPERIMENT/pretrain/MODEL)")
+
+    p = add(
+        "fetch-model",
+        cmd_fetch_model,
+        "mirror a model's hub checkpoint (models.M.pretrained at models.M.revision) under "
+        "data/models/M, recording its commit and file hashes; an existing mirror is verified",
+    )
+    p.add_argument("--model", required=True)
+    p.add_argument(
+        "--force", action="store_true", help="mirror again, replacing the existing mirror"
+    )
 
     p = add("report", cmd_report, "summary, tables and thesis figures of the study")
     p.add_argument("--out", help="folder (default: results/EXPERIMENT)")
@@ -175,6 +193,12 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
         help="the SLURM profile whose retries resume long jobs (default: %(default)s)",
     )
 
-    p = add("evaluate", cmd_evaluate, "score a finished run folder again from its files")
+    p = add(
+        "evaluate",
+        cmd_evaluate,
+        "score a finished run folder again from its files, with the configuration it recorded "
+        "(--set changes where it runs, e.g. training.device=cpu) or a given one that agrees "
+        "with it",
+    )
     p.add_argument("run_dir")
     p.add_argument("--out", help="evaluation JSON (default: RUN_DIR/evaluation.json)")

@@ -16,12 +16,13 @@ from typing import Any
 
 import torch
 import transformers
+from packaging.version import Version
 from torch import nn
 
 log = logging.getLogger(__name__)
 
-TORCH_VERSION = tuple(int(x) for x in re.findall(r"\d+", torch.__version__)[:2])
-TRANSFORMERS_VERSION = tuple(int(x) for x in re.findall(r"\d+", transformers.__version__)[:2])
+TORCH_VERSION = Version(torch.__version__)
+TRANSFORMERS_VERSION = Version(transformers.__version__)
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ LAYOUT_V4 = ModuleLayout(
 
 
 def module_layout() -> ModuleLayout:
-    return LAYOUT_V5 if TRANSFORMERS_VERSION >= (5, 0) else LAYOUT_V4
+    return LAYOUT_V5 if Version("5") <= TRANSFORMERS_VERSION else LAYOUT_V4
 
 
 def attention_implementation(requested: str) -> str:
@@ -84,7 +85,7 @@ def attention_implementation(requested: str) -> str:
     same function (logits differ by < 1e-6), so sdpa falls back to eager there with a warning
     instead of making every config environment-specific; run.json records what ran.
     """
-    if requested == "eager" or TRANSFORMERS_VERSION >= (4, 36):
+    if requested == "eager" or Version("4.36") <= TRANSFORMERS_VERSION:
         return requested
     log.warning(
         "attn_implementation %r needs transformers >= 4.36 (installed %s): using eager",
@@ -99,7 +100,7 @@ def ast_from_config(config: Any, attn_implementation: str) -> nn.Module:
     from transformers import ASTForAudioClassification
 
     attn = attention_implementation(attn_implementation)
-    if TRANSFORMERS_VERSION >= (4, 36):
+    if Version("4.36") <= TRANSFORMERS_VERSION:
         return ASTForAudioClassification._from_config(config, attn_implementation=attn)
     return ASTForAudioClassification(config)
 
@@ -109,7 +110,7 @@ def ast_from_pretrained(source: str, attn_implementation: str) -> nn.Module:
 
     attn = attention_implementation(attn_implementation)
     kwargs: dict[str, Any] = {}
-    if TRANSFORMERS_VERSION >= (4, 36):
+    if Version("4.36") <= TRANSFORMERS_VERSION:
         kwargs["attn_implementation"] = attn
     return ASTForAudioClassification.from_pretrained(source, **kwargs)
 
@@ -161,7 +162,7 @@ def reset_lora(module: nn.Module, generator: torch.Generator, adapter: str = "de
 
 def grad_scaler(enabled: bool) -> Any:
     """fp16 loss scaling; ``torch.amp.GradScaler`` replaced ``torch.cuda.amp`` in torch 2.3."""
-    if TORCH_VERSION >= (2, 3):
+    if Version("2.3") <= TORCH_VERSION:
         return torch.amp.GradScaler("cuda", enabled=enabled)
     return torch.cuda.amp.GradScaler(enabled=enabled)
 
@@ -224,3 +225,20 @@ def canonical_parameter_name(name: str) -> str:
     for pattern, replacement in _V4_TO_V5:
         name = pattern.sub(replacement, name)
     return name
+
+
+def snapshot_local_dir_args(folder: Path | str) -> dict[str, Any]:
+    """Arguments that make ``snapshot_download`` write real files into ``folder``.
+
+    huggingface_hub < 0.23 (the legacy 0.16) symlinks large files into its own cache unless
+    told not to; a mirror shared through DVC or copied to a cluster must hold the files
+    themselves. Later releases always copy and deprecate (2.x: removed) the switch.
+    """
+    import inspect
+
+    from huggingface_hub import snapshot_download
+
+    args: dict[str, Any] = {"local_dir": str(folder)}
+    if "local_dir_use_symlinks" in inspect.signature(snapshot_download).parameters:
+        args["local_dir_use_symlinks"] = False
+    return args

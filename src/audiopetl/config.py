@@ -24,6 +24,10 @@ import yaml
 
 DEFAULT_CONFIG = Path("config/config.yaml")
 PRESET_DIR_NAME = "experiments"
+# The workflow hands its configuration to every command through these variables; the CLI's
+# --config and --experiment default to them.
+CONFIG_ENV = "AUDIOPETL_CONFIG"
+EXPERIMENT_ENV = "AUDIOPETL_EXPERIMENT"
 
 
 class ConfigError(ValueError):
@@ -204,6 +208,18 @@ def load_config(
     return layered.data
 
 
+def apply_overrides(
+    config: Mapping[str, Any], overrides: Iterable[str], source: str
+) -> dict[str, Any]:
+    """A resolved configuration (a run's record, say) with ``--set`` overrides, validated."""
+    layered = _Layered(copy.deepcopy(dict(config)))
+    layered.origin[()] = source
+    for text in overrides:
+        layered.merge(parse_override(text), "--set")
+    validate(layered)
+    return layered.data
+
+
 def validate_dict(config: Mapping[str, Any], source: str = "config") -> None:
     """Validate an already merged configuration (the Snakefile's path into the checks)."""
     layered = _Layered(dict(config))
@@ -366,11 +382,45 @@ def feature_settings(cfg: Mapping[str, Any], dataset: str) -> dict[str, Any]:
 # Bump when the log-mel computation (audiopetl.features) changes in a way that alters cached
 # values: the cache file names change with it.
 FEATURE_VERSION = 1
+# Bump when a dataset kind writes other files for the same settings (the synthetic generator,
+# the manifest's columns): the raw folder names change with it.
+DATA_VERSION = 1
+# The settings of a dataset kind that decide which files its raw folder holds. The others
+# decide only how they get there (the URL, retries, a local copy of the archive: every clip of
+# ESC-50 is verified against its published md5 whatever the source).
+IDENTITY_KEYS = {
+    "synthetic": None,  # every setting shapes the generated audio
+    "esc50": ("folds", "subset"),
+    "folder": ("root", "manifest", "pattern", "folds", "labels"),
+}
+
+
+def dataset_identity(dataset: Mapping[str, Any]) -> dict[str, Any]:
+    """What a dataset's raw folder is made of: its kind and the settings that decide its files."""
+    kind = dataset["kind"]
+    block = dict(dataset[kind])
+    keys = IDENTITY_KEYS[kind]
+    settings = block if keys is None else {k: block.get(k) for k in keys}
+    return {"kind": kind, "version": DATA_VERSION, **settings}
+
+
+def data_id(cfg: Mapping[str, Any], dataset: str) -> str:
+    """Names a dataset's raw folder: a hash of :func:`dataset_identity`. Two presets that
+    define a dataset differently keep separate copies; switching between them costs nothing."""
+    return stable_hash(dataset_identity(dataset_config(cfg, dataset)), 10)
 
 
 def feature_id(cfg: Mapping[str, Any], dataset: str) -> str:
-    """Names a dataset's feature cache: a hash of its feature settings and FEATURE_VERSION."""
-    return stable_hash({"version": FEATURE_VERSION, **feature_settings(cfg, dataset)}, 10)
+    """Names a dataset's feature cache: a hash of the data it is computed from, its feature
+    settings and FEATURE_VERSION."""
+    return stable_hash(
+        {
+            "version": FEATURE_VERSION,
+            "data": data_id(cfg, dataset),
+            **feature_settings(cfg, dataset),
+        },
+        10,
+    )
 
 
 def training_settings(cfg: Mapping[str, Any], strategy: str) -> dict[str, Any]:

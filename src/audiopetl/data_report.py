@@ -12,8 +12,13 @@ from audiopetl.config import feature_settings
 
 
 def build_report(
-    cfg: Mapping[str, Any], dataset: str, manifest: pd.DataFrame, cache_meta: dict | None
+    cfg: Mapping[str, Any],
+    dataset: str,
+    manifest: pd.DataFrame,
+    cache_meta: dict | None,
+    partial: str | None = None,
 ) -> dict[str, Any]:
+    """The report; ``partial`` says how much of a dataset is there ("subset: 83 of 2000 clips")."""
     settings = feature_settings(cfg, dataset)
     counts = pd.crosstab(manifest["label_name"], manifest["fold"])
     target_s = (
@@ -44,6 +49,7 @@ def build_report(
         )
     report: dict[str, Any] = {
         "dataset": dataset,
+        "partial": partial,
         "clips": len(manifest),
         "classes": int(manifest["label"].nunique()),
         "folds": sorted(int(f) for f in manifest["fold"].unique()),
@@ -83,7 +89,8 @@ def _describe(values: pd.Series) -> dict[str, float]:
 def format_report(report: Mapping[str, Any], path: Path | None = None) -> str:
     lines = [
         f"dataset {report['dataset']}: {report['clips']} clips, {report['classes']} classes, "
-        f"folds {report['folds']}, {report['groups']} groups",
+        f"folds {report['folds']}, {report['groups']} groups"
+        + (f" ({report['partial']})" if report.get("partial") else ""),
         "duration (s): min {min} / mean {mean} / max {max}".format(**report["duration_s"]),
         "sample rates: " + ", ".join(f"{sr} Hz x {n}" for sr, n in report["sample_rates"].items()),
     ]

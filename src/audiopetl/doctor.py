@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from packaging.version import InvalidVersion, Version
+
 from audiopetl.config import DEFAULT_CONFIG, ConfigError, load_config, training_settings
 
 Level = Literal["ok", "warn", "error"]
@@ -54,8 +56,8 @@ IMPORT_CHECKS = {
 # Packages that import pkg_resources when they are imported, and the first release that does
 # not; setuptools >= 82 no longer ships pkg_resources. Kept to the audio stack's usual company.
 NEEDS_PKG_RESOURCES = {
-    "librosa": (0, 10, 2),  # util/files.py and core/intervals.py up to 0.10.1
-    "resampy": (0, 4, 3),  # filters.py up to 0.4.2
+    "librosa": "0.10.2",  # util/files.py and core/intervals.py up to 0.10.1
+    "resampy": "0.4.3",  # filters.py up to 0.4.2
 }
 
 
@@ -292,7 +294,7 @@ def _packages_needing_pkg_resources() -> dict[str, str]:
     found = {}
     for name, fixed_in in NEEDS_PKG_RESOURCES.items():
         version = _dist_version(name)
-        if version is not None and version_tuple(version) < fixed_in:
+        if version is not None and parse_version(version) < Version(fixed_in):
             found[name] = version
     return found
 
@@ -374,10 +376,17 @@ def has_errors(findings: Iterable[Finding]) -> bool:
     return any(f.level == "error" for f in findings)
 
 
-def version_tuple(text: str | None) -> tuple[int, ...]:
-    """Leading release numbers: "2.13.0+cpu" -> (2, 13, 0); "12.1" -> (12, 1)."""
-    match = re.match(r"\d+(?:\.\d+)*", text or "")
-    return tuple(int(x) for x in match.group().split(".")) if match else ()
+def parse_version(text: str | None) -> Version:
+    """A version by packaging's rules ("2.13.0+cpu", "12.1"); 0 when absent or unparsable."""
+    try:
+        return Version(text or "0")
+    except InvalidVersion:
+        return Version("0")
+
+
+def release(text: str | None) -> tuple[int, ...]:
+    """The release numbers of a version: "12.1" -> (12, 1); () when absent."""
+    return parse_version(text).release if text else ()
 
 
 def driver_cuda(version: int) -> tuple[int, int]:
@@ -419,7 +428,7 @@ def check_torch(facts: Facts, needs: StudyNeeds) -> list[Finding]:
             )
         ]
     findings = []
-    if version_tuple(facts.torch) < (2, 6):
+    if parse_version(facts.torch) < Version("2.6"):
         findings.append(
             Finding(
                 "warn",
@@ -429,7 +438,7 @@ def check_torch(facts: Facts, needs: StudyNeeds) -> list[Finding]:
                 "load only files you trust, or pass weights_only=True yourself",
             )
         )
-    if version_tuple(facts.torch) < (2, 3) and version_tuple(facts.numpy) >= (2,):
+    if parse_version(facts.torch) < Version("2.3") and parse_version(facts.numpy) >= Version("2"):
         findings.append(
             Finding(
                 "error",
@@ -483,8 +492,8 @@ def _library_import(facts: Facts, name: str, what: str) -> list[Finding]:
 
 def check_transformers(facts: Facts, needs: StudyNeeds) -> list[Finding]:
     findings = _library_import(facts, "transformers", "AST")
-    version = version_tuple(facts.transformers)
-    if facts.transformers and version >= (4, 36):
+    version = parse_version(facts.transformers)
+    if facts.transformers and version >= Version("4.36"):
         findings.append(
             Finding(
                 "ok",
@@ -496,7 +505,7 @@ def check_transformers(facts: Facts, needs: StudyNeeds) -> list[Finding]:
                 "own must too.",
             )
         )
-    if facts.transformers and version < (4, 36):
+    if facts.transformers and version < Version("4.36"):
         for model, attn in needs.attention.items():
             if attn != "eager":
                 findings.append(
@@ -520,9 +529,7 @@ def check_pkg_resources(facts: Facts, needs: StudyNeeds) -> list[Finding]:
     if not facts.needs_pkg_resources or check is None or check.ok:
         return []
     packages = ", ".join(f"{n} {v}" for n, v in facts.needs_pkg_resources.items())
-    upgrades = " ".join(
-        f'"{n}>={".".join(map(str, NEEDS_PKG_RESOURCES[n]))}"' for n in facts.needs_pkg_resources
-    )
+    upgrades = " ".join(f'"{n}>={NEEDS_PKG_RESOURCES[n]}"' for n in facts.needs_pkg_resources)
     return [
         Finding(
             "error",
@@ -596,7 +603,7 @@ def _driver_too_old(facts: Facts) -> bool:
     """The driver's CUDA major version is older than torch's: torch sees no GPU at all."""
     if facts.driver_version is None or facts.torch_cuda is None:
         return False
-    return version_tuple(facts.torch_cuda)[:1] > driver_cuda(facts.driver_version)[:1]
+    return release(facts.torch_cuda)[:1] > driver_cuda(facts.driver_version)[:1]
 
 
 def _why_no_gpu(facts: Facts) -> str:
@@ -684,7 +691,7 @@ def check_driver(facts: Facts, needs: StudyNeeds) -> list[Finding]:
     if facts.driver_version is None or facts.torch_cuda is None:
         return []
     driver = driver_cuda(facts.driver_version)
-    built = version_tuple(facts.torch_cuda)[:2]
+    built = release(facts.torch_cuda)[:2]
     driver_text = f"{driver[0]}.{driver[1]}"
     if built <= driver:
         return [Finding("ok", f"driver's CUDA {driver_text} >= torch's CUDA {facts.torch_cuda}")]
@@ -879,9 +886,10 @@ def load_study(args: argparse.Namespace) -> tuple[dict[str, Any] | None, list[Fi
 
     A broken configuration must not hide the environment report: the doctor goes on without it.
     """
+    config = Path(args.config) if args.config is not None else DEFAULT_CONFIG
     if (
-        Path(args.config) == DEFAULT_CONFIG
-        and not DEFAULT_CONFIG.is_file()
+        config == DEFAULT_CONFIG
+        and not config.is_file()
         and not (args.experiment or args.overrides)
     ):
         note = Finding(
@@ -891,13 +899,13 @@ def load_study(args: argparse.Namespace) -> tuple[dict[str, Any] | None, list[Fi
         )
         return None, [note], "no configuration"
     try:
-        cfg = load_config(args.config, args.experiment, args.overrides)
+        cfg = load_config(config, args.experiment, args.overrides)
     except ConfigError as err:
         finding = Finding(
             "error", "the configuration does not load", str(err), "correct the named key"
         )
-        return None, [finding], f"{args.config}: does not load"
-    return cfg, [], f"{args.config}, experiment {cfg['experiment']}"
+        return None, [finding], f"{config}: does not load"
+    return cfg, [], f"{config}, experiment {cfg['experiment']}"
 
 
 def register(add: Callable[..., argparse.ArgumentParser]) -> None:

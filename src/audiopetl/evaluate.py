@@ -7,6 +7,7 @@ were reported.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +15,89 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from audiopetl.atomic import write_json
+from audiopetl.config import (
+    ConfigError,
+    apply_overrides,
+    dataset_config,
+    dataset_identity,
+    feature_settings,
+    model_config,
+    strategy_config,
+    training_settings,
+)
 from audiopetl.errors import DataError, TrainingError
 from audiopetl.train import RunSpec, Trainer, make_deterministic
 
 # Same code, same device and thread count: the logits should agree exactly; the tolerance
 # only absorbs a different thread count or device on re-evaluation.
 LOGIT_TOLERANCE = 1e-4
+# Training settings that decide where and how fast a run is scored, not what it computes: a
+# GPU run may be scored again on a CPU (`--set training.device=cpu`).
+EXECUTION_KEYS = ("device", "threads", "eval_batch_size", "deterministic", "tf32")
 
 
-def evaluate_run(run_dir: Path, out: Path | None = None) -> dict[str, Any]:
+def read_run_info(run_dir: Path) -> dict[str, Any]:
     run_file = run_dir / "run.json"
     if not run_file.is_file():
         raise DataError(f"{run_file}: not a finished run folder (no run.json)")
-    info = json.loads(run_file.read_text())
-    cfg, run = info["config"], info["run"]
+    try:
+        return json.loads(run_file.read_text())
+    except ValueError as err:
+        raise DataError(f"{run_file}: unreadable ({err})") from err
+
+
+def _run_settings(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
+    """Everything that decides what a run computes."""
+    training = training_settings(cfg, run["strategy"])
+    return {
+        "dataset": dataset_identity(dataset_config(cfg, run["dataset"])),
+        "features": feature_settings(cfg, run["dataset"]),
+        "model": model_config(cfg, run["model"]),
+        "strategy": strategy_config(cfg, run["strategy"]),
+        "training": {k: v for k, v in training.items() if k not in EXECUTION_KEYS},
+    }
+
+
+def evaluation_config(
+    info: Mapping[str, Any],
+    cfg: Mapping[str, Any] | None = None,
+    overrides: Iterable[str] = (),
+) -> dict[str, Any]:
+    """The configuration a run is scored with: the one it recorded, with ``overrides``; or a
+    given one (the workflow's, a preset), which must agree with the record on everything that
+    decides what the run computes and may differ in where it runs (EXECUTION_KEYS, paths)."""
+    stored, run = info["config"], info["run"]
+    if cfg is None:
+        cfg = apply_overrides(stored, overrides, "run.json")
+    try:
+        ours, theirs = _run_settings(cfg, run), _run_settings(stored, run)
+    except ConfigError as err:
+        raise ConfigError(f"{err} (the run needs it)") from err
+    differ = [
+        f"{part}.{key}"
+        for part in ours
+        for key in sorted(set(ours[part]) | set(theirs[part]))
+        if ours[part].get(key) != theirs[part].get(key)
+    ]
+    if differ:
+        raise ConfigError(
+            f"the configuration differs from the one the run was trained with in "
+            f"{', '.join(differ)}: scoring it with these settings would not test its weights; "
+            "use the run's own (no --config/--experiment) and --set only where it runs: "
+            f"training.{{{','.join(EXECUTION_KEYS)}}} and paths"
+        )
+    return dict(cfg)
+
+
+def evaluate_run(
+    run_dir: Path,
+    out: Path | None = None,
+    cfg: Mapping[str, Any] | None = None,
+    overrides: Iterable[str] = (),
+) -> dict[str, Any]:
+    info = read_run_info(run_dir)
+    cfg = evaluation_config(info, cfg, overrides)
+    run = info["run"]
     spec = RunSpec(
         run["dataset"],
         run["model"],
@@ -53,6 +123,7 @@ def evaluate_run(run_dir: Path, out: Path | None = None) -> dict[str, Any]:
     reported = json.loads((run_dir / "metrics.json").read_text())["test"]
     result = {
         "run": str(run_dir),
+        "device": str(trainer.device),
         "test_loss": loss,
         "test": metrics,
         "max_abs_logit_difference": diff,

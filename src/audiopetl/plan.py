@@ -28,7 +28,7 @@ from audiopetl.config import (
     training_settings,
 )
 from audiopetl.errors import DataError, TrainingError
-from audiopetl.paths import manifest_path
+from audiopetl.paths import manifest_path, mirror_dir
 
 # ESC-50 v2.0.0: 40 clips per class and fold, 50 classes, 5 folds.
 ESC50_CLASSES, ESC50_CLIPS_PER_FOLD = 50, 400
@@ -209,7 +209,7 @@ def measure_throughput(
     import torch
     import torch.nn.functional as F
 
-    from audiopetl.hub import is_hub_id, mirror_dir
+    from audiopetl.hub import MIRROR_RECORD, is_hub_id, verify_mirror
     from audiopetl.models import build_model
     from audiopetl.strategies import get_strategy
     from audiopetl.train import make_deterministic, select_device
@@ -224,11 +224,12 @@ def measure_throughput(
     source = None if model_cfg.get("pretrain") else model_cfg.get("pretrained")
     if source is not None and is_hub_id(source):
         mirror = mirror_dir(cfg, job.model)
-        if not (mirror / "config.json").is_file():
+        if not (mirror / MIRROR_RECORD).is_file():
             raise TrainingError(
                 f"models.{job.model}.pretrained: {source!r} is not mirrored in {mirror}; run "
                 f"`audiopetl fetch-model --model {job.model}` first, or give --samples-per-s"
             )
+        verify_mirror(cfg, job.model)
         source = str(mirror)
     device = select_device(s["device"])
     make_deterministic(job.seed, s["threads"], False, device)

@@ -36,6 +36,7 @@ from tqdm import tqdm
 from audiopetl import checkpoint, compat, provenance
 from audiopetl.atomic import atomic_dir, atomic_path, write_json
 from audiopetl.cache import FeatureSet, read_folds, read_metadata
+from audiopetl.checksums import file_sha256
 from audiopetl.config import (
     feature_settings,
     model_config,
@@ -44,9 +45,10 @@ from audiopetl.config import (
     training_settings,
 )
 from audiopetl.errors import TrainingError
+from audiopetl.hub import weights_record
 from audiopetl.metrics import classification_metrics
 from audiopetl.models import build_model
-from audiopetl.paths import cache_path, pretrain_dir
+from audiopetl.paths import cache_path, manifest_path, pretrain_dir
 from audiopetl.strategies import ParameterCount, Strategy, get_strategy
 
 log = logging.getLogger(__name__)
@@ -102,15 +104,39 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_deterministic(seed: int, threads: int, deterministic: bool, device: torch.device) -> None:
+def make_deterministic(
+    seed: int, threads: int, deterministic: bool, device: torch.device
+) -> dict[str, Any]:
+    """Seed everything, fix the thread count and enforce deterministic algorithms; return what
+    was enforced, for run.json."""
     torch.set_num_threads(threads)
     if device.type == "cuda":
         # cuBLAS is deterministic only with a fixed workspace; set before the first CUDA call.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     # warn_only on CUDA: a few fused attention kernels have no deterministic variant.
-    torch.use_deterministic_algorithms(deterministic, warn_only=device.type == "cuda")
+    warn_only = device.type == "cuda"
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
     torch.backends.cudnn.benchmark = False
     seed_everything(seed)
+    if not deterministic:
+        enforced, bitwise = "no: training.deterministic is false", False
+    elif warn_only:
+        enforced = (
+            "where kernels allow: on CUDA some kernels (fused attention among them) have no "
+            "deterministic variant and only warn (warn_only), so reruns agree closely but not "
+            "bitwise"
+        )
+        bitwise = False
+    else:
+        enforced = "every operation (torch.use_deterministic_algorithms)"
+        bitwise = True
+    return {
+        "requested": deterministic,
+        "enforced": enforced,
+        "bitwise": bitwise,
+        "threads": threads,
+        "device": device.type,
+    }
 
 
 def seed_everything(seed: int) -> None:
@@ -203,23 +229,16 @@ class Trainer:
         ]
         if self.amp_dtype is torch.float16 and self.device.type != "cuda":
             raise TrainingError("training.precision fp16 needs a CUDA device; use bf16 or fp32")
-        # What must not change between an interrupted run and its resumption.
-        self.identity = stable_hash(
-            {
-                "spec": [
-                    spec.dataset,
-                    spec.model,
-                    spec.strategy,
-                    spec.fold,
-                    spec.seed,
-                    spec.pretrained,
-                ],
-                "training": self.settings,
-                "features": self.features_cfg,
-                "model": self.model_cfg,
-                "strategy": self.strategy_cfg,
-            }
-        )
+        self.determinism: dict[str, Any] | None = None
+        # The settings a resume must share; with the data (load_data) and the starting
+        # weights (build) they make the resume identity.
+        self.settings_identity = {
+            "spec": [spec.dataset, spec.model, spec.strategy, spec.fold, spec.seed],
+            "training": self.settings,
+            "features": self.features_cfg,
+            "model": self.model_cfg,
+            "strategy": self.strategy_cfg,
+        }
 
     # -- setup ------------------------------------------------------------------------------
     def load_data(self) -> None:
@@ -229,6 +248,25 @@ class Trainer:
             raise TrainingError(
                 f"{path}: built with other feature settings; rerun `audiopetl cache`"
             )
+        manifest = manifest_path(self.cfg, self.spec.dataset)
+        fix = f"rebuild it: `audiopetl cache {self.spec.dataset} --force`"
+        if not manifest.is_file():
+            raise TrainingError(
+                f"{path}: its dataset's manifest {manifest} is missing, so the cache cannot be "
+                f"checked against it; run `audiopetl fetch {self.spec.dataset}`, then {fix}"
+            )
+        if meta.get("manifest_sha256") != file_sha256(manifest):
+            raise TrainingError(
+                f"{path}: built from another manifest than {manifest} (sha256 differs): the "
+                f"cache does not hold this data; {fix}"
+            )
+        # What the run reads, for its record and its resume identity.
+        self.data_record = {
+            "cache": str(path),
+            "manifest": str(manifest),
+            "manifest_sha256": meta["manifest_sha256"],
+            "rows": meta.get("rows"),
+        }
         all_folds = sorted(set(pq.read_table(path, columns=["fold"]).column("fold").to_pylist()))
         self.splits = split_folds(all_folds, self.spec.fold, self.settings["split"])
         self.class_names: list[str] = meta["class_names"]
@@ -239,6 +277,7 @@ class Trainer:
             raise TrainingError(f"{path}: empty split {self.splits}")
 
     def build(self) -> None:
+        self.weights = weights_record(self.spec.pretrained, self.model_cfg.get("revision"))
         # Model construction draws from the RNG: seed it so `evaluate` can rebuild the same.
         seed_everything(self.spec.seed)
         base = build_model(
@@ -273,9 +312,21 @@ class Trainer:
         self.scaler = compat.grad_scaler(self.amp_dtype is torch.float16)
 
     # -- checkpointing ----------------------------------------------------------------------
+    def identity_parts(self) -> dict[str, str]:
+        """What must not change between an interrupted run and its resumption: the settings,
+        the data (manifest hash and rows of the cache) and the starting weights (their file
+        hashes, or hub revision), each hashed on its own so a mismatch can say which."""
+        weights = {k: v for k, v in self.weights.items() if k != "path"}  # a folder may move
+        data = {k: v for k, v in self.data_record.items() if k in ("manifest_sha256", "rows")}
+        return {
+            "settings": stable_hash(self.settings_identity),
+            "data": stable_hash(data),
+            "weights": stable_hash(weights),
+        }
+
     def save_resume(self, state: TrainState) -> None:
         payload = {
-            "identity": self.identity,
+            "identity": self.identity_parts(),
             "trainable": self.strategy.trainable_state(self.model),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -291,8 +342,16 @@ class Trainer:
         if not path.is_file():
             return TrainState()
         saved = checkpoint.load_state(path)
-        if saved.get("identity") != self.identity:
-            log.warning("%s belongs to other settings; starting afresh", path)
+        ours, theirs = self.identity_parts(), saved.get("identity")
+        if theirs != ours:
+            differ = [k for k in ours if not isinstance(theirs, dict) or theirs.get(k) != ours[k]]
+            stale = set_aside(self.spec.resume_dir)
+            log.warning(
+                "%s was saved from other %s; set aside as %s, starting afresh",
+                path,
+                " and ".join(differ),
+                stale,
+            )
             return TrainState()
         self.strategy.load_trainable_state(self.model, saved["trainable"])
         self.optimizer.load_state_dict(saved["optimizer"])
@@ -571,7 +630,9 @@ class Trainer:
             },
             "hardware": provenance.hardware(self.device),
             "seed": self.spec.seed,
-            "deterministic": self.settings["deterministic"],
+            "deterministic": self.determinism,
+            "data": self.data_record,
+            "weights": self.weights,
             "parameters": {"trainable": self.params.trainable, "total": self.params.total},
             "training_seconds": round(state.elapsed, 3),
             "interruptions": state.interruptions,
@@ -591,6 +652,15 @@ class Trainer:
                 extra_outputs(tmp, self.model)
         shutil.rmtree(self.spec.resume_dir, ignore_errors=True)
         return metrics
+
+
+def set_aside(folder: Path) -> Path:
+    """Move a resume folder that must not be continued out of the way, keeping it (the last
+    one) for inspection; the run then starts afresh."""
+    stale = folder.with_name(folder.name + ".stale")
+    shutil.rmtree(stale, ignore_errors=True)
+    os.replace(folder, stale)
+    return stale
 
 
 def write_predictions(path: Path, data: FeatureSet, logits: torch.Tensor) -> None:
@@ -629,7 +699,9 @@ def run_trainer(
     wall_started = time.perf_counter()
     trainer = Trainer(cfg, spec, progress, overrides)
     s = trainer.settings
-    make_deterministic(spec.seed, s["threads"], s["deterministic"], trainer.device)
+    trainer.determinism = make_deterministic(
+        spec.seed, s["threads"], s["deterministic"], trainer.device
+    )
     if trainer.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = s["tf32"]
         torch.backends.cudnn.allow_tf32 = s["tf32"]

@@ -1,39 +1,89 @@
-"""Dataset kinds: each turns its source into ``data/raw/{name}/`` with a checked manifest."""
+"""Dataset kinds: each turns its source into a raw folder with a checked manifest.
+
+A dataset's raw folder is ``data/raw/{name}-{id}/``, where the id is a hash of the settings that
+decide its files (:func:`audiopetl.config.dataset_identity`); the folder records those settings
+in ``dataset.json``, so a folder is never taken for another definition of the dataset.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from audiopetl.atomic import atomic_dir
-from audiopetl.config import dataset_config, dataset_folds
+from audiopetl.atomic import atomic_dir, write_json
+from audiopetl.config import data_id, dataset_config, dataset_folds, dataset_identity
+from audiopetl.errors import DataError
 from audiopetl.manifest import check_manifest, read_manifest, write_manifest
-from audiopetl.paths import manifest_path, raw_dir
+from audiopetl.paths import downloads_dir, manifest_path, raw_dir
+
+RECORD = "dataset.json"
+
+
+def _record(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
+    return {
+        "dataset": name,
+        "id": data_id(cfg, name),
+        "settings": dataset_identity(dataset_config(cfg, name)),
+    }
+
+
+def check_record(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The raw folder's own record, checked against the settings the configuration gives."""
+    folder = raw_dir(cfg, name)
+    path = folder / RECORD
+    fix = f"run `audiopetl fetch {name} --force`"
+    try:
+        recorded = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing, so {folder} cannot be checked; {fix}") from None
+    except (ValueError, OSError) as err:
+        raise DataError(f"{path}: unreadable ({err}); {fix}") from err
+    expected = _record(cfg, name)
+    if recorded.get("settings") != expected["settings"]:
+        raise DataError(
+            f"{path}: {folder} was made from other settings of dataset {name!r} "
+            f"({recorded.get('settings')} vs {expected['settings']}); {fix}"
+        )
+    return recorded
 
 
 def fetch(cfg: Mapping[str, Any], name: str, *, force: bool = False, progress: bool = True) -> Path:
-    """Make ``data/raw/{name}/manifest.csv`` exist and be verified; return its path.
+    """Make the dataset's ``manifest.csv`` exist and be verified; return its path.
 
-    The folder appears only when complete: a failure leaves nothing behind.
+    The folder appears only when complete: a failure leaves nothing behind. A changed setting
+    that decides the dataset's files names another folder, so it is fetched anew.
     """
     dataset = dataset_config(cfg, name)
     dest = raw_dir(cfg, name)
     target = manifest_path(cfg, name)
     if target.is_file() and not force:
+        check_record(cfg, name)
         return target
+    record = _record(cfg, name)
     kind = dataset["kind"]
     if kind == "esc50":
         from audiopetl.datasets.esc50 import fetch_esc50
 
+        def finish(tmp: Path, source: Mapping[str, Any]) -> None:
+            write_json(tmp / RECORD, {**record, "clips": source["clips"]})
+
         # Replaces an existing copy only once the new one is complete and verified.
-        fetch_esc50(dataset["esc50"], dest, progress=progress)
+        fetch_esc50(
+            dataset["esc50"],
+            dest,
+            progress=progress,
+            downloads=downloads_dir(cfg),
+            finish=finish,
+        )
         return target
     with atomic_dir(dest) as tmp:
         manifest = build_manifest(dataset, tmp, progress=progress)
         write_manifest(manifest, tmp / "manifest.csv")
+        write_json(tmp / RECORD, {**record, "clips": len(manifest)})
     return target
 
 
@@ -55,5 +105,20 @@ def build_manifest(dataset: Mapping[str, Any], root: Path, progress: bool = True
 
 def load_manifest(cfg: Mapping[str, Any], name: str) -> pd.DataFrame:
     dataset = dataset_config(cfg, name)
-    df = read_manifest(manifest_path(cfg, name))
-    return check_manifest(df, str(manifest_path(cfg, name)), dataset_folds(dataset))
+    path = manifest_path(cfg, name)
+    df = read_manifest(path)
+    return check_manifest(df, str(path), dataset_folds(dataset))
+
+
+def describe(cfg: Mapping[str, Any], name: str) -> str | None:
+    """A line for a partial dataset ("subset: 83 of 2000 clips"), None for a whole one."""
+    dataset = dataset_config(cfg, name)
+    if dataset["kind"] != "esc50" or not dataset["esc50"].get("subset"):
+        return None
+    from audiopetl.datasets.esc50 import SOURCE_RECORD
+
+    try:
+        source = json.loads((raw_dir(cfg, name) / SOURCE_RECORD).read_text())
+    except (OSError, ValueError):
+        return "subset"
+    return f"subset: {source['clips']} of {source['index_clips']} clips"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import os
 import re
@@ -26,13 +25,16 @@ from typing import IO, Any
 
 import pandas as pd
 
-from audiopetl.atomic import atomic_dir
+from audiopetl.atomic import atomic_dir, write_json, write_text
 from audiopetl.audio import audio_info
+from audiopetl.checksums import file_digest, file_sha256
 from audiopetl.download import download
 from audiopetl.errors import DataError
 from audiopetl.manifest import COLUMNS, check_manifest, write_manifest
 
 META = "meta/esc50.csv"
+# Where the archive came from and its sha256 (audiopetl.datasets.esc50._check_archive_hash).
+SOURCE_RECORD = "source.json"
 REQUIRED_COLUMNS = ("filename", "fold", "target", "category")
 MAX_SHOWN = 20
 _CHUNK = 1 << 20
@@ -48,15 +50,30 @@ class _BrokenArchive(DataError):
 # fetch
 
 
-def fetch_esc50(settings: Mapping[str, Any], dest: Path, *, progress: bool = True) -> None:
+def fetch_esc50(
+    settings: Mapping[str, Any],
+    dest: Path,
+    *,
+    progress: bool = True,
+    downloads: Path | None = None,
+    finish: Callable[[Path, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Make ``dest`` hold verified ESC-50 (``audio/``, ``meta/``, ``manifest.csv``).
 
-    ``settings`` is the config block ``{url, folds, archive, retries, timeout_s}``. A download is
-    cached under ``dest.parent/.downloads/`` so an interrupted one resumes on the next call; it is
-    removed once ``dest`` is in place. On failure nothing new appears at ``dest``.
+    ``settings`` is the config block ``{url, folds, archive, retries, timeout_s, sha256,
+    subset}``. Every clip of ESC-50 v2.0.0's md5 index must be there and match, unless
+    ``subset``: then the clips present must match and the others may be missing. A download is
+    cached under ``downloads`` (default ``dest.parent/.downloads/``) so an interrupted one
+    resumes on the next call; it is removed once ``dest`` is in place. The archive's sha256 is
+    checked against ``sha256`` when set, else against the one recorded by the copy being
+    replaced, and recorded in ``dest/source.json``. ``finish(tmp, source)`` may add files before
+    the folder moves into place. On failure nothing new appears at ``dest``, and the complete
+    list of problems is written to ``dest.problems.txt``. Returns the source record.
     """
     dest = Path(dest)
-    archive, cached = _obtain_archive(settings, dest, progress)
+    problems_file = _problems_file(dest)
+    archive, cached = _obtain_archive(settings, dest, progress, downloads)
+    source = _check_archive_hash(settings, archive, dest, cached)
     with atomic_dir(dest) as tmp:
         try:
             prefix = _extract_esc50(archive, tmp)
@@ -70,22 +87,70 @@ def fetch_esc50(settings: Mapping[str, Any], dest: Path, *, progress: bool = Tru
             raise
         # Name files as they sit in the archive: the temporary folder is gone once we raise.
         meta_source = f"{archive}: {prefix}{META}"
+        subset = bool(settings.get("subset"))
         try:
-            problems = _problems(tmp, _shipped_md5_index(), lambda rel: prefix + rel, meta_source)
-            _raise_problems(str(archive), problems)
+            problems = _problems(
+                tmp, _shipped_md5_index(), lambda rel: prefix + rel, meta_source, subset
+            )
+            _raise_problems(str(archive), problems, problems_file)
         except DataError as err:
             if cached:
                 raise DataError(f"{err}\n(the downloaded archive is kept at {archive})") from err
             raise
-        manifest = _manifest(tmp, int(settings["folds"]), meta_source)
+        manifest = _manifest(tmp, int(settings["folds"]), meta_source, subset=subset)
         write_manifest(manifest, tmp / "manifest.csv")
+        source["clips"] = len(manifest)
+        source["index_clips"] = len(_expected_md5s(_shipped_md5_index()))
+        write_json(tmp / SOURCE_RECORD, source)
+        if finish is not None:
+            finish(tmp, source)
+    problems_file.unlink(missing_ok=True)
     if cached:
         archive.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             archive.parent.rmdir()  # only when empty: another dataset may be downloading there
+    return source
 
 
-def _obtain_archive(settings: Mapping[str, Any], dest: Path, progress: bool) -> tuple[Path, bool]:
+def _problems_file(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".problems.txt")
+
+
+def _check_archive_hash(
+    settings: Mapping[str, Any], archive: Path, dest: Path, cached: bool
+) -> dict[str, Any]:
+    """The archive's sha256, checked against the configured one, else against the one the
+    first download recorded: the URL names a branch (GitHub publishes no release of ESC-50), so
+    its bytes could change without notice. The clips are verified by md5 whatever this says."""
+    digest = file_sha256(archive)
+    pinned = settings.get("sha256")
+    recorded = None
+    previous = dest / SOURCE_RECORD
+    if previous.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            recorded = json.loads(previous.read_text()).get("archive_sha256")
+    expected, where = (pinned, "datasets.*.esc50.sha256") if pinned else (recorded, str(previous))
+    if expected and digest != expected:
+        if cached:
+            archive.unlink(missing_ok=True)
+        raise DataError(
+            f"{archive}: sha256 {digest} differs from {expected} ({where}): the archive is "
+            "not the one this dataset was pinned to. If the new archive is intended (its clips "
+            f"are verified by md5 all the same), set `sha256: {digest}` under the dataset's "
+            "esc50 settings"
+        )
+    return {
+        "url": None if settings.get("archive") else str(settings["url"]),
+        "archive": str(settings["archive"]) if settings.get("archive") else None,
+        "archive_sha256": digest,
+        "archive_bytes": archive.stat().st_size,
+        "pinned": bool(pinned),
+    }
+
+
+def _obtain_archive(
+    settings: Mapping[str, Any], dest: Path, progress: bool, downloads: Path | None
+) -> tuple[Path, bool]:
     """The archive to unpack, and whether it is our own cached download."""
     if settings.get("archive"):
         archive = Path(str(settings["archive"])).expanduser()
@@ -93,7 +158,7 @@ def _obtain_archive(settings: Mapping[str, Any], dest: Path, progress: bool) -> 
             raise DataError(f"{archive}: ESC-50 archive not found (esc50.archive)")
         return archive, False
     url = str(settings["url"])
-    cached = dest.parent / ".downloads" / _archive_name(url)
+    cached = (downloads or dest.parent / ".downloads") / _archive_name(url)
     # Only a complete download is ever renamed to this name, so an existing one is reusable.
     if not cached.is_file():
         download(
@@ -247,69 +312,100 @@ def _expected_md5s(index: Mapping[str, Any]) -> dict[str, str]:
     return expected
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def verify_esc50(root: Path, md5_index: dict | None = None) -> None:
+def verify_esc50(root: Path, md5_index: dict | None = None, *, subset: bool = False) -> None:
     """Check ``root``'s metadata and every clip's md5; raise one DataError listing all problems.
 
-    ``md5_index`` defaults to the shipped ESC-50 v2.0.0 index.
+    ``md5_index`` defaults to the shipped ESC-50 v2.0.0 index. Every clip of the index must be
+    there, unless ``subset``.
     """
     root = Path(root)
     index = _shipped_md5_index() if md5_index is None else md5_index
-    problems = _problems(root, index, lambda rel: str(root / rel), str(root / META))
-    _raise_problems(str(root), problems)
+    problems = _problems(root, index, lambda rel: str(root / rel), str(root / META), subset)
+    _raise_problems(str(root), problems, _problems_file(root))
 
 
-def _raise_problems(where: str, problems: list[tuple[str, str]]) -> None:
-    """One DataError for all ``(kind, line)`` problems: counts per kind, the first lines shown."""
+# The order problems are listed in: a wrong clip first, whatever else is wrong.
+PROBLEM_ORDER = (
+    "md5 mismatch",
+    "missing",
+    "not in metadata",
+    "unknown",
+    "unlisted",
+    "bad filename",
+    "metadata",
+)
+
+
+def _raise_problems(where: str, problems: list[tuple[str, str]], listing: Path) -> None:
+    """One DataError for all ``(kind, line)`` problems: counts per kind, md5 mismatches first,
+    the first lines shown and the complete list written to ``listing``."""
     if not problems:
         return
+    problems = sorted(problems, key=lambda p: PROBLEM_ORDER.index(p[0]))
     counts = Counter(kind for kind, _ in problems)
-    summary = ", ".join(f"{n} {kind}" for kind, n in counts.items())
-    lines = [line for _, line in problems[:MAX_SHOWN]]
-    if len(problems) > MAX_SHOWN:
-        lines.append(f"... and {len(problems) - MAX_SHOWN} more")
+    summary = ", ".join(f"{counts[kind]} {kind}" for kind in PROBLEM_ORDER if counts[kind])
+    lines = [line for _, line in problems]
+    write_text(listing, "\n".join(lines) + "\n")
+    shown = lines[:MAX_SHOWN]
+    if len(lines) > MAX_SHOWN:
+        shown.append(f"(the first {MAX_SHOWN} of {len(lines)}; all of them are in {listing})")
+    else:
+        shown.append(f"(also written to {listing})")
     raise DataError(
         f"{where}: ESC-50 verification failed, {len(problems)} problem(s) ({summary}):\n  "
-        + "\n  ".join(lines)
+        + "\n  ".join(shown)
     )
 
 
 def _problems(
-    root: Path, index: Mapping[str, Any], show: Callable[[str], str], meta_source: str
+    root: Path,
+    index: Mapping[str, Any],
+    show: Callable[[str], str],
+    meta_source: str,
+    subset: bool = False,
 ) -> list[tuple[str, str]]:
     """Every problem with ``root`` as ``(kind, line)``, naming files as ``show`` renders them.
 
     Unreadable metadata is raised at once (``meta_source`` names it): nothing else can be checked.
-    Mismatches come last: a different release mismatches everywhere and would hide the rest.
+    The md5 index decides what ESC-50 is: a clip it lists must be listed in the metadata and be
+    on disk (unless ``subset``), and match its md5; files it does not know are reported.
     """
     meta = _read_meta(root / META, meta_source)
     problems = [("metadata", line) for line in _metadata_problems(meta, show(META))]
     expected = _expected_md5s(index)
-    listed: set[str] = set()
+    listed: set[str] = set()  # clip ids
+    listed_files: set[str] = set()
     to_hash: list[tuple[str, str]] = []
     for row, filename in enumerate(meta["filename"], start=2):
         if not _plain_name(filename):
             problems.append(("bad filename", f"bad filename {filename!r}: {show(META)} row {row}"))
             continue
         rel = f"audio/{filename}"
-        listed.add(rel)
-        if not (root / rel).is_file():
-            problems.append(("missing", f"missing: {show(rel)} (listed in {show(META)} row {row})"))
-        elif Path(filename).stem not in expected:
+        listed.add(Path(filename).stem)
+        listed_files.add(rel)
+        if Path(filename).stem not in expected:
             problems.append(("unknown", f"unknown: {show(rel)}: not in the ESC-50 md5 index"))
+        elif not (root / rel).is_file():
+            if not subset:
+                problems.append(
+                    ("missing", f"missing: {show(rel)} (listed in {show(META)} row {row})")
+                )
         else:
             to_hash.append((rel, expected[Path(filename).stem]))
+    if not subset:
+        problems += [
+            (
+                "not in metadata",
+                f"not in metadata: {clip}.wav: in the md5 index, not in {show(META)}",
+            )
+            for clip in sorted(set(expected) - listed)
+        ]
+    elif not to_hash:
+        problems.append(("missing", f"missing: no clip of the md5 index under {show('audio/')}"))
     problems += [
         ("unlisted", f"unlisted: {show(rel)}: not in {show(META)}")
         for rel in _audio_files(root)
-        if rel not in listed
+        if rel not in listed_files
     ]
     hashes = _hash_all(root, [rel for rel, _ in to_hash])
     problems += [
@@ -324,7 +420,7 @@ def _hash_all(root: Path, rels: list[str]) -> list[str]:
     # hashlib releases the GIL on large buffers, so threads overlap reading and hashing.
     workers = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda rel: _md5(root / rel), rels))
+        return list(pool.map(lambda rel: file_digest(root / rel, "md5"), rels))
 
 
 def _audio_files(root: Path) -> list[str]:
@@ -400,8 +496,14 @@ def esc50_manifest(root: Path, n_folds: int | None) -> pd.DataFrame:
     return _manifest(root, n_folds, str(root / META))
 
 
-def _manifest(root: Path, n_folds: int | None, source: str) -> pd.DataFrame:
+def _manifest(
+    root: Path, n_folds: int | None, source: str, *, subset: bool = False
+) -> pd.DataFrame:
+    """The manifest of the clips listed in the metadata; with ``subset``, of those present."""
     meta = _read_meta(root / META, source)
+    if subset:
+        present = [(root / "audio" / f).is_file() for f in meta["filename"]]
+        meta = meta[present].reset_index(drop=True)
     folds = _int_column(meta, "fold", source)
     targets = _int_column(meta, "target", source)
     clip_ids = [Path(f).stem for f in meta["filename"]]

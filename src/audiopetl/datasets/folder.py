@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from audiopetl.audio import audio_info
@@ -76,22 +77,20 @@ def _from_csv(root: Path, manifest: Path) -> pd.DataFrame:
 
 
 def assign_folds(groups: pd.Series, n_folds: int | None) -> pd.Series:
-    """Fold per clip from its group: one fold per group, or balanced over ``n_folds``."""
-    names = sorted(groups.unique())
-    if n_folds is None:
-        mapping = {g: i + 1 for i, g in enumerate(names)}
-    else:
-        if len(names) < n_folds:
-            raise DataError(f"folder: {len(names)} groups cannot fill {n_folds} folds")
-        # Largest groups first onto the emptiest fold: balanced and deterministic.
-        sizes = groups.value_counts()
-        load = [0] * n_folds
-        mapping = {}
-        for g in sorted(names, key=lambda g: (-sizes[g], g)):
-            fold = min(range(n_folds), key=lambda f: (load[f], f))
-            mapping[g] = fold + 1
-            load[fold] += int(sizes[g])
-    return groups.map(mapping).astype(int)
+    """Fold per clip from its group: one fold per group in name order (scikit-learn's
+    LeaveOneGroupOut), or groups spread over ``n_folds`` balancing clips per fold, largest
+    groups first (GroupKFold)."""
+    from sklearn.model_selection import GroupKFold, LeaveOneGroupOut
+
+    n_groups = groups.nunique()
+    if n_folds is not None and n_groups < n_folds:
+        raise DataError(f"folder: {n_groups} groups cannot fill {n_folds} folds")
+    splitter = LeaveOneGroupOut() if n_folds is None else GroupKFold(n_splits=n_folds)
+    folds = np.zeros(len(groups), dtype=int)
+    values = groups.to_numpy()
+    for k, (_, test) in enumerate(splitter.split(values, groups=values)):
+        folds[test] = k + 1
+    return pd.Series(folds, index=groups.index)
 
 
 def folder_manifest(settings: Mapping[str, Any], base: Path = Path(".")) -> pd.DataFrame:

@@ -36,6 +36,9 @@ class Comparison:
     strategies: pd.DataFrame
     passed: bool
     environments: tuple[str, str]
+    # Finished runs only one side has: a comparison of the rest would hide them.
+    only_a: list[str]
+    only_b: list[str]
 
 
 def _runs(root: Path) -> dict[str, dict[str, Any]]:
@@ -66,6 +69,7 @@ def compare(
     common = sorted(set(a) & set(b))
     if not common:
         raise DataError(f"{results_a} and {results_b} share no finished run to compare")
+    only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
     rows = []
     for key in common:
         loss_a, loss_b = a[key]["first_loss"], b[key]["first_loss"]
@@ -94,9 +98,23 @@ def compare(
     )
     strategies["accuracy_diff"] = (strategies["accuracy_a"] - strategies["accuracy_b"]).abs()
     strategies["accuracy_ok"] = strategies["accuracy_diff"] <= accuracy_atol
-    passed = bool(runs["first_loss_ok"].all() and strategies["accuracy_ok"].all())
+    passed = bool(
+        runs["first_loss_ok"].all()
+        and strategies["accuracy_ok"].all()
+        and not only_a
+        and not only_b
+    )
     envs = (a[common[0]]["environment"], b[common[0]]["environment"])
-    return Comparison(runs, strategies, passed, envs)
+    return Comparison(runs, strategies, passed, envs, only_a, only_b)
+
+
+def _missing_lines(result: Comparison) -> list[str]:
+    lines = []
+    for env, runs in zip(result.environments, (result.only_a, result.only_b), strict=True):
+        if runs:
+            lines += [f"Finished only in {env} (a failure: the other side lacks them):", ""]
+            lines += [f"- {run}" for run in runs] + [""]
+    return lines
 
 
 def write_comparison(result: Comparison, out: Path, settings: Mapping[str, float]) -> None:
@@ -113,6 +131,7 @@ def write_comparison(result: Comparison, out: Path, settings: Mapping[str, float
         f"- mean test accuracy per strategy, absolute: {settings['accuracy_atol']:g} "
         "(rounding compounds over training and may flip a few borderline test clips)",
         "",
+        *_missing_lines(result),
         "## Per strategy",
         "",
         f"| strategy | runs | accuracy {env_a} | accuracy {env_b} | difference | within |",
@@ -143,6 +162,8 @@ def write_comparison(result: Comparison, out: Path, settings: Mapping[str, float
             "environments": list(result.environments),
             "passed": result.passed,
             "tolerances": dict(settings),
+            "only_in_a": result.only_a,
+            "only_in_b": result.only_b,
             "strategies": result.strategies.to_dict(orient="records"),
             "runs": result.runs.to_dict(orient="records"),
         },

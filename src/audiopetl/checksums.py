@@ -1,0 +1,27 @@
+"""Content hashes of files: the identity of data, caches and weights in every record."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
+
+_CHUNK = 1 << 20
+
+
+def file_digest(path: Path | str, algorithm: str = "sha256") -> str:
+    # hashlib.file_digest would do this from Python 3.11; the legacy conda stack runs 3.10.
+    digest = hashlib.new(algorithm, usedforsecurity=False)
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path | str) -> str:
+    return file_digest(path, "sha256")
+
+
+def files_sha256(root: Path, names: Iterable[str]) -> dict[str, str]:
+    """sha256 of each named file under ``root``, keyed by its name, in name order."""
+    return {name: file_sha256(root / name) for name in sorted(names)}

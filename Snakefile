@@ -14,7 +14,6 @@ min_version("9.0")
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
-include: "rules/evaluate.smk"
 include: "rules/report.smk"
 
 

@@ -73,7 +73,8 @@ def worker(root: Path, strategy: str, epochs: int, threads: int | None, device: 
     with contextlib.redirect_stderr(io.StringIO()):
         trainer = run_trainer(cfg, spec, progress=False, overrides=overrides)
     metrics = trainer.metrics
-    rows = pd.read_csv(spec.out / "history.csv")
+    # Per-epoch timings are in execution.json (history.csv holds what identical runs share).
+    rows = pd.DataFrame(json.loads((spec.out / "execution.json").read_text())["epochs"])
     steady = rows.iloc[1:] if len(rows) > 1 else rows
     samples = len(trainer.train) * len(steady)
     result = {

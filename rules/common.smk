@@ -4,10 +4,12 @@
 
 import json
 import os
+import sys
 
 from snakemake.io import report as mark_for_report
 from snakemake.utils import validate
 
+from audiopetl import cachefile as apcachefile
 from audiopetl import config as apconfig
 from audiopetl import hub as aphub
 from audiopetl import paths as appaths
@@ -55,6 +57,18 @@ LOGS = str(appaths.logs_dir(CFG))
 # onsuccess handler, which Snakemake skips when it has nothing to do.
 for _folder in appaths.versioned_dirs(CFG):
     os.makedirs(_folder, exist_ok=True)
+# A damaged feature cache (failed page checksums, NaN features, unreadable) would fail every
+# job that reads it. The main Snakemake process checks the study's caches and moves a damaged
+# one aside (.NAME.damaged, kept for a look), so the cache rule, finding its output missing,
+# rebuilds it and the runs that read it train again. Reading a cache costs about 0.5 s per
+# 150 MB (ESC-50's).
+if workflow.is_main_process:
+    for _dataset in appaths.study_datasets(CFG):
+        _moved = apcachefile.set_aside_if_damaged(appaths.cache_path(CFG, _dataset))
+        if _moved is not None:
+            print(
+                f"audiopetl: {_moved[1]}; moved aside to {_moved[0]}", file=sys.stderr
+            )
 # The conda environment of every rule, chosen in the config (used with --sdm conda).
 ENV = f"../envs/{CFG['env']}.yaml"
 

@@ -19,7 +19,7 @@ rule fetch:
             apconfig.dataset_identity(apconfig.dataset_config(CFG, wc.dataset))
         ),
     shell:
-        "audiopetl fetch {wildcards.dataset} --quiet --force > {log} 2>&1"
+        "audiopetl fetch {wildcards.dataset} --quiet --force --log {log}"
 
 
 rule cache:
@@ -37,7 +37,7 @@ rule cache:
     params:
         features=lambda wc: settings_json(apconfig.feature_settings(CFG, wc.dataset)),
     shell:
-        "audiopetl cache {wildcards.dataset} --quiet --out {output.cache} --force > {log} 2>&1"
+        "audiopetl cache {wildcards.dataset} --quiet --out {output.cache} --force --log {log}"
 
 
 rule data_report:
@@ -53,7 +53,7 @@ rule data_report:
     resources:
         **resources_of("data"),
     shell:
-        "audiopetl data-report {wildcards.dataset} --quiet --out {output.report} > {log} 2>&1"
+        "audiopetl data-report {wildcards.dataset} --quiet --out {output.report} --log {log}"
 
 
 rule fetch_model:
@@ -70,4 +70,4 @@ rule fetch_model:
     params:
         source=lambda wc: settings_json(aphub.source_of(CFG, wc.model)),
     shell:
-        "audiopetl fetch-model --model {wildcards.model} --quiet --force > {log} 2>&1"
+        "audiopetl fetch-model --model {wildcards.model} --quiet --force --log {log}"

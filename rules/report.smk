@@ -26,4 +26,4 @@ rule report:
         out=lambda wc, output: os.path.dirname(output.resolved),
         report=settings_json(CFG["report"]),
     shell:
-        "audiopetl report --quiet --out {params.out} > {log} 2>&1"
+        "audiopetl report --quiet --out {params.out} --log {log}"

@@ -1,6 +1,10 @@
 # Training: the source-task pretraining of the default, then one job per
-# dataset x model x strategy x fold x seed. A job resumes from its resume folder (beside the
-# run folder, so Snakemake's cleanup of incomplete outputs does not remove it).
+# dataset x model x strategy x fold x seed, which also rebuilds its run from the files it wrote
+# and scores it again (evaluation.json): a run whose weights do not reproduce its reported
+# numbers fails. A job resumes from its resume folder (beside the run folder, so Snakemake's
+# cleanup of incomplete outputs does not remove it). Each command appends to its log, every
+# attempt headed by its number and SLURM job, and says why it failed on its stderr, which
+# Snakemake and SLURM show.
 #
 # On SLURM a training job asks for SIGTERM before its time limit (resources.train.
 # signal_before_s); `exec` makes audiopetl itself the process that gets it (a shell in between
@@ -25,18 +29,22 @@ rule pretrain:
         **resources_of("train"),
     params:
         out=lambda wc, output: os.path.dirname(output.metrics),
+        # What the pretraining computes with: a change elsewhere in `training` (the split,
+        # model selection, the guards) reruns the runs, not the pretraining.
         settings=lambda wc: settings_json(
             {
                 "model": apconfig.model_config(CFG, wc.model),
                 "strategy": apconfig.strategy_config(
                     CFG, apconfig.model_config(CFG, wc.model)["pretrain"]["strategy"]
                 ),
-                "training": CFG["training"],
+                "training": apconfig.pretraining_settings(
+                    CFG, wc.model, relevant_only=True
+                ),
             }
         ),
     shell:
         "HF_HUB_OFFLINE=1 exec audiopetl pretrain --model {wildcards.model} --quiet"
-        " --out {params.out} > {log} 2>&1"
+        " --out {params.out} --log {log}"
 
 
 rule train:
@@ -48,6 +56,8 @@ rule train:
         predictions=f"{RUN}/predictions.parquet",
         history=f"{RUN}/history.csv",
         run=f"{RUN}/run.json",
+        sums=f"{RUN}/SHA256SUMS",
+        evaluation=f"{RUN}/evaluation.json",
     log:
         f"{LOGS}/train/{RUN_LOG}",
     conda:
@@ -69,4 +79,4 @@ rule train:
         "HF_HUB_OFFLINE=1 exec audiopetl train --quiet --dataset {wildcards.dataset}"
         " --model {wildcards.model}"
         " --strategy {wildcards.strategy} --fold {wildcards.fold} --seed {wildcards.seed}"
-        " --out {params.out} > {log} 2>&1"
+        " --out {params.out} --evaluate --log {log}"

@@ -162,7 +162,9 @@ def test_read_metadata_errors(tmp_path):
         read_metadata(tmp_path / "nope.parquet")
     junk = tmp_path / "junk.parquet"
     junk.write_bytes(b"not parquet at all")
-    with pytest.raises(DataError, match=r"junk\.parquet: not a readable parquet file"):
+    with pytest.raises(
+        DataError, match=r"junk\.parquet: the feature cache is damaged \(not a readable"
+    ):
         read_metadata(junk)
     foreign = tmp_path / "foreign.parquet"
     pq.write_table(pa.table({"a": [1]}), foreign)

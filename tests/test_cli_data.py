@@ -19,7 +19,7 @@ from audiopetl.cache import read_folds, read_metadata
 from audiopetl.config import load_config
 from audiopetl.datasets.esc50 import esc50_manifest
 from audiopetl.errors import DataError
-from audiopetl.paths import data_report_path, manifest_path
+from audiopetl.paths import cache_path, data_report_path, manifest_path
 
 # Relative to the project folder each test runs in, as the CLI sees them.
 QUICK_CFG = load_config(CONFIG_DIR / "config.yaml", "quick")
@@ -337,7 +337,9 @@ def test_skip_bad_caches_the_rest_and_reports_them(synthetic_project, cli):
     result = cli("cache", "synthetic", *QUICK, "--skip-bad")
     assert result.code == 0, result.err
     cache = Path(result.out.strip())
-    assert cache == synthetic_project.cache
+    # --skip-bad is the setting data.skip_bad: a cache that may leave clips out is another one.
+    skipping = load_config(CONFIG_DIR / "config.yaml", "quick", ["data.skip_bad=true"])
+    assert cache == cache_path(skipping, "synthetic") != synthetic_project.cache
     features = read_folds(cache)
     assert len(features) == 70
     assert not {cid for cid, _ in victims} & set(features.clip_ids)
@@ -350,9 +352,9 @@ def test_skip_bad_caches_the_rest_and_reports_them(synthetic_project, cli):
     assert "cannot decode audio" in skipped[victims[0][0]]["error"]
     assert "NaN or Inf" in skipped[victims[1][0]]["error"]
 
-    report = cli("data-report", "synthetic", *QUICK)
+    report = cli("data-report", "synthetic", *QUICK, "--set", "data.skip_bad=true")
     assert report.code == 0, report.err
-    data = json.loads(REPORT.read_text())
+    data = json.loads(data_report_path(skipping, "synthetic").read_text())
     assert {item["path"] for item in data["skipped"]} == {str(a) for _, a in victims}
     for _, audio in victims:
         assert f"skipped while caching: {audio}" in report.out

@@ -127,7 +127,7 @@ def fsdd_settings(**extra) -> dict:
 
 @pytest.fixture(scope="module")
 def fsdd_manifest() -> pd.DataFrame:
-    return folder_manifest(fsdd_settings())
+    return folder_manifest(fsdd_settings()).manifest
 
 
 @needs_fsdd
@@ -147,12 +147,13 @@ def test_fsdd_by_pattern_leave_one_speaker_out(fsdd_manifest):
     assert 0.1 < df["duration"].min() < df["duration"].max() < 2.5
     row = df[df["clip_id"] == "7_theo_3"].iloc[0]
     assert row.label_name == "7" and row.group == "theo"
-    assert row.duration == pytest.approx(sf.info(row.path).duration)
+    assert row.path == "7_theo_3.wav"  # relative to the root
+    assert row.duration == pytest.approx(sf.info(FSDD / row.path).duration)
 
 
 @needs_fsdd
 def test_fsdd_three_folds_balanced_without_splitting_speakers():
-    df = folder_manifest(fsdd_settings(folds=3))
+    df = folder_manifest(fsdd_settings(folds=3)).manifest
     assert df["fold"].value_counts().sort_index().to_dict() == {1: 1000, 2: 1000, 3: 1000}
     assert df.groupby("group")["fold"].nunique().eq(1).all()
     assert df.groupby("fold")["group"].nunique().eq(2).all()
@@ -176,7 +177,7 @@ def test_fsdd_through_cli_fetch(project, cli):
     assert result.code == 0, result.err
     (manifest,) = Path("data/raw").glob("fsdd-*/manifest.csv")
     assert result.out.strip() == str(manifest)
-    df = read_manifest(manifest)
+    df = read_manifest(manifest, FSDD)  # a folder dataset's paths: relative to its root
     assert len(df) == 3000
     assert df.groupby("fold").size().eq(500).all()
     assert df.groupby("group")["fold"].nunique().eq(1).all()
@@ -203,20 +204,23 @@ def subset_rows() -> list[tuple[str, str, str]]:
 @needs_fsdd
 def test_folder_csv_manifest(tmp_path):
     csv = fsdd_subset_csv(tmp_path / "subset.csv", subset_rows())
-    df = folder_manifest(fsdd_settings(manifest=str(csv), pattern=None))
+    df = folder_manifest(fsdd_settings(manifest=str(csv), pattern=None)).manifest
     assert len(df) == 30
     assert sorted(df["label_name"].unique()) == ["eight", "three"]
     assert dict(zip(df.label_name, df.label, strict=True)) == {"eight": 0, "three": 1}
     assert sorted(df["fold"].unique()) == [1, 2, 3]  # one per speaker
     assert df.groupby("group")["fold"].nunique().eq(1).all()
     assert set(df["clip_id"]) == {Path(p).stem for p, _, _ in subset_rows()}
-    assert all(Path(p).is_absolute() and Path(p).is_file() for p in df["path"])
+    # Relative to the root: the dataset works wherever the root is.
+    assert all(not Path(p).is_absolute() and (FSDD / p).is_file() for p in df["path"])
 
 
 @needs_fsdd
 def test_folder_csv_with_labels_list_orders_labels(tmp_path):
     csv = fsdd_subset_csv(tmp_path / "subset.csv", subset_rows())
-    df = folder_manifest(fsdd_settings(manifest=str(csv), pattern=None, labels=["three", "eight"]))
+    df = folder_manifest(
+        fsdd_settings(manifest=str(csv), pattern=None, labels=["three", "eight"])
+    ).manifest
     assert dict(zip(df.label_name, df.label, strict=True)) == {"three": 0, "eight": 1}
 
 
@@ -259,7 +263,9 @@ def test_folder_csv_with_bad_fold(tmp_path):
     pd.DataFrame(
         {"path": ["3_theo_0.wav", "3_theo_1.wav"], "label": ["3", "3"], "fold": ["1", "x"]}
     ).to_csv(csv, index=False)
-    with pytest.raises(DataError, match=r"folds\.csv: row 3: fold 'x' is not a number"):
+    with pytest.raises(
+        DataError, match=r"folds\.csv: row 3 \(3_theo_1\.wav\): fold 'x' is not a number"
+    ):
         folder_manifest(fsdd_settings(manifest=str(csv), pattern=None))
 
 

@@ -19,6 +19,7 @@ from training_helpers import (  # noqa: F401
 )
 
 from audiopetl.metrics import classification_metrics, equal_error_rate
+from audiopetl.run_folder import write_sums
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning"),
@@ -74,6 +75,14 @@ def test_evaluate_notices_tampered_weights(
     save_file(weights, str(weights_file))
     assert run_main(["evaluate", run]) == 1
     err = capsys.readouterr().err
+    assert (
+        "the run folder differs from its SHA256SUMS (changed: model/trainable.safetensors)" in err
+    )
+    assert len(err.strip().splitlines()) == 1
+    # Sums rewritten to match (a consistent but wrong run): the predictions still tell.
+    write_sums(run)
+    assert run_main(["evaluate", run]) == 1
+    err = capsys.readouterr().err
     assert "re-evaluation disagrees with the stored run" in err
     result = json.loads((run / "evaluation.json").read_text())
     assert result["matches_reported"] is False and result["max_abs_logit_difference"] > 1e-3
@@ -92,6 +101,7 @@ def test_evaluate_refuses_weights_of_another_shape(
     dropped = next(iter(weights))
     del weights[dropped]
     save_file(weights, str(weights_file))
+    write_sums(run)
     assert run_main(["evaluate", run]) == 1
     assert "weights do not fit the model" in capsys.readouterr().err
 

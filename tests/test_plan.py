@@ -54,7 +54,7 @@ def test_plan_warns_where_a_run_outlasts_one_attempt(project, cli, tmp_path: Pat
     result = cli("plan", *QUICK, "--samples-per-s", "0.01", "--profile", profile)
     assert result.code == 0, result.err
     assert plan_rows(result.out)["train synthetic/tiny-ast/full/seed0/fold1"][2:] == ("2.9 h", "4")
-    warning = next(line for line in result.err.splitlines() if "full/seed0/fold1" in line)
+    warning = next(line for line in result.err.splitlines() if "about 2.9 h" in line)
     assert "resources.train.runtime: 60 min" in warning
     assert "stopped and resumed 3 time(s)" in warning
     assert f"more than the 1 retries of {profile}" in warning
@@ -72,7 +72,28 @@ def test_plan_warns_where_a_run_outlasts_one_attempt(project, cli, tmp_path: Pat
         "plan", *QUICK, "--samples-per-s", "0.01", "--set", "resources.train.retry_runtime=240"
     )
     assert "60 min (240 min a retry)" in longer.out
-    assert "full/seed0/fold1: about 2.9 h" in longer.err and "resumed 1 time(s)" in longer.err
+    assert "full/seed0/fold1" in longer.err and "resumed 1 time(s)" in longer.err
+    # The six identical runs share one line, which names them, instead of six lines.
+    lines = [line for line in longer.err.splitlines() if "about 2.9 h" in line]
+    assert len(lines) == 1 and lines[0].startswith("WARNING: 6 jobs (train synthetic/"), lines
+    assert "and 3 more" in lines[0]
+
+
+def test_plan_throughput_must_be_positive(project, cli) -> None:
+    for value in ("0", "-3", "nan", "fast"):
+        result = cli("plan", *QUICK, "--samples-per-s", value)
+        assert result.code == 2, value
+        assert "is not a positive number of samples per second" in result.err, result.err
+
+
+def test_plan_without_a_warning_before_the_limit(project, cli) -> None:
+    # A 2-minute attempt with a 300 s warning: SLURM gives none, the job trains until it is
+    # killed at the limit (about 60 s after start-up) and the next attempt resumes.
+    sets = ["--set", "resources.train.runtime=2", "--set", "resources.train.signal_before_s=300"]
+    result = cli("plan", *QUICK, "--samples-per-s", "1", *sets)
+    assert result.code == 0, result.err
+    assert "leaves no training time" not in result.err
+    assert "killed at its limit (signal_before_s is not shorter than the limit" in result.err
 
 
 @pytest.mark.slow

@@ -51,15 +51,15 @@ RESOURCES = {
     "data": {"mem_mb": 700, "runtime": 1},
     "report": {"mem_mb": 600, "runtime": 2},
     "models": {
-        "tiny-ast-long": {"mem_mb": 1200, "runtime": 2, "retry_runtime": 5, "signal_before_s": 100}
+        "tiny-ast-long": {"mem_mb": 1200, "runtime": 3, "retry_runtime": 5, "signal_before_s": 100}
     },
 }
 # The interrupted run: a bigger tiny AST trained from scratch for about 2 minutes on a 2-core
-# machine. SLURM's warning, 100 s before a first attempt's limit of 2 + 1 minutes (its evaluation
-# is grouped into the same job) and up to 30 s earlier (SLURM checks its timers every 30 s),
+# machine. SLURM's warning, 100 s before a first attempt's limit of 3 minutes (its evaluation
+# runs in the same job and process) and up to 30 s earlier (SLURM checks its timers every 30 s),
 # comes 50-80 s after the job starts: after the job's start-up, in the middle of its training
-# on a machine up to about 1.7 times as fast. A resubmitted attempt gets 5 + 1 minutes: enough
-# for the rest on a machine twice as slow.
+# on a machine up to about 1.7 times as fast. A resubmitted attempt gets 5 minutes: enough for
+# the rest on a machine twice as slow.
 LONG_MODEL, LONG_STRATEGY = "tiny-ast-long", "lora-long"
 LONG = {
     "models": {
@@ -298,7 +298,7 @@ def minutes(limit: str) -> int:
 
 
 def slurm_job_of(run: Path) -> str:
-    job = json.loads((run / "run.json").read_text())["slurm_job_id"]
+    job = json.loads((run / "execution.json").read_text())["slurm_job_id"]
     assert job, f"{run}: not trained inside a SLURM job"
     return job
 
@@ -307,31 +307,42 @@ def slurm_job_of(run: Path) -> str:
 @needs_cluster
 def test_every_training_job_ran_in_slurm_with_the_configured_resources(study: SlurmStudy) -> None:
     profile = yaml.safe_load((ROOT / "workflow" / "profiles" / "slurm" / "config.yaml").read_text())
-    # The profile puts a run's evaluation into its training job: the time limits add up.
-    assert {"train=run", "evaluate=run"} <= set(profile["groups"])
+    # A run's evaluation runs inside its training job: no group whose time limits would add up.
+    assert "groups" not in profile
     data = RESOURCES["data"]
     training = [
         (study.project / "results" / EXPERIMENT / "pretrain" / "tiny-ast", "tiny-ast", False),
         *[(run_dir(study.project, *run), run[0], True) for run in [*QUICK_RUNS, LONG_RUN]],
     ]
-    for run, model, grouped in training:
+    for run, model, is_run in training:
         asked = {**RESOURCES["train"], **RESOURCES["models"].get(model, {})}
         info = json.loads((run / "run.json").read_text())
         attempt = 1 + len(info["interruptions"])
         job = study.jobs[slurm_job_of(run)]
         assert job["State"] == "COMPLETED", job
-        # The plugin's comment names the rule, or the rules of a group job.
-        rules = ("train", "evaluate") if grouped else ("pretrain",)
-        assert all(rule in job["Comment"] for rule in rules), job
+        # The plugin's comment names the rule and the run (its wildcards): squeue and sacct
+        # tell the runs apart.
+        if is_run:
+            dataset = run.parts[-5]
+            model_, strategy, seed, fold = (
+                run.parts[-4],
+                run.parts[-3],
+                run.parts[-2][4:],
+                run.parts[-1][4:],
+            )
+            wildcards = "_".join([dataset, model_, strategy, seed, fold])
+            assert job["Comment"] == f"rule_train_wildcards_{wildcards}", job
+        else:
+            assert job["Comment"] == "rule_pretrain_wildcards_tiny-ast", job
         granted = tres(job)
         assert granted["cpu"] == str(asked["cpus_per_task"]), job
         assert granted["mem"] == f"{asked['mem_mb']}M", job
         assert granted["gres/gpu"] == str(asked["gpu"]), job
+        # What README's table and `audiopetl plan` say: the configured runtime, nothing added.
         runtime = asked["retry_runtime"] if attempt > 1 else asked["runtime"]
-        limit = runtime + (data["runtime"] if grouped else 0)
-        assert minutes(job["Timelimit"]) == limit, job
+        assert minutes(job["Timelimit"]) == runtime, job
         assert f"--signal=TERM@{asked['signal_before_s']}" in job["SubmitLine"], job
-        if grouped:
+        if is_run:
             assert json.loads((run / "evaluation.json").read_text())["matches_reported"]
     # Data jobs are CPU-only SLURM jobs; the downloads are local rules, never SLURM jobs.
     caches = [j for j in study.jobs.values() if j["Comment"].startswith("rule_cache")]
@@ -355,7 +366,7 @@ def test_a_run_past_its_time_limit_is_resubmitted_and_resumes(study: SlurmStudy)
     info = json.loads((run / "run.json").read_text())
     stops = info["interruptions"]
     assert stops, "the long run was never stopped: its training ended before SLURM's warning"
-    final_job = study.jobs[info["slurm_job_id"]]
+    final_job = study.jobs[slurm_job_of(run)]
     assert final_job["State"] == "COMPLETED"
     for stop in stops:
         # SIGTERM from SLURM before the limit: saved at a step boundary, exited, so the job
@@ -366,13 +377,21 @@ def test_a_run_past_its_time_limit_is_resubmitted_and_resumes(study: SlurmStudy)
         assert minutes(job["Elapsed"]) <= minutes(job["Timelimit"]), job
         first = stop is stops[0]
         runtime = RESOURCES["models"][LONG_MODEL]["runtime" if first else "retry_runtime"]
-        assert minutes(job["Timelimit"]) == runtime + RESOURCES["data"]["runtime"], job
-        assert stop["slurm_job_id"] != info["slurm_job_id"]
+        assert minutes(job["Timelimit"]) == runtime, job
+        assert stop["slurm_job_id"] != slurm_job_of(run)
     # The last attempt resumed from the last stop instead of starting afresh.
     last = stops[-1]
     log = study.project / "results" / EXPERIMENT / "logs" / "train" / "synthetic"
     log = log.joinpath(*LONG_RUN[:2], f"seed{LONG_RUN[2]}", f"fold{LONG_RUN[3]}.log")
-    assert f"at epoch {last['epoch']}, batch {last['batch']}" in log.read_text()
+    text = log.read_text()
+    assert f"at epoch {last['epoch']}, batch {last['batch']}" in text
+    # The log keeps every attempt, each headed by its number and SLURM job; a planned stop
+    # says so, and is not a failure.
+    headers = re.findall(r"^==== audiopetl train: attempt (\d+), SLURM job (\d+)", text, re.M)
+    assert [int(n) for n, _ in headers] == list(range(1, len(stops) + 2)), headers
+    assert [job for _, job in headers[:-1]] == [stop["slurm_job_id"] for stop in stops]
+    assert text.count("(a time limit's warning)") == len(stops)
+    assert "not a failure" in text and "error:" not in text
     assert not (run.parent / f".{run.name}.resume").exists(), "resume state left behind"
     # And it ends exactly where the uninterrupted run ends.
     reference = study.reference
@@ -384,9 +403,8 @@ def test_a_run_past_its_time_limit_is_resubmitted_and_resumes(study: SlurmStudy)
 
 
 def test_a_large_study_submits_one_job_per_run(tmp_path: Path) -> None:
-    """5 folds x 8 strategies x 3 seeds: with the profile's groups, each run's training and
-    evaluation share one SLURM job, so the 120 runs submit 120 jobs, not 240. A dry run needs no
-    cluster."""
+    """5 folds x 8 strategies x 3 seeds: each run's training and evaluation are one job, so
+    the 120 runs submit 120 SLURM jobs, not 240. A dry run needs no cluster."""
     ranks = (1, 2, 4, 16, 32)
     lora = {"kind": "lora", "lr": 5.0e-3, "alpha": 16, "dropout": 0.0, "targets": ["q", "v"]}
     strategies = {f"lora-r{r}": {**lora, "rank": r} for r in ranks}
@@ -414,12 +432,8 @@ def test_a_large_study_submits_one_job_per_run(tmp_path: Path) -> None:
     stats = re.search(r"Job stats:\n.*?\n-+\s+-+\n(.*?)\ntotal", done.stdout, re.S)
     assert stats, done.stdout[-3000:]
     counts = {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", stats.group(1), re.M)}
-    assert counts["train"] == counts["evaluate"] == 5 * 8 * 3
-    groups = done.stdout.count("Group job run (jobs in lexicogr. order)")
-    assert groups == 5 * 8 * 3
+    assert counts["train"] == 5 * 8 * 3 and "evaluate" not in counts
     # SLURM jobs: one per run, plus the caches, the pretraining, the data report and the
     # report; the downloads (fetch) and the target rule run on the submitting machine.
     local = counts["fetch"] + counts["all"]
-    alone = sum(counts.values()) - local - counts["train"] - counts["evaluate"]
-    assert alone == 2 + 1 + 1 + 1
-    assert groups + alone == 125
+    assert sum(counts.values()) - local == 120 + 2 + 1 + 1 + 1

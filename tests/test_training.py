@@ -49,6 +49,7 @@ from audiopetl.checksums import file_sha256
 from audiopetl.config import load_config
 from audiopetl.errors import TrainingError
 from audiopetl.paths import cache_path, manifest_path
+from audiopetl.run_folder import read_sums, verify_run_folder
 from audiopetl.train import Trainer, epoch_order, spec_augment, split_folds
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
@@ -370,7 +371,8 @@ def test_at_chance_guard(
     sets = ("training.min_accuracy_over_chance=0.99", "training.epochs=1")
     assert run_main(train_args("linear", out, *sets)) == 1
     err = capsys.readouterr().err
-    assert "at chance level (0.2500 + training.min_accuracy_over_chance)" in err
+    assert "is not above chance (0.2500) by more than" in err
+    assert "training.min_accuracy_over_chance = 0.99" in err  # the margin's value, said
     assert not out.exists()
 
 
@@ -407,10 +409,16 @@ def test_same_seed_same_bits_other_seed_other_bits(
     assert (a / "metrics.json").read_bytes() == (b / "metrics.json").read_bytes()
     preds_a = pq.read_table(a / "predictions.parquet").to_pydict()
     assert preds_a == pq.read_table(b / "predictions.parquet").to_pydict()
-    timing = ["seconds", "samples_per_s"]  # wall-clock: the only non-deterministic columns
-    pd.testing.assert_frame_equal(
-        history_of(a).drop(columns=timing), history_of(b).drop(columns=timing)
-    )
+    # Every file the same bytes (SHA256SUMS lists them all; timings are in execution.json),
+    # but run.json, whose command line names each run's own --out.
+    sums_a, sums_b = read_sums(a), read_sums(b)
+    assert sums_a.keys() == sums_b.keys() and "history.csv" in sums_a
+    assert {k: v for k, v in sums_a.items() if k != "run.json"} == {
+        k: v for k, v in sums_b.items() if k != "run.json"
+    }
+    info_a, info_b = (json.loads((r / "run.json").read_text()) for r in (a, b))
+    assert info_a.pop("command") != info_b.pop("command")
+    assert info_a == info_b
     adapter_a = load_file(str(a / "model" / "adapter" / "adapter_model.safetensors"))
     adapter_b = load_file(str(b / "model" / "adapter" / "adapter_model.safetensors"))
     assert_bitwise_equal(adapter_a, adapter_b)
@@ -444,7 +452,7 @@ def test_run_folder_contents(quick_lora_run: Path, quick_project: QuickProject) 
     assert list(history.columns) == HISTORY_COLUMNS
     assert history["epoch"].tolist() == [1, 2, 3]
     assert history["step"].tolist() == [3, 6, 9]
-    assert history.drop(columns=["seconds", "samples_per_s"]).notna().all().all()
+    assert history.notna().all().all()
 
     table = pq.read_table(run / "predictions.parquet")
     assert table.column_names == [
@@ -503,8 +511,19 @@ def test_run_folder_contents(quick_lora_run: Path, quick_project: QuickProject) 
         "trainable": metrics["trainable_params"],
         "total": metrics["total_params"],
     }
-    assert info["wall_seconds"] > 0 and info["training_seconds"] > 0
-    assert info["peak_memory"]["host_rss_mb"] > 0
+    # Timings are this machine's, outside what identical runs share.
+    assert not {"wall_seconds", "training_seconds", "peak_memory"} & set(info)
+    execution = json.loads((run / "execution.json").read_text())
+    assert execution["wall_seconds"] > 0 and execution["training_seconds"] > 0
+    assert execution["peak_memory"]["host_rss_mb"] > 0
+    assert [e["epoch"] for e in execution["epochs"]] == [1, 2, 3]
+    assert all(e["seconds"] > 0 and e["samples_per_s"] > 0 for e in execution["epochs"])
+    verify_run_folder(run)  # SHA256SUMS covers every other file
+    assert set(read_sums(run)) == {
+        p.relative_to(run).as_posix()
+        for p in run.rglob("*")
+        if p.is_file() and p.name not in ("SHA256SUMS", "execution.json")
+    }
     assert info["run"]["pretrained"] == "results/quick/pretrain/tiny-ast/pretrained"
     # What was enforced, not only asked for: on the CPU, every operation, bitwise.
     assert info["deterministic"]["requested"] is True and info["deterministic"]["bitwise"]

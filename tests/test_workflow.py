@@ -163,7 +163,6 @@ def test_one_strategy_change_reruns_only_that_strategy(project: Path) -> None:
     counts = job_counts(snakemake(project, "--dry-run").stdout)
     lora_runs = [r for r in runs if r.parts[-3] == "lora"]
     assert counts.get("train") == len(lora_runs)
-    assert counts.get("evaluate") == len(lora_runs)
     assert "pretrain" not in counts and "cache" not in counts
     snakemake(project, "--cores", "2")
     for run in runs:

@@ -28,7 +28,14 @@ from audiopetl.cli import main
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "config"
 QUICK = ("--experiment", "quick", "--quiet")
-RUN_FILES = ("history.csv", "metrics.json", "predictions.parquet", "run.json")
+RUN_FILES = (
+    "history.csv",
+    "metrics.json",
+    "predictions.parquet",
+    "run.json",
+    "SHA256SUMS",
+    "execution.json",
+)
 HISTORY_COLUMNS = [
     "epoch",
     "step",
@@ -37,8 +44,6 @@ HISTORY_COLUMNS = [
     "val_accuracy",
     "val_metric",
     "lr",
-    "seconds",
-    "samples_per_s",
 ]
 # Quick preset: 4 classes x 3 folds x 6 clips; a train_val_test split trains on one fold.
 QUICK_CLASSES = 4

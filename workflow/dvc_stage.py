@@ -1,7 +1,7 @@
 """Run one DVC stage of dvc.yaml: Snakemake on the jobs of some rules of the workflow.
 
 The training stage, for instance, runs ``python workflow/dvc_stage.py --experiment quick
---rules pretrain train evaluate --omit-from report``.
+--rules pretrain train --omit-from report``.
 
 Snakemake stays the one DAG and decides which jobs run. DVC keeps a stage's finished runs in
 place (``persist``) and Snakemake reruns only the jobs whose settings, inputs or command

@@ -8,6 +8,7 @@ import errno
 import functools
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -21,21 +22,69 @@ def _umask() -> int:
     return mask
 
 
+def _prefix(target: Path) -> str:
+    # The writer's process id in the name: a later writer of the same target can tell the
+    # leftovers of a killed process from the work of a live one.
+    return f".{target.name}.{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_leftovers(target: Path) -> list[Path]:
+    """Remove the temporary files and folders a killed writer of ``target`` left beside it."""
+    removed = []
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(\d+)\..*\.tmp$")
+    if not target.parent.is_dir():
+        return removed
+    for leftover in target.parent.iterdir():
+        found = pattern.match(leftover.name)
+        if found is None or _alive(int(found.group(1))):
+            continue
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+        removed.append(leftover)
+    return removed
+
+
+@contextlib.contextmanager
+def _naming(target: Path) -> Iterator[None]:
+    """An OSError while writing names the file being written, not its temporary name."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno is None or err.filename == str(target):
+            raise
+        raise OSError(err.errno, err.strerror or str(err), str(target)) from err
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path | str, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` on success."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent
-    )
-    os.close(fd)
+    with _naming(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(target)
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=_prefix(target), suffix=suffix + ".tmp", dir=target.parent
+        )
+        os.close(fd)
     tmp = Path(tmp_name)
     # mkstemp creates owner-only files; results are meant to be shared like any other file.
     os.chmod(tmp, 0o666 & ~_umask())
     try:
-        yield tmp
-        os.replace(tmp, target)
+        with _naming(target):
+            yield tmp
+            os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -83,24 +132,37 @@ def atomic_dir(target: Path | str) -> Iterator[Path]:
     a moment without ``target``.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    with _naming(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(target)
+        tmp = Path(tempfile.mkdtemp(prefix=_prefix(target), suffix=".tmp", dir=target.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     try:
-        yield tmp
-        if not target.exists():
-            os.replace(tmp, target)
-        elif exchange(tmp, target):
-            shutil.rmtree(tmp, ignore_errors=True)  # now the old folder
-        else:
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
+        with _naming(target):
+            yield tmp
+            _share(tmp)
+            if not target.exists():
+                os.replace(tmp, target)
+            elif exchange(tmp, target):
+                shutil.rmtree(tmp, ignore_errors=True)  # now the old folder
+            else:
+                old = target.with_name(f".{target.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(target, old)
+                os.replace(tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _share(folder: Path) -> None:
+    """Give every file and folder inside the user's umask: some writers (safetensors) make
+    owner-only files, and results are meant to be read by a lab, like any other file."""
+    mask = _umask()
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def write_text(target: Path | str, text: str) -> None:

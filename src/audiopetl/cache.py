@@ -8,7 +8,6 @@ source manifest and the library versions, so a stale or foreign cache is recogni
 
 from __future__ import annotations
 
-import json
 import platform
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,6 +22,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
+from audiopetl import cachefile
 from audiopetl.atomic import atomic_path
 from audiopetl.audio import read_audio
 from audiopetl.checksums import file_sha256
@@ -30,8 +30,6 @@ from audiopetl.config import FEATURE_VERSION, feature_settings
 from audiopetl.errors import DataError
 from audiopetl.features import LogMelExtractor
 from audiopetl.manifest import class_names
-
-META_KEY = b"audiopetl"
 
 
 def library_versions() -> dict[str, str]:
@@ -46,19 +44,6 @@ def library_versions() -> dict[str, str]:
         "soundfile": soundfile.__version__,
         "soxr": soxr.__version__,
     }
-
-
-def _schema(n_values: int) -> pa.Schema:
-    return pa.schema(
-        [
-            ("clip_id", pa.string()),
-            ("label", pa.int32()),
-            ("fold", pa.int32()),
-            ("group", pa.string()),
-            ("n_frames", pa.int32()),
-            ("features", pa.binary(2 * n_values)),
-        ]
-    )
 
 
 @dataclass
@@ -110,12 +95,23 @@ def build_cache(
     pending_rows = 0
     rows_written = 0
 
+    min_frames = int(cfg["data"]["min_frames"])
+
     def load(item: tuple[int, str]) -> np.ndarray | DataError:
         row, path = item
+        where = f"(manifest {manifest_file}, row {row + 2})"
         try:
-            return read_audio(path, extractor.sample_rate, extractor.max_samples)
+            wave = read_audio(path, extractor.sample_rate, extractor.max_samples)
         except DataError as err:
-            return DataError(f"{err} (manifest {manifest_file}, row {row + 2})")
+            return DataError(f"{err} {where}")
+        frames = extractor.num_frames(len(wave))
+        if frames < min_frames:
+            # Padding alone would make a blank example that still carries its label.
+            return DataError(
+                f"{path}: {len(wave) / extractor.sample_rate:.3f} s of audio give {frames} "
+                f"frame(s), fewer than data.min_frames = {min_frames} {where}"
+            )
+        return wave
 
     with (
         atomic_path(out, ".parquet") as tmp,
@@ -126,9 +122,13 @@ def build_cache(
     ):
         writer = pq.ParquetWriter(
             tmp,
-            _schema(n_values),
+            cachefile.schema(n_values),
             compression="zstd",
             compression_level=int(cache_cfg["compression_level"]),
+            # A CRC32 per data page, verified on every read: damage cannot pass for features.
+            write_page_checksum=True,
+            # Every clip's features are unique: a dictionary of them would only cost time.
+            use_dictionary=["clip_id", "group"],
         )
         try:
             positions = {cid: i for i, cid in enumerate(manifest["clip_id"])}
@@ -182,7 +182,7 @@ def build_cache(
             }
             metadata["rows"] = rows_written
             # Written last: the skipped clips and statistics are known only now.
-            writer.add_key_value_metadata({META_KEY: json.dumps(metadata).encode()})
+            writer.add_key_value_metadata({cachefile.META_KEY: cachefile.seal(metadata)})
         finally:
             writer.close()
     return BuildResult(out, rows_written, skipped)
@@ -228,16 +228,7 @@ def _flush(writer: pq.ParquetWriter, pending: list[pa.RecordBatch], row_group_si
     return table.num_rows
 
 
-def read_metadata(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise DataError(f"{path}: feature cache not found; run `audiopetl cache` first")
-    try:
-        meta = pq.read_metadata(path).metadata or {}
-    except (pa.ArrowInvalid, OSError) as err:
-        raise DataError(f"{path}: not a readable parquet file: {err}") from err
-    if META_KEY not in meta:
-        raise DataError(f"{path}: not an audiopetl feature cache (no metadata)")
-    return json.loads(meta[META_KEY])
+read_metadata = cachefile.read_metadata
 
 
 @dataclass
@@ -256,19 +247,15 @@ class FeatureSet:
 
 
 def read_folds(path: Path, folds: Sequence[int] | None = None) -> FeatureSet:
-    """Load the rows of ``folds`` (all rows when None) into one tensor."""
+    """Load the rows of ``folds`` (all rows when None) into one tensor; every page's checksum
+    is verified and every feature must be finite."""
     metadata = read_metadata(path)
     filters = [("fold", "in", list(folds))] if folds is not None else None
-    table = pq.read_table(path, filters=filters)
-    shape = metadata["shape"]
-    column = table.column("features").combine_chunks()
-    width = 2 * shape[0] * shape[1]
-    data = column.buffers()[1]
-    values = np.frombuffer(
-        data, dtype=np.float16, count=len(column) * width // 2, offset=column.offset * width
-    )
+    table = cachefile.read_table(path, metadata, filters=filters)
+    values = cachefile.feature_values(table, metadata["shape"])
+    cachefile.check_finite(path, table, values, metadata)
     # Copy once: a zero-copy view would be read-only and tie the tensor to arrow's buffer.
-    features = torch.from_numpy(values.reshape(len(column), *shape).copy())
+    features = torch.from_numpy(values.copy())
     return FeatureSet(
         features=features,
         labels=torch.from_numpy(table.column("label").to_numpy().astype(np.int64)),
@@ -277,3 +264,10 @@ def read_folds(path: Path, folds: Sequence[int] | None = None) -> FeatureSet:
         n_frames=table.column("n_frames").to_numpy(),
         metadata=metadata,
     )
+
+
+def cache_folds(path: Path) -> list[int]:
+    """The folds a cache holds."""
+    metadata = read_metadata(path)
+    table = cachefile.read_table(path, metadata, columns=["fold"])
+    return sorted(set(table.column("fold").to_pylist()))

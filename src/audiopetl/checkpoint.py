@@ -7,6 +7,7 @@ weights so far. Restored, a run continues bitwise identically to one never inter
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
 import random
@@ -90,8 +91,13 @@ def save_state(folder: Path, state: dict[str, Any]) -> Path:
     target = folder / STATE_FILE
     tensors: list[torch.Tensor] = []
     skeleton = json.dumps(_encode(state, tensors))
+    # Serialised in memory, then written by Python: a full disk is then an OSError (ENOSPC)
+    # naming the file. torch's own file writer reports it as "unexpected pos" (2.x) or aborts
+    # the whole process (1.13). The cost: the state is held twice for a moment.
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, "skeleton": skeleton, "tensors": tensors}, buffer)
     with atomic_path(target, ".pt") as tmp:
-        torch.save({"format": FORMAT, "skeleton": skeleton, "tensors": tensors}, str(tmp))
+        tmp.write_bytes(buffer.getbuffer())
     return target
 
 

@@ -21,7 +21,7 @@ from audiopetl.config import (
     ConfigError,
     load_config,
 )
-from audiopetl.errors import AudiopetlError
+from audiopetl.errors import AudiopetlError, Stopped
 
 log = logging.getLogger("audiopetl")
 
@@ -51,6 +51,15 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="override one setting; VALUE is YAML (true/false, 3, 1e-3, [1, 2]); repeatable",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an expected failure too"
+    )
+    parser.add_argument(
+        "--log",
+        metavar="FILE",
+        help="append all output to FILE, each attempt headed by its number and SLURM job; "
+        "the line saying why it failed also goes to stderr (what the workflow's rules use)",
+    )
 
 
 def _resolve_config_args(args: argparse.Namespace) -> None:
@@ -73,8 +82,17 @@ def _resolve_config_args(args: argparse.Namespace) -> None:
         )
 
 
+# Commands that only prepare data: study settings about training never stop them.
+DATA_COMMANDS = {"fetch", "cache", "data-report", "fetch-model"}
+
+
 def _config(args: argparse.Namespace) -> dict[str, Any]:
-    return load_config(args.config, args.experiment, args.overrides)
+    overrides = list(args.overrides)
+    if getattr(args, "skip_bad", False):
+        overrides.append("data.skip_bad=true")  # the flag is the setting, so it names the data
+    return load_config(
+        args.config, args.experiment, overrides, training=args.command not in DATA_COMMANDS
+    )
 
 
 def _progress(args: argparse.Namespace) -> bool:
@@ -90,11 +108,13 @@ def _say_subset(cfg: dict[str, Any], dataset: str) -> None:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from audiopetl.datasets import fetch
+    from audiopetl.datasets import fetch, skipped_files
 
     cfg = _config(args)
     path = fetch(cfg, args.dataset, force=args.force, progress=_progress(args))
     _say_subset(cfg, args.dataset)
+    for item in skipped_files(cfg, args.dataset):
+        print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
     print(path)
     return 0
 
@@ -124,29 +144,35 @@ def cmd_cache(args: argparse.Namespace) -> int:
         manifest,
         manifest_file,
         out,
-        skip_bad=args.skip_bad,
+        skip_bad=cfg["data"]["skip_bad"],
         progress=_progress(args),
     )
     for item in result.skipped:
-        log.warning("skipped %s: %s", item["path"], item["error"])
+        print(f"skipped {item['path']}: {item['error']}", file=sys.stderr)
     print(result.path)
     return 0
 
 
 def cmd_data_report(args: argparse.Namespace) -> int:
     from audiopetl.atomic import write_json
-    from audiopetl.cache import read_metadata
+    from audiopetl.cachefile import verify
     from audiopetl.data_report import build_report, format_report
-    from audiopetl.datasets import load_manifest
+    from audiopetl.datasets import describe, load_manifest, skipped_files
     from audiopetl.paths import cache_path, data_report_path
 
     cfg = _config(args)
     manifest = load_manifest(cfg, args.dataset)
     cache = cache_path(cfg, args.dataset)
-    meta = read_metadata(cache) if cache.is_file() else None
-    from audiopetl.datasets import describe
-
-    report = build_report(cfg, args.dataset, manifest, meta, describe(cfg, args.dataset))
+    # The whole cache is read and its checksums verified: a damaged one stops the report.
+    meta = verify(cache) if cache.is_file() else None
+    report = build_report(
+        cfg,
+        args.dataset,
+        manifest,
+        meta,
+        describe(cfg, args.dataset),
+        skipped_files(cfg, args.dataset),
+    )
     out = Path(args.out) if args.out else data_report_path(cfg, args.dataset)
     write_json(out, report)
     print(format_report(report, out))
@@ -167,9 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    p = add("fetch", cmd_fetch, "put a verified dataset under data/raw/DATASET")
+    p = add("fetch", cmd_fetch, "put a verified dataset under data/raw/DATASET-ID")
     p.add_argument("dataset", help="a dataset name from the config's `datasets`")
     p.add_argument("--force", action="store_true", help="fetch again even if present")
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave unreadable files of a folder dataset out, listed with the reason "
+        "(the setting data.skip_bad)",
+    )
 
     p = add("cache", cmd_cache, "compute the log-mel feature cache (one parquet file)")
     p.add_argument("dataset")
@@ -177,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--skip-bad",
         action="store_true",
-        help="leave unreadable clips out and list them in the data report",
+        help="leave unreadable or too short clips out and list them in the data report "
+        "(the setting data.skip_bad)",
     )
     p.add_argument("--force", action="store_true", help="rebuild even if up to date")
 
@@ -211,15 +244,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
     args = build_parser().parse_args(argv)
+    job_log = None
+    if getattr(args, "log", None):
+        from audiopetl.joblog import JobLog
+
+        job_log = JobLog(Path(args.log), args.command)
     if hasattr(args, "config"):
         _resolve_config_args(args)
     if not _progress(args):
         _quiet_library_progress()
     try:
-        return int(args.func(args) or 0)
+        code, line = _run(args)
+    except Exception as err:  # a bug: its traceback goes to the log, its name to stderr too
+        if job_log is not None:
+            job_log.end(1, f"audiopetl {args.command}: internal error (a bug, traceback in "
+                           f"{args.log}): {type(err).__name__}: {err}")  # fmt: skip
+        raise
+    if job_log is not None:
+        job_log.end(code, line)
+    elif line:
+        print(line, file=sys.stderr)
+    return code
+
+
+def _run(args: argparse.Namespace) -> tuple[int, str | None]:
+    """The command's exit status, and the one line that says why it failed."""
+    try:
+        return int(args.func(args) or 0), None
     except ConfigError as err:
-        print(f"audiopetl {args.command}: config error: {err}", file=sys.stderr)
-        return EXIT_CONFIG
+        if args.debug:
+            raise
+        return EXIT_CONFIG, f"audiopetl {args.command}: config error: {err}"
     except AudiopetlError as err:
-        print(f"audiopetl {args.command}: error: {err}", file=sys.stderr)
-        return EXIT_ERROR
+        if args.debug:
+            raise
+        return EXIT_ERROR, f"audiopetl {args.command}: error: {err}"
+    except OSError as err:  # the machine's: a full disk, a read-only folder, a missing file
+        if args.debug:
+            raise
+        from audiopetl.failures import one_line
+
+        return EXIT_ERROR, f"audiopetl {args.command}: error: {one_line(err)}"
+    except Stopped as stop:  # a planned stop before a time limit, not a failure
+        return stop.code, f"audiopetl {args.command}: {stop}"

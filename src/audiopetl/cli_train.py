@@ -12,7 +12,7 @@ from audiopetl.paths import run_dir, study_runs
 
 def cmd_train(args: argparse.Namespace) -> int:
     from audiopetl.cli import _config
-    from audiopetl.train import RunSpec, default_pretrained, train_run
+    from audiopetl.train import RunSpec, Trainer, default_pretrained, train_run
 
     cfg = _config(args)
     out = (
@@ -22,13 +22,33 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     pretrained = args.pretrained or default_pretrained(cfg, args.model)
     spec = RunSpec(args.dataset, args.model, args.strategy, args.fold, args.seed, out, pretrained)
-    metrics = train_run(cfg, spec, progress=not args.quiet and sys.stderr.isatty())
+
+    def evaluate(trainer: Trainer) -> None:
+        # A fresh model from the files just written, scored again: the run's own check.
+        from audiopetl.evaluate import evaluate_run
+
+        result = evaluate_run(out, cfg=cfg)
+        print(f"{out}: rebuilt from its files, {_matches(result)}")
+
+    metrics = train_run(
+        cfg,
+        spec,
+        progress=not args.quiet and sys.stderr.isatty(),
+        after=evaluate if args.evaluate else None,
+    )
     test = metrics["test"]
     print(
         f"{out}: test accuracy {test['accuracy']:.4f} (best epoch {metrics['best_epoch']}, "
         f"{metrics['trainable_params']:,} of {metrics['total_params']:,} parameters trained)"
     )
     return 0
+
+
+def _matches(result: dict) -> str:
+    return (
+        f"test accuracy {result['test']['accuracy']:.4f}, matches the stored run (max logit "
+        f"difference {result['max_abs_logit_difference']:.2g})"
+    )
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -59,10 +79,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = _config(args) if args.config_given else None
     overrides = [] if args.config_given else args.overrides
     result = evaluate_run(Path(args.run_dir), Path(args.out) if args.out else None, cfg, overrides)
-    print(
-        f"{args.run_dir}: test accuracy {result['test']['accuracy']:.4f}, matches the stored "
-        f"run (max logit difference {result['max_abs_logit_difference']:.2g})"
-    )
+    print(f"{args.run_dir}: {_matches(result)}")
     return 0
 
 
@@ -117,6 +134,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of samples per second")
+    return value
+
+
 def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     p = add("train", cmd_train, "train one run: dataset x model x strategy x fold x seed")
     p.add_argument("--dataset", required=True)
@@ -129,6 +156,12 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
         "--pretrained",
         help="start from this save_pretrained folder or hub id "
         "instead of the model's configured `pretrained`",
+    )
+    p.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="then rebuild the run from its files and score it again (evaluation.json), as "
+        "`audiopetl evaluate` does, in the same process",
     )
 
     p = add(
@@ -174,9 +207,9 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     how = p.add_mutually_exclusive_group()
     how.add_argument(
         "--samples-per-s",
-        type=float,
+        type=_positive,
         metavar="X",
-        help="training throughput to assume (e.g. samples_per_s from a run's history.csv)",
+        help="training throughput to assume (e.g. samples_per_s of a run's execution.json)",
     )
     how.add_argument(
         "--measure",

@@ -175,17 +175,31 @@ def save_peft_adapter(model: Any, folder: Path | str) -> None:
     """
     import inspect
 
+    folder = Path(folder)
     if "safe_serialization" in inspect.signature(model.save_pretrained).parameters:
         model.save_pretrained(str(folder), safe_serialization=True)
-        return
-    from peft import get_peft_model_state_dict
-    from safetensors.torch import save_file
+    else:
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save_file
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in get_peft_model_state_dict(model).items()}
-    save_file(state, str(folder / "adapter_model.safetensors"))
-    model.peft_config["default"].save_pretrained(str(folder))
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.contiguous() for k, v in get_peft_model_state_dict(model).items()}
+        save_file(state, str(folder / "adapter_model.safetensors"))
+        model.peft_config["default"].save_pretrained(str(folder))
+    _stable_adapter_config(folder / "adapter_config.json")
+
+
+def _stable_adapter_config(path: Path) -> None:
+    """peft keeps target_modules (and other name lists) as a set and writes it in set order,
+    which changes with PYTHONHASHSEED: identical runs would give different bytes (and DVC
+    hashes). The lists are rewritten sorted, the keys in order."""
+    import json
+
+    config = json.loads(path.read_text())
+    for key in ("target_modules", "modules_to_save", "exclude_modules"):
+        if isinstance(config.get(key), list):
+            config[key] = sorted(config[key])
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def freeze_saved_module_originals(model: nn.Module) -> None:
@@ -242,3 +256,32 @@ def snapshot_local_dir_args(folder: Path | str) -> dict[str, Any]:
     if "local_dir_use_symlinks" in inspect.signature(snapshot_download).parameters:
         args["local_dir_use_symlinks"] = False
     return args
+
+
+def load_peft_adapter(base: nn.Module, folder: Path | str) -> nn.Module:
+    """A model rebuilt from peft's own adapter format, as a user of peft would load it.
+
+    peft >= 0.4 reads adapter_model.safetensors itself (PeftModel.from_pretrained); peft 0.3
+    (legacy) reads only a pickled adapter_model.bin, so there the safetensors file we wrote is
+    loaded into the model peft builds from adapter_config.json.
+    """
+    from peft import PeftConfig, PeftModel
+
+    folder = Path(folder)
+    if Version(_peft_version()) >= Version("0.4"):
+        return PeftModel.from_pretrained(base, str(folder))
+    from peft import PEFT_TYPE_TO_CONFIG_MAPPING, get_peft_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    # peft 0.3's PeftConfig.from_pretrained gives the base class: the tuner's own reads it all.
+    kind = PeftConfig.from_pretrained(str(folder)).peft_type
+    config = PEFT_TYPE_TO_CONFIG_MAPPING[kind].from_pretrained(str(folder))
+    model = get_peft_model(base, config)
+    set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
+    return model
+
+
+def _peft_version() -> str:
+    import peft
+
+    return peft.__version__

@@ -180,11 +180,15 @@ def load_config(
     config_file: Path | str = DEFAULT_CONFIG,
     experiment: str | None = None,
     overrides: Iterable[str] = (),
+    *,
+    training: bool = True,
 ) -> dict[str, Any]:
     """Return the resolved, validated configuration.
 
     ``experiment`` names a preset; without one the base file's own ``experiment`` key decides,
-    and a preset of that name is applied when it exists (``default`` has none).
+    and a preset of that name is applied when it exists (``default`` has none). With
+    ``training=False`` (the data commands) the checks of how the study splits its folds for
+    training are left out: a dataset can be fetched whatever study.folds says.
     """
     config_file = Path(config_file)
     layered = _Layered()
@@ -204,7 +208,7 @@ def load_config(
         layered.origin[("experiment",)] = str(preset) if preset.is_file() else "--experiment"
     for text in overrides:
         layered.merge(parse_override(text), "--set")
-    validate(layered)
+    validate(layered, training=training)
     return layered.data
 
 
@@ -227,14 +231,14 @@ def validate_dict(config: Mapping[str, Any], source: str = "config") -> None:
     validate(layered)
 
 
-def validate(layered: _Layered) -> None:
+def validate(layered: _Layered, *, training: bool = True) -> None:
     validator_cls = jsonschema.validators.validator_for(schema())
     validator = validator_cls(schema())
     errors = sorted(validator.iter_errors(layered.data), key=lambda e: list(e.absolute_path))
     if errors:
         lines = [_describe(err, layered) for err in _leaf_errors(errors)]
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(dict.fromkeys(lines)))
-    _check_references(layered)
+    _check_references(layered, training=training)
 
 
 def _leaf_errors(errors: list[jsonschema.ValidationError]) -> list[jsonschema.ValidationError]:
@@ -289,7 +293,7 @@ def _describe(err: jsonschema.ValidationError, layered: _Layered) -> str:
     return f"{where}: {_key_path(path)}: {err.message}"
 
 
-def _check_references(layered: _Layered) -> None:
+def _check_references(layered: _Layered, *, training: bool = True) -> None:
     cfg = layered.data
     problems: list[str] = []
     for section, noun in (("datasets", "dataset"), ("models", "model"), ("strategies", "strategy")):
@@ -323,7 +327,7 @@ def _check_references(layered: _Layered) -> None:
                 f"{layered.source_of(path)}: {_key_path(path)}: model {model_name!r} is not "
                 f"defined under models{_closest(model_name, cfg['models'])}"
             )
-    for ds_name in cfg["study"]["datasets"]:
+    for ds_name in cfg["study"]["datasets"] if training else []:
         dataset = cfg["datasets"].get(ds_name)
         if dataset is None:
             continue
@@ -336,7 +340,8 @@ def _check_references(layered: _Layered) -> None:
                     f"dataset {ds_name!r}'s folds 1..{n_folds}"
                 )
     if (
-        cfg["training"]["split"] == "train_val_test"
+        training
+        and cfg["training"]["split"] == "train_val_test"
         and len(cfg["study"]["folds"])
         and any(
             (dataset_folds(cfg["datasets"][d]) or 3) < 3
@@ -381,7 +386,7 @@ def feature_settings(cfg: Mapping[str, Any], dataset: str) -> dict[str, Any]:
 
 # Bump when the log-mel computation (audiopetl.features) changes in a way that alters cached
 # values: the cache file names change with it.
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2  # 2: the cache format with page checksums (audiopetl.cachefile)
 # Bump when a dataset kind writes other files for the same settings (the synthetic generator,
 # the manifest's columns): the raw folder names change with it.
 DATA_VERSION = 1
@@ -407,7 +412,12 @@ def dataset_identity(dataset: Mapping[str, Any]) -> dict[str, Any]:
 def data_id(cfg: Mapping[str, Any], dataset: str) -> str:
     """Names a dataset's raw folder: a hash of :func:`dataset_identity`. Two presets that
     define a dataset differently keep separate copies; switching between them costs nothing."""
-    return stable_hash(dataset_identity(dataset_config(cfg, dataset)), 10)
+    settings = dataset_config(cfg, dataset)
+    identity = dataset_identity(settings)
+    if settings["kind"] == "folder":
+        # Skipping unreadable files decides which of a user's files the folder lists.
+        identity["skip_bad"] = cfg["data"]["skip_bad"]
+    return stable_hash(identity, 10)
 
 
 def feature_id(cfg: Mapping[str, Any], dataset: str) -> str:
@@ -417,6 +427,7 @@ def feature_id(cfg: Mapping[str, Any], dataset: str) -> str:
         {
             "version": FEATURE_VERSION,
             "data": data_id(cfg, dataset),
+            "clips": dict(cfg["data"]),  # which clips make it into the cache
             **feature_settings(cfg, dataset),
         },
         10,
@@ -429,6 +440,31 @@ def training_settings(cfg: Mapping[str, Any], strategy: str) -> dict[str, Any]:
     for key, value in (strategy_config(cfg, strategy).get("training") or {}).items():
         merged[key] = copy.deepcopy(value)
     return merged
+
+
+# Training settings that do not change what a pretraining computes: it has no validation
+# split (no model selection, no early stopping), and the guards only judge its result.
+NOT_IN_PRETRAINING = (
+    "select_metric",
+    "early_stopping_patience",
+    "min_accuracy_over_chance",
+    "max_trainable_fraction",
+)
+
+
+def pretraining_settings(
+    cfg: Mapping[str, Any], model: str, *, relevant_only: bool = False
+) -> dict[str, Any]:
+    """The training settings of a model's source-task pretraining: its strategy's, trained on
+    all but one fold (train_test) for `pretrain.epochs` when set."""
+    pretrain = model_config(cfg, model)["pretrain"]
+    settings = training_settings(cfg, pretrain["strategy"])
+    settings["split"] = "train_test"
+    if "epochs" in pretrain:
+        settings["epochs"] = pretrain["epochs"]
+    if relevant_only:
+        settings = {k: v for k, v in settings.items() if k not in NOT_IN_PRETRAINING}
+    return settings
 
 
 def strategy_config(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from audiopetl.config import feature_settings
+from audiopetl.config import dataset_config, dataset_folds, feature_settings
 
 
 def build_report(
@@ -17,14 +17,24 @@ def build_report(
     manifest: pd.DataFrame,
     cache_meta: dict | None,
     partial: str | None = None,
+    fetch_skipped: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
-    """The report; ``partial`` says how much of a dataset is there ("subset: 83 of 2000 clips")."""
+    """The report; ``partial`` says how much of a dataset is there ("subset: 83 of 2000 clips"),
+    ``fetch_skipped`` which files the fetch left out and why."""
     settings = feature_settings(cfg, dataset)
     counts = pd.crosstab(manifest["label_name"], manifest["fold"])
+    declared = dataset_folds(dataset_config(cfg, dataset))
+    if declared is not None:  # folds the dataset declares but no clip fills stay visible
+        counts = counts.reindex(columns=range(1, declared + 1), fill_value=0)
     target_s = (
         (settings["target_length"] - 1) * settings["frame_shift_ms"] + settings["frame_length_ms"]
     ) / 1000.0
     problems: list[str] = []
+    empty_folds = [int(f) for f in counts.columns if counts[f].sum() == 0]
+    if empty_folds:
+        problems.append(
+            f"{len(empty_folds)} fold(s) without any clip: {', '.join(map(str, empty_folds))}"
+        )
     empty = [(str(c), int(f)) for c in counts.index for f in counts.columns if counts.at[c, f] == 0]
     if empty:
         shown = ", ".join(f"{c} in fold {f}" for c, f in empty[:10])
@@ -62,7 +72,10 @@ def build_report(
         "feature_target_s": round(target_s, 3),
         "problems": problems,
         "skipped": [],
+        "skipped_at_fetch": list(fetch_skipped or []),
     }
+    for item in report["skipped_at_fetch"]:
+        problems.append(f"skipped while fetching: {item['path']}: {item['reason']}")
     if cache_meta is not None:
         report["skipped"] = cache_meta.get("skipped", [])
         for item in report["skipped"]:
@@ -70,12 +83,26 @@ def build_report(
         observed = cache_meta.get("observed")
         if observed:
             report["observed_log_mel"] = observed
-            if abs(observed["mean"] - settings["mean"]) > settings["std"]:
-                problems.append(
-                    f"configured features.mean {settings['mean']} is far from this dataset's "
-                    f"{observed['mean']:.4f} (std {observed['std']:.4f}); consider setting them"
-                )
+            problems += _normalisation_problems(observed, settings)
     return report
+
+
+def _normalisation_problems(
+    observed: Mapping[str, float], settings: Mapping[str, Any]
+) -> list[str]:
+    """The configured normalisation (x - mean) / (2 std) should give inputs near mean 0 and
+    std 0.5 (AST's recipe); far off, the pretrained model sees inputs unlike its own."""
+    mean, std = float(settings["mean"]), float(settings["std"])
+    normalised_mean = (observed["mean"] - mean) / (2 * std)
+    normalised_std = observed["std"] / (2 * std)
+    if abs(normalised_mean) <= 0.5 and 0.25 <= normalised_std <= 1.0:
+        return []
+    return [
+        f"the configured normalisation (features.mean {mean}, std {std}) is far from this "
+        f"data's log-mel statistics (mean {observed['mean']:.4f}, std {observed['std']:.4f}): "
+        f"inputs come out at mean {normalised_mean:.2f} and std {normalised_std:.2f} instead of "
+        "about 0 and 0.5; consider setting features.mean and features.std to the data's"
+    ]
 
 
 def _describe(values: pd.Series) -> dict[str, float]:

@@ -11,3 +11,10 @@ class DataError(AudiopetlError):
 
 class TrainingError(AudiopetlError):
     """A run that must stop: a non-finite loss, a misconfigured strategy, a failed guard."""
+
+
+class Stopped(Exception):
+    """A planned stop: asked to stop before a time limit, the state saved, to be resumed.
+    Not a failure; the exit status (75, EX_TEMPFAIL) tells a scheduler to try again."""
+
+    code = 75

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
+import torch
 
 from audiopetl.atomic import write_json
 from audiopetl.config import (
@@ -26,6 +27,7 @@ from audiopetl.config import (
     training_settings,
 )
 from audiopetl.errors import DataError, TrainingError
+from audiopetl.run_folder import verify_run_folder
 from audiopetl.train import RunSpec, Trainer, make_deterministic
 
 # Same code, same device and thread count: the logits should agree exactly; the tolerance
@@ -89,6 +91,12 @@ def evaluation_config(
     return dict(cfg)
 
 
+def _check_finite(model: torch.nn.Module, folder: Path) -> None:
+    for name, param in model.named_parameters():
+        if not torch.isfinite(param).all():
+            raise DataError(f"{folder}: weight {name} holds NaN or Inf; rerun the run")
+
+
 def evaluate_run(
     run_dir: Path,
     out: Path | None = None,
@@ -97,6 +105,7 @@ def evaluate_run(
 ) -> dict[str, Any]:
     info = read_run_info(run_dir)
     cfg = evaluation_config(info, cfg, overrides)
+    verify_run_folder(run_dir)
     run = info["run"]
     spec = RunSpec(
         run["dataset"],
@@ -113,13 +122,22 @@ def evaluate_run(
     )
     trainer.load_data()
     trainer.build()
-    trainer.strategy.load(trainer.model, run_dir / "model")
+    model_dir = run_dir / "model"
+    trainer.strategy.load(trainer.model, model_dir)
+    _check_finite(trainer.model, model_dir)
     loss, metrics, logits = trainer.evaluate_split(trainer.test)
     stored = pq.read_table(run_dir / "predictions.parquet")
     if stored.column("clip_id").to_pylist() != trainer.test.clip_ids:
         raise TrainingError(f"{run_dir}: the test clips differ from those of the stored run")
     stored_logits = np.stack(stored.column("logits").to_numpy(zero_copy_only=False))
     diff = float(np.abs(stored_logits - logits.numpy()).max())
+    # The export for other tools (a peft adapter) must give the same predictions.
+    exported = trainer.strategy.load_export(trainer.base_model(), model_dir)
+    export_diff = None
+    if exported is not None:
+        _check_finite(exported, model_dir)
+        trainer.model = exported.to(trainer.device)
+        export_diff = float(np.abs(stored_logits - trainer.predict(trainer.test).numpy()).max())
     reported = json.loads((run_dir / "metrics.json").read_text())["test"]
     result = {
         "run": str(run_dir),
@@ -127,14 +145,17 @@ def evaluate_run(
         "test_loss": loss,
         "test": metrics,
         "max_abs_logit_difference": diff,
+        "export_max_abs_logit_difference": export_diff,
         "matches_reported": diff <= LOGIT_TOLERANCE
+        and (export_diff is None or export_diff <= LOGIT_TOLERANCE)
         and abs(reported["accuracy"] - metrics["accuracy"]) < 1e-12,
     }
     write_json(out or run_dir / "evaluation.json", result)
     if not result["matches_reported"]:
+        export = "" if export_diff is None else f", exported adapter {export_diff:.3g}"
         raise TrainingError(
             f"{run_dir}: re-evaluation disagrees with the stored run (max logit difference "
-            f"{diff:.3g}, accuracy {metrics['accuracy']:.4f} vs reported "
+            f"{diff:.3g}{export}, accuracy {metrics['accuracy']:.4f} vs reported "
             f"{reported['accuracy']:.4f})"
         )
     return result

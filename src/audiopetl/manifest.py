@@ -58,7 +58,10 @@ def write_manifest(df: pd.DataFrame, path: Path) -> None:
         df.sort_values(["fold", "clip_id"]).to_csv(tmp, index=False)
 
 
-def read_manifest(path: Path) -> pd.DataFrame:
+def read_manifest(path: Path, base: Path | None = None) -> pd.DataFrame:
+    """The manifest with each clip's path resolved against ``base``: the manifest's folder by
+    default (a dataset copied into data/raw moves as a whole), a user's audio folder for a
+    folder dataset (it stays where it is)."""
     if not path.is_file():
         raise DataError(f"{path}: manifest not found; run `audiopetl fetch` for this dataset")
     df = pd.read_csv(
@@ -67,8 +70,7 @@ def read_manifest(path: Path) -> pd.DataFrame:
         keep_default_na=False,
     )
     df = check_manifest(df, str(path))
-    # Relative paths are relative to the manifest, so a dataset folder can move as a whole.
-    base = path.parent
+    base = path.parent if base is None else base
     df["path"] = [str(p if Path(p).is_absolute() else base / p) for p in df["path"]]
     return df
 

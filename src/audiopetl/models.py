@@ -19,6 +19,7 @@ from torch import nn
 
 from audiopetl import compat
 from audiopetl.errors import TrainingError
+from audiopetl.failures import reading
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,8 @@ def build_model(
         init_parameters(model)
         return model
     try:
-        donor = compat.ast_from_pretrained(str(source), attn)
+        with reading(source, "checkpoint", "fetch or train it again"):
+            donor = compat.ast_from_pretrained(str(source), attn)
     except OSError as err:
         raise TrainingError(f"models: cannot load pretrained {source!r}: {err}") from err
     config = copy.deepcopy(donor.config)

@@ -110,6 +110,13 @@ def study_runs(cfg: Mapping[str, Any]) -> list[Path]:
     ]
 
 
+def study_datasets(cfg: Mapping[str, Any]) -> list[str]:
+    """Every dataset the study reads: its own, and its models' source tasks."""
+    models = [cfg["models"][m] for m in cfg["study"]["models"] if m in cfg["models"]]
+    sources = [m["pretrain"]["dataset"] for m in models if m.get("pretrain")]
+    return list(dict.fromkeys([*cfg["study"]["datasets"], *sources]))
+
+
 def pretrain_dir(cfg: Mapping[str, Any], model: str) -> Path:
     return experiment_dir(cfg) / PRETRAIN / model
 

@@ -303,12 +303,21 @@ def estimate_seconds(job: TrainingJob, throughput: Throughput) -> float:
     return epochs * per_epoch + test / throughput.evaluate
 
 
-def attempt_seconds(resources: Mapping[str, Any], attempt: int) -> float:
-    """Training time an attempt gives: its time limit less the early warning, SLURM's slack
-    in sending it, and start-up."""
+def warned(resources: Mapping[str, Any], attempt: int) -> bool:
+    """Whether SLURM warns an attempt before its limit: not when the warning would come
+    before the job starts (signal_before_s not shorter than the limit); the job then trains
+    until it is killed at its limit, and the next attempt resumes from its last epoch."""
     signal_s = resources.get("signal_before_s") or 0
-    slack = SIGNAL_SLACK_S if signal_s else 0
-    return runtime_of(resources, attempt) * 60 - signal_s - slack - STARTUP_S
+    return 0 < signal_s < runtime_of(resources, attempt) * 60
+
+
+def attempt_seconds(resources: Mapping[str, Any], attempt: int) -> float:
+    """Training time an attempt gives: its time limit less start-up, and less the early
+    warning and SLURM's slack in sending it where there is one."""
+    limit = runtime_of(resources, attempt) * 60
+    if warned(resources, attempt):
+        limit -= (resources.get("signal_before_s") or 0) + SIGNAL_SLACK_S
+    return limit - STARTUP_S
 
 
 def attempts_needed(resources: Mapping[str, Any], seconds: float) -> int | None:
@@ -392,13 +401,17 @@ def format_plan(
     else:
         lines.append("no runtime estimates: give --samples-per-s or --measure")
 
-    notes = []
+    notes: list[tuple[str | None, str]] = []  # (job, what to say of it)
     if any(
         e.throughput and e.throughput.device == "cpu" and e.resources.get("gpu") for e in estimates
     ):
         notes.append(
-            "measured on the CPU, but the training jobs ask for GPUs: run `audiopetl plan "
-            "--measure` on a GPU node (e.g. under srun --gpus=1) for estimates that hold there"
+            (
+                None,
+                "measured on the CPU, but the training jobs ask for GPUs: run `audiopetl plan "
+                "--measure` on a GPU node (e.g. under srun --gpus=1) for estimates that hold "
+                "there",
+            )
         )
     for e in estimates:
         if e.seconds is None:
@@ -409,17 +422,24 @@ def format_plan(
         key = f"{where}.runtime"
         if e.attempts is None:
             notes.append(
-                f"{e.job.name}: an attempt of {limit} (or retry_runtime) minutes leaves no "
-                f"training time after the {e.resources.get('signal_before_s') or 0} s warning "
-                f"and start-up: raise {key}"
+                (
+                    e.job.name,
+                    f"an attempt of {limit} (or retry_runtime) minutes leaves no training time "
+                    f"after start-up ({STARTUP_S} s): raise {key}",
+                )
             )
             continue
         if e.attempts <= 1:
             continue
+        stop = (
+            "stopped and resumed"
+            if warned(e.resources, 1)
+            else "killed at its limit (signal_before_s is not shorter than the limit, so SLURM "
+            "gives no warning) and resumed from its last epoch"
+        )
         text = (
-            f"{e.job.name}: about {_minutes(e.seconds)}, longer than the SLURM time limit of one "
-            f"attempt ({key}: {limit} min): it will be stopped and resumed "
-            f"{e.attempts - 1} time(s)"
+            f"about {_minutes(e.seconds)}, longer than the SLURM time limit of one "
+            f"attempt ({key}: {limit} min): it will be {stop} {e.attempts - 1} time(s)"
         )
         if retries is not None and e.attempts - 1 > retries:
             text += (
@@ -428,5 +448,25 @@ def format_plan(
             )
         elif retries is not None:
             text += f" (the profile allows {retries} retries)"
-        notes.append(text)
-    return "\n".join(lines), notes
+        notes.append((e.job.name, text))
+    return "\n".join(lines), _grouped(notes)
+
+
+def _grouped(notes: list[tuple[str | None, str]]) -> list[str]:
+    """One line per thing to say, naming the jobs it concerns (a study's identical runs would
+    otherwise repeat it once each)."""
+    jobs: dict[str, list[str]] = {}
+    for job, text in notes:
+        jobs.setdefault(text, [])
+        if job is not None:
+            jobs[text].append(job)
+    lines = []
+    for text, names in jobs.items():
+        if not names:
+            lines.append(text)
+        elif len(names) == 1:
+            lines.append(f"{names[0]}: {text}")
+        else:
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            lines.append(f"{len(names)} jobs ({shown}): {text}")
+    return lines

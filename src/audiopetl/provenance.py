@@ -8,6 +8,7 @@ import platform
 import resource
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -109,3 +110,56 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
 
 def command_line() -> list[str]:
     return list(sys.argv)
+
+
+def run_record(
+    *,
+    cfg: Mapping[str, Any],
+    run: Mapping[str, Any],
+    device: torch.device,
+    determinism: Mapping[str, Any] | None,
+    data: Mapping[str, Any],
+    weights: Mapping[str, Any],
+    parameters: Mapping[str, int],
+    interruptions: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """run.json: everything a result came from. The same bytes for the same run on the same
+    machine and software: timings go to :func:`execution_record` instead."""
+    name = environment_name()
+    return {
+        "run": dict(run),
+        "git": git_state(),
+        "versions": versions(),
+        "environment": {"name": name, "lock_sha256": lock_hash(name)},
+        "hardware": hardware(device),
+        "seed": run["seed"],
+        "deterministic": determinism,
+        "data": dict(data),
+        "weights": dict(weights),
+        "parameters": dict(parameters),
+        "interruptions": interruptions,
+        "command": command_line(),
+        "config": cfg,
+    }
+
+
+def execution_record(
+    *, device: torch.device, training_seconds: float, wall_seconds: float
+) -> dict[str, Any]:
+    """execution.json: how long a run took where, and what it used."""
+    return {
+        "training_seconds": round(training_seconds, 3),
+        "wall_seconds": round(wall_seconds, 3),
+        "peak_memory": peak_memory_mb(device),
+        "host": platform.node(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+    }
+
+
+def code_fingerprint() -> str:
+    """A hash of audiopetl's own source: a change to the code makes another run of it."""
+    digest = hashlib.sha256()
+    for path in sorted(CODE_DIR.rglob("*.py")):
+        digest.update(path.relative_to(CODE_DIR).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]

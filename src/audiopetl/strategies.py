@@ -18,8 +18,10 @@ from torch import nn
 
 from audiopetl import compat
 from audiopetl.errors import TrainingError
+from audiopetl.failures import reading, writing
 
 _REGISTRY: dict[str, type[Strategy]] = {}
+WEIGHTS_FILE = "trainable.safetensors"
 
 
 def register(kind: str) -> Callable[[type[Strategy]], type[Strategy]]:
@@ -104,10 +106,20 @@ class Strategy:
         """Trainable weights in safetensors; the rest is rebuilt from config and seed."""
         folder.mkdir(parents=True, exist_ok=True)
         state = {n: t.contiguous() for n, t in self.trainable_state(model).items()}
-        save_file(state, str(folder / "trainable.safetensors"))
+        path = folder / WEIGHTS_FILE
+        with writing(path):
+            save_file(state, str(path))
 
     def load(self, model: nn.Module, folder: Path) -> None:
-        self.load_trainable_state(model, load_file(str(folder / "trainable.safetensors")))
+        path = folder / WEIGHTS_FILE
+        with reading(path, "weights file", "rerun the run"):
+            state = load_file(str(path))
+        self.load_trainable_state(model, state)
+
+    def load_export(self, base: nn.Module, folder: Path) -> nn.Module | None:
+        """The model rebuilt from the format a strategy exports for other tools (a peft
+        adapter), to check that it gives the same predictions; None when there is none."""
+        return None
 
     @staticmethod
     def _freeze_all(model: nn.Module) -> None:
@@ -189,4 +201,10 @@ class LoRA(Strategy):
     def save(self, model: nn.Module, folder: Path) -> None:
         super().save(model, folder)
         # The adapter in peft's own format too, for users who load it with peft directly.
-        compat.save_peft_adapter(model, folder / "adapter")
+        with writing(folder / "adapter"):
+            compat.save_peft_adapter(model, folder / "adapter")
+
+    def load_export(self, base: nn.Module, folder: Path) -> nn.Module | None:
+        adapter = folder / "adapter"
+        with reading(adapter / "adapter_model.safetensors", "peft adapter", "rerun the run"):
+            return compat.load_peft_adapter(base, adapter)

@@ -9,6 +9,7 @@ non-finite loss or gradient stops the run at once; a run at chance accuracy fail
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import os
@@ -25,36 +26,36 @@ from types import FrameType
 from typing import Any
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from audiopetl import checkpoint, compat, provenance
-from audiopetl.atomic import atomic_dir, atomic_path, write_json
-from audiopetl.cache import FeatureSet, read_folds, read_metadata
+from audiopetl.atomic import write_json
+from audiopetl.cache import FeatureSet, cache_folds, read_folds, read_metadata
 from audiopetl.checksums import file_sha256
 from audiopetl.config import (
     feature_settings,
     model_config,
+    pretraining_settings,
     stable_hash,
     strategy_config,
     training_settings,
 )
-from audiopetl.errors import TrainingError
+from audiopetl.errors import DataError, Stopped, TrainingError
+from audiopetl.failures import writing
 from audiopetl.hub import weights_record
 from audiopetl.metrics import classification_metrics
 from audiopetl.models import build_model
 from audiopetl.paths import cache_path, manifest_path, pretrain_dir
+from audiopetl.run_folder import RunOutputs, write_run_folder
 from audiopetl.strategies import ParameterCount, Strategy, get_strategy
 
 log = logging.getLogger(__name__)
 
 # Exit status after saving on SIGTERM/SIGUSR1 (EX_TEMPFAIL): "try again", for schedulers.
-EXIT_INTERRUPTED = 75
+EXIT_INTERRUPTED = Stopped.code
 HIGHER_IS_BETTER = {"accuracy": True, "balanced_accuracy": True, "macro_f1": True, "loss": False}
 
 
@@ -267,7 +268,7 @@ class Trainer:
             "manifest_sha256": meta["manifest_sha256"],
             "rows": meta.get("rows"),
         }
-        all_folds = sorted(set(pq.read_table(path, columns=["fold"]).column("fold").to_pylist()))
+        all_folds = cache_folds(path)
         self.splits = split_folds(all_folds, self.spec.fold, self.settings["split"])
         self.class_names: list[str] = meta["class_names"]
         self.train = read_folds(path, self.splits.train)
@@ -276,13 +277,17 @@ class Trainer:
         if len(self.train) == 0 or len(self.test) == 0:
             raise TrainingError(f"{path}: empty split {self.splits}")
 
-    def build(self) -> None:
-        self.weights = weights_record(self.spec.pretrained, self.model_cfg.get("revision"))
-        # Model construction draws from the RNG: seed it so `evaluate` can rebuild the same.
+    def base_model(self) -> nn.Module:
+        """The model before the strategy changes it. Construction draws from the RNG: seeded,
+        so `evaluate` rebuilds the same."""
         seed_everything(self.spec.seed)
-        base = build_model(
+        return build_model(
             self.model_cfg, self.features_cfg, len(self.class_names), self.spec.pretrained
         )
+
+    def build(self) -> None:
+        self.weights = weights_record(self.spec.pretrained, self.model_cfg.get("revision"))
+        base = self.base_model()
         self.strategy: Strategy = get_strategy(self.strategy_cfg)
         self.model = self.strategy.apply(base).to(self.device)
         self.params: ParameterCount = self.strategy.check(
@@ -359,6 +364,20 @@ class Trainer:
         self.scaler.load_state_dict(saved["scaler"])
         checkpoint.set_rng_state(saved["rng"])
         state = TrainState(**saved["train"], best_weights=saved["best_weights"])
+        if not any(i.get("global_step") == state.global_step for i in state.interruptions):
+            # Saved at an epoch's end, not on a signal: the process was killed without a
+            # clean stop (SIGKILL, out of memory, a node failure) and its later steps redone.
+            state.interruptions.append(
+                {
+                    "signal": None,
+                    "stop": "killed without a clean stop (SIGKILL, out of memory, a node "
+                    "failure or a crash): resumed from the state saved at the end of an epoch",
+                    "epoch": state.epoch,
+                    "batch": state.batch_pos,
+                    "global_step": state.global_step,
+                    "slurm_job_id": None,
+                }
+            )
         log.info(
             "resuming %s at epoch %d, batch %d", self.spec.out, state.epoch + 1, state.batch_pos
         )
@@ -450,9 +469,17 @@ class Trainer:
         self.model.train()
         return torch.cat(outputs)
 
-    def evaluate_split(self, data: FeatureSet) -> tuple[float, dict[str, Any], torch.Tensor]:
+    def evaluate_split(
+        self, data: FeatureSet, split: str = "test"
+    ) -> tuple[float, dict[str, Any], torch.Tensor]:
         logits = self.predict(data)
         loss = F.cross_entropy(logits, data.labels).item()
+        if not math.isfinite(loss):
+            bad = int((~torch.isfinite(logits).all(dim=1)).sum())
+            raise TrainingError(
+                f"run {self.spec.out}: the {split} loss is {loss} ({bad} of {len(data)} clips "
+                "get non-finite logits): the weights or the features hold NaN or Inf"
+            )
         probs = logits.softmax(dim=-1).numpy()
         return loss, classification_metrics(data.labels.numpy(), probs, self.class_names), logits
 
@@ -472,7 +499,7 @@ class Trainer:
         }
         stop = False
         if self.val is not None:
-            val_loss, val_metrics, _ = self.evaluate_split(self.val)
+            val_loss, val_metrics, _ = self.evaluate_split(self.val, "validation")
             metric = s["select_metric"]
             score = val_loss if metric == "loss" else val_metrics[metric]
             row.update(val_loss=val_loss, val_accuracy=val_metrics["accuracy"], val_metric=score)
@@ -539,6 +566,7 @@ class Trainer:
                     state.interruptions.append(
                         {
                             "signal": signal.Signals(stop.signal).name,
+                            "stop": "asked to stop (a time limit's warning): saved at once",
                             "epoch": state.epoch + 1,
                             "batch": state.batch_pos,
                             "global_step": state.global_step,
@@ -546,12 +574,12 @@ class Trainer:
                         }
                     )
                     self.save_resume(state)
-                    log.warning(
-                        "signal %d: saved resume state in %s; exiting",
-                        stop.signal,
-                        self.spec.resume_dir,
+                    raise Stopped(
+                        f"stopped on {signal.Signals(stop.signal).name} (a time limit's "
+                        f"warning) at epoch {state.epoch + 1}, step {state.global_step}: the "
+                        f"state is saved in {self.spec.resume_dir} and a rerun resumes it "
+                        f"(exit {EXIT_INTERRUPTED}; not a failure)"
                     )
-                    raise SystemExit(EXIT_INTERRUPTED)
             bar.close()
             seconds = time.perf_counter() - started
             state.elapsed += seconds
@@ -572,7 +600,9 @@ class Trainer:
         if state.best_weights is not None and self.val is not None:
             self.strategy.load_trainable_state(self.model, state.best_weights)
         test_loss, test_metrics, logits = self.evaluate_split(self.test)
-        val_metrics = self.evaluate_split(self.val)[1] if self.val is not None else None
+        val_metrics = (
+            self.evaluate_split(self.val, "validation")[1] if self.val is not None else None
+        )
         chance = 1.0 / len(self.class_names)
         margin = self.settings["min_accuracy_over_chance"]
         at_chance = test_metrics["accuracy"] <= chance + (margin or 0.0)
@@ -608,12 +638,14 @@ class Trainer:
             )
         elif at_chance:
             raise TrainingError(
-                f"run {self.spec.out}: test accuracy {test_metrics['accuracy']:.4f} is at chance "
-                f"level ({chance:.4f} + training.min_accuracy_over_chance): check the learning "
-                "rate, the data and the history in the resume folder"
+                f"run {self.spec.out}: test accuracy {test_metrics['accuracy']:.4f} is not above "
+                f"chance ({chance:.4f}) by more than training.min_accuracy_over_chance = "
+                f"{margin}: check the learning rate, the data and the history in "
+                f"{self.spec.resume_dir}"
             )
-        run_info = {
-            "run": {
+        record = provenance.run_record(
+            cfg=self.cfg,
+            run={
                 "dataset": self.spec.dataset,
                 "model": self.spec.model,
                 "strategy": self.spec.strategy,
@@ -622,35 +654,31 @@ class Trainer:
                 "pretrained": self.spec.pretrained,
                 "splits": vars(self.splits),
             },
-            "git": provenance.git_state(),
-            "versions": provenance.versions(),
-            "environment": {
-                "name": provenance.environment_name(),
-                "lock_sha256": provenance.lock_hash(provenance.environment_name()),
-            },
-            "hardware": provenance.hardware(self.device),
-            "seed": self.spec.seed,
-            "deterministic": self.determinism,
-            "data": self.data_record,
-            "weights": self.weights,
-            "parameters": {"trainable": self.params.trainable, "total": self.params.total},
-            "training_seconds": round(state.elapsed, 3),
-            "interruptions": state.interruptions,
-            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-            "wall_seconds": round(time.perf_counter() - wall_started, 3),
-            "peak_memory": provenance.peak_memory_mb(self.device),
-            "command": provenance.command_line(),
-            "config": self.cfg,
-        }
-        with atomic_dir(self.spec.out) as tmp:
-            self.strategy.save(self.model, tmp / "model")
-            pd.DataFrame(state.history).to_csv(tmp / "history.csv", index=False)
-            write_predictions(tmp / "predictions.parquet", self.test, logits)
-            write_json(tmp / "metrics.json", metrics)
-            write_json(tmp / "run.json", run_info)
-            if extra_outputs is not None:
-                extra_outputs(tmp, self.model)
-        shutil.rmtree(self.spec.resume_dir, ignore_errors=True)
+            device=self.device,
+            determinism=self.determinism,
+            data=self.data_record,
+            weights=self.weights,
+            parameters={"trainable": self.params.trainable, "total": self.params.total},
+            interruptions=state.interruptions,
+        )
+        execution = provenance.execution_record(
+            device=self.device,
+            training_seconds=state.elapsed,
+            wall_seconds=time.perf_counter() - wall_started,
+        )
+        write_run_folder(
+            self.spec.out,
+            RunOutputs(
+                save_model=lambda folder: self.strategy.save(self.model, folder),
+                history=state.history,
+                test=self.test,
+                logits=logits,
+                metrics=metrics,
+                provenance=record,
+                execution=execution,
+                extra=None if extra_outputs is None else lambda f: extra_outputs(f, self.model),
+            ),
+        )
         return metrics
 
 
@@ -663,29 +691,14 @@ def set_aside(folder: Path) -> Path:
     return stale
 
 
-def write_predictions(path: Path, data: FeatureSet, logits: torch.Tensor) -> None:
-    probs = logits.softmax(dim=-1).numpy().astype(np.float32)
-    table = pa.table(
-        {
-            "clip_id": pa.array(data.clip_ids, pa.string()),
-            "fold": pa.array(data.folds.astype(np.int32)),
-            "label": pa.array(data.labels.numpy().astype(np.int32)),
-            "prediction": pa.array(probs.argmax(axis=1).astype(np.int32)),
-            "probabilities": pa.array(list(probs), pa.list_(pa.float32())),
-            "logits": pa.array(list(logits.numpy().astype(np.float32)), pa.list_(pa.float32())),
-        }
-    )
-    with atomic_path(path, ".parquet") as tmp:
-        pq.write_table(table, tmp)
-
-
 def train_run(
     cfg: Mapping[str, Any],
     spec: RunSpec,
     progress: bool = False,
     overrides: Mapping[str, Any] | None = None,
+    after: Callable[[Trainer], None] | None = None,
 ) -> dict[str, Any]:
-    trainer = run_trainer(cfg, spec, progress, overrides)
+    trainer = run_trainer(cfg, spec, progress, overrides, after=after)
     return trainer.metrics
 
 
@@ -695,7 +708,11 @@ def run_trainer(
     progress: bool = False,
     overrides: Mapping[str, Any] | None = None,
     extra_outputs: Callable[[Path, nn.Module], None] | None = None,
+    after: Callable[[Trainer], None] | None = None,
 ) -> Trainer:
+    """Train, write the run folder, then ``after`` (the workflow's evaluation from the files).
+    The resume state goes only once all of it is done: a stop or a kill before that costs a
+    rerun of the rest, never of the training."""
     wall_started = time.perf_counter()
     trainer = Trainer(cfg, spec, progress, overrides)
     s = trainer.settings
@@ -705,13 +722,55 @@ def run_trainer(
     if trainer.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = s["tf32"]
         torch.backends.cudnn.allow_tf32 = s["tf32"]
-    trainer.load_data()
-    trainer.build()
+    # From here on a SLURM warning is kept for the loop to act on, even when it comes while
+    # the data and the model are still loading (a short attempt gets it early).
     with StopRequested() as stop:
-        state = trainer.try_resume()
-        state = trainer.fit(state, stop)
-    trainer.metrics = trainer.finish(state, wall_started, extra_outputs)
+        trainer.load_data()
+        trainer.build()
+        marker = FailureMarker(spec, trainer.identity_parts())
+        marker.refuse_a_repeat()
+        try:
+            state = trainer.try_resume()
+            state = trainer.fit(state, stop)
+            # A stop asked for from here on waits: what is left is short.
+            trainer.metrics = trainer.finish(state, wall_started, extra_outputs)
+            if after is not None:
+                after(trainer)
+        except (TrainingError, DataError) as err:
+            marker.record(err)
+            raise
+    shutil.rmtree(spec.resume_dir, ignore_errors=True)
+    marker.clear()
     return trainer
+
+
+class FailureMarker:
+    """A run that failed for a reason a retry cannot change (a NaN loss, the at-chance guard)
+    fails again at once on the next attempt, with the original reason, instead of training
+    for hours to fail the same way: the workflow retries every failure, time limits included.
+    It is the same run when its settings, data, starting weights and code are."""
+
+    def __init__(self, spec: RunSpec, identity: Mapping[str, str]) -> None:
+        self.path = spec.out.parent / f".{spec.out.name}.failed.json"
+        self.identity = {**identity, "code": provenance.code_fingerprint()}
+
+    def refuse_a_repeat(self) -> None:
+        try:
+            previous = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return
+        if previous.get("identity") == self.identity:
+            raise TrainingError(
+                f"{previous.get('error')} [the previous attempt failed so; a retry cannot "
+                f"change that; after a change that could, or to try anyway, remove {self.path}]"
+            )
+        self.clear()
+
+    def record(self, err: Exception) -> None:
+        write_json(self.path, {"identity": self.identity, "error": str(err)})
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 PRETRAINED_SUBDIR = "pretrained"
@@ -748,9 +807,7 @@ def pretrain(cfg: Mapping[str, Any], model: str, out: Path, progress: bool = Fal
     source_cfg["models"][model] = {
         k: v for k, v in source_cfg["models"][model].items() if k != "pretrain"
     }
-    overrides: dict[str, Any] = {"split": "train_test"}
-    if "epochs" in settings:
-        overrides["epochs"] = settings["epochs"]
+    overrides = pretraining_settings(cfg, model)
     spec = RunSpec(
         settings["dataset"],
         model,
@@ -761,7 +818,8 @@ def pretrain(cfg: Mapping[str, Any], model: str, out: Path, progress: bool = Fal
     )
 
     def save_pretrained(folder: Path, trained: nn.Module) -> None:
-        compat.save_pretrained(trained, folder / PRETRAINED_SUBDIR)
+        with writing(folder / PRETRAINED_SUBDIR):
+            compat.save_pretrained(trained, folder / PRETRAINED_SUBDIR)
 
     run_trainer(source_cfg, spec, progress, overrides, save_pretrained)
     return out / PRETRAINED_SUBDIR

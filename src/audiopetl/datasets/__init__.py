@@ -80,14 +80,18 @@ def fetch(cfg: Mapping[str, Any], name: str, *, force: bool = False, progress: b
             finish=finish,
         )
         return target
+    skip_bad = bool(cfg["data"]["skip_bad"])
     with atomic_dir(dest) as tmp:
-        manifest = build_manifest(dataset, tmp, progress=progress)
+        manifest, skipped = build_manifest(dataset, tmp, progress=progress, skip_bad=skip_bad)
         write_manifest(manifest, tmp / "manifest.csv")
-        write_json(tmp / RECORD, {**record, "clips": len(manifest)})
+        write_json(tmp / RECORD, {**record, "clips": len(manifest), "skipped": skipped})
     return target
 
 
-def build_manifest(dataset: Mapping[str, Any], root: Path, progress: bool = True) -> pd.DataFrame:
+def build_manifest(
+    dataset: Mapping[str, Any], root: Path, *, progress: bool = True, skip_bad: bool = False
+) -> tuple[pd.DataFrame, list[dict[str, str]]]:
+    """The manifest of a dataset written into ``root``, and the files left out (skip_bad)."""
     kind = dataset["kind"]
     folds = dataset_folds(dataset)
     if kind == "synthetic":
@@ -95,19 +99,39 @@ def build_manifest(dataset: Mapping[str, Any], root: Path, progress: bool = True
         from audiopetl.datasets.synthetic import generate
 
         generate(dataset["synthetic"], root, progress=progress)
-        return esc50_manifest(root, folds)
+        return esc50_manifest(root, folds), []
     if kind == "folder":
         from audiopetl.datasets.folder import folder_manifest
 
-        return check_manifest(folder_manifest(dataset["folder"]), "folder", folds)
+        scan = folder_manifest(dataset["folder"], skip_bad=skip_bad)
+        return check_manifest(scan.manifest, "folder", folds), scan.skipped
     raise ValueError(f"dataset kind {kind!r} has no manifest builder")
+
+
+def manifest_base(cfg: Mapping[str, Any], name: str) -> Path | None:
+    """What a dataset's manifest paths are relative to: a folder dataset's own root (the audio
+    stays where the user keeps it), else the raw folder holding the manifest."""
+    dataset = dataset_config(cfg, name)
+    if dataset["kind"] == "folder":
+        from audiopetl.datasets.folder import folder_root
+
+        return folder_root(dataset["folder"])
+    return None
 
 
 def load_manifest(cfg: Mapping[str, Any], name: str) -> pd.DataFrame:
     dataset = dataset_config(cfg, name)
     path = manifest_path(cfg, name)
-    df = read_manifest(path)
+    df = read_manifest(path, manifest_base(cfg, name))
     return check_manifest(df, str(path), dataset_folds(dataset))
+
+
+def skipped_files(cfg: Mapping[str, Any], name: str) -> list[dict[str, str]]:
+    """Files the fetch left out (data.skip_bad), with the reason, from the raw folder's record."""
+    try:
+        return json.loads((raw_dir(cfg, name) / RECORD).read_text()).get("skipped", [])
+    except (OSError, ValueError):
+        return []
 
 
 def describe(cfg: Mapping[str, Any], name: str) -> str | None:

@@ -1,13 +1,19 @@
 """A user's own folder of audio, described by a CSV manifest or by a file-name pattern.
 
 Folds come from groups (a speaker, a recording session) so that no group sits on both sides of
-a split: one fold per group (leave-one-group-out) or groups spread over a fixed number of folds.
+a split: one fold per group (leave-one-group-out), groups spread over a fixed number of folds,
+or folds given per file (a `fold` column or a `(?P<fold>...)` group), checked against the groups.
+Every file the pattern matches either lands in the manifest or is reported with the reason it
+could not (decoded by the installed libsndfile: WAV, FLAC, OGG, MP3 from 1.1, and more).
+Paths in the manifest are relative to the dataset's root, so a dataset shared through DVC works
+wherever the root sits.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +23,16 @@ import pandas as pd
 from audiopetl.audio import audio_info
 from audiopetl.errors import DataError
 
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg"}
+
+@dataclass
+class FolderScan:
+    manifest: pd.DataFrame  # paths relative to the root
+    skipped: list[dict[str, str]] = field(default_factory=list)  # path, reason
+
+
+def folder_root(settings: Mapping[str, Any], base: Path = Path(".")) -> Path:
+    root = Path(settings["root"])
+    return root if root.is_absolute() else base / root
 
 
 def _from_pattern(root: Path, pattern: str) -> pd.DataFrame:
@@ -30,7 +45,8 @@ def _from_pattern(root: Path, pattern: str) -> pd.DataFrame:
     if "label" not in regex.groupindex:
         raise DataError(f"folder.pattern {pattern!r}: needs a named group (?P<label>...)")
     rows = []
-    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES):
+    # Every file, whatever its suffix: what matches is meant to be a clip.
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = path.relative_to(root).as_posix()
         match = regex.fullmatch(path.name) or regex.fullmatch(rel)
         if match is None:
@@ -38,14 +54,14 @@ def _from_pattern(root: Path, pattern: str) -> pd.DataFrame:
         groups = match.groupdict()
         rows.append(
             {
-                "path": str(path),
+                "path": rel,
                 "label_name": groups["label"],
-                "group": groups.get("group") or path.stem,
-                "fold": int(groups["fold"]) if groups.get("fold") else None,
+                "group": groups.get("group"),
+                "fold": groups.get("fold"),
             }
         )
     if not rows:
-        raise DataError(f"{root}: no audio file name matches folder.pattern {pattern!r}")
+        raise DataError(f"{root}: no file name matches folder.pattern {pattern!r}")
     return pd.DataFrame(rows)
 
 
@@ -58,22 +74,18 @@ def _from_csv(root: Path, manifest: Path) -> pd.DataFrame:
         missing.append("fold or group")
     if missing:
         raise DataError(f"{manifest}: missing column(s): {', '.join(missing)}")
-    out = pd.DataFrame(
+    paths = []
+    for p in df["path"]:
+        path = Path(p) if Path(p).is_absolute() else root / p
+        paths.append(path.relative_to(root).as_posix() if path.is_relative_to(root) else str(p))
+    return pd.DataFrame(
         {
-            "path": [str(p if Path(p).is_absolute() else root / p) for p in df["path"]],
+            "path": paths,
             "label_name": df["label"],
-            "group": df["group"] if "group" in df.columns else df["path"],
-            "fold": None,
+            "group": df["group"].replace("", None) if "group" in df.columns else None,
+            "fold": df["fold"].replace("", None) if "fold" in df.columns else None,
         }
     )
-    if "fold" in df.columns:
-        bad = [i for i, v in enumerate(df["fold"]) if not v.strip().isdigit()]
-        if bad:
-            raise DataError(
-                f"{manifest}: row {bad[0] + 2}: fold {df['fold'][bad[0]]!r} is not a number"
-            )
-        out["fold"] = df["fold"].astype(int)
-    return out
 
 
 def assign_folds(groups: pd.Series, n_folds: int | None) -> pd.Series:
@@ -93,15 +105,59 @@ def assign_folds(groups: pd.Series, n_folds: int | None) -> pd.Series:
     return pd.Series(folds, index=groups.index)
 
 
-def folder_manifest(settings: Mapping[str, Any], base: Path = Path(".")) -> pd.DataFrame:
-    root = Path(settings["root"])
-    root = root if root.is_absolute() else (base / root)
+def _folds(df: pd.DataFrame, settings: Mapping[str, Any], source: str) -> pd.Series:
+    """Each clip's fold: given per file, or from its group; never one fold per clip by
+    accident, never a group on both sides of a split."""
+    given = df["fold"].notna()
+    if given.any() and not given.all():
+        first = df.loc[~given, "path"].iloc[0]
+        raise DataError(
+            f"{source}: a fold is given for {int(given.sum())} of {len(df)} files but not for "
+            f"{first} (and {int((~given).sum()) - 1} more): give it for every file or none"
+        )
+    if given.all():
+        bad = [v for v in df["fold"] if not str(v).strip().isdigit()]
+        if bad:
+            row = df.index[df["fold"] == bad[0]][0]
+            raise DataError(
+                f"{source}: row {row + 2} ({df.at[row, 'path']}): fold {bad[0]!r} is not a number"
+            )
+        folds = df["fold"].astype(int)
+        if df["group"].notna().all():
+            spread = df.assign(fold=folds).groupby("group")["fold"].nunique()
+            leaking = spread[spread > 1]
+            if len(leaking):
+                group = leaking.index[0]
+                in_folds = sorted(int(f) for f in folds[df["group"] == group].unique())
+                raise DataError(
+                    f"{source}: group {group!r} spans folds {in_folds} ({len(leaking)} group(s) "
+                    "do): its clips would sit on both sides of a split (leakage)"
+                )
+        return folds
+    if df["group"].isna().any():
+        if settings.get("folds") is None:
+            raise DataError(
+                f"{source}: no group, no fold and folder.folds is null: that would make one "
+                "fold per clip. Capture a group ((?P<group>...) or a `group` column) or set "
+                "folder.folds to spread the clips over that many folds"
+            )
+        # No groups: every clip is its own, spread over the configured folds.
+        df["group"] = df["group"].fillna(df["path"].map(lambda p: Path(p).stem))
+    return assign_folds(df["group"], settings.get("folds"))
+
+
+def folder_manifest(
+    settings: Mapping[str, Any], base: Path = Path("."), *, skip_bad: bool = False
+) -> FolderScan:
+    root = folder_root(settings, base)
     if not root.is_dir():
         raise DataError(f"{root}: folder.root is not a directory")
     if settings.get("manifest"):
         manifest = Path(settings["manifest"])
+        source = str(manifest)
         df = _from_csv(root, manifest if manifest.is_absolute() else base / manifest)
     elif settings.get("pattern"):
+        source = f"{root} (folder.pattern)"
         df = _from_pattern(root, settings["pattern"])
     else:
         raise DataError("folder: set either folder.manifest or folder.pattern")
@@ -111,22 +167,32 @@ def folder_manifest(settings: Mapping[str, Any], base: Path = Path(".")) -> pd.D
         if len(unknown):
             first = unknown.iloc[0]
             raise DataError(
-                f"{first.path}: unknown label {first.label_name!r} (folder.labels: {known})"
+                f"{root / first.path}: unknown label {first.label_name!r} (folder.labels: {known})"
             )
         names = list(known)
     else:
         names = sorted(df["label_name"].unique())
     df["label"] = df["label_name"].map({n: i for i, n in enumerate(names)}).astype(int)
-    if df["fold"].isna().any():
-        df["fold"] = assign_folds(df["group"], settings.get("folds"))
-    infos = [audio_info(p) for p in df["path"]]
-    df["duration"] = [d for d, _ in infos]
-    df["sample_rate"] = [sr for _, sr in infos]
+    df["fold"] = _folds(df, settings, source)
+    df["group"] = df["group"].astype(str)
+    infos, skipped = [], []
+    for rel in df["path"]:
+        try:
+            infos.append(audio_info(root / rel))
+        except DataError as err:
+            if not skip_bad:
+                raise
+            infos.append(None)
+            skipped.append({"path": str(root / rel), "reason": str(err)})
+    keep = [info is not None for info in infos]
+    if skipped and not any(keep):
+        raise DataError(f"{source}: no file could be read; the first: {skipped[0]['reason']}")
+    df = df[keep].reset_index(drop=True)
+    kept = [info for info in infos if info is not None]
+    df["duration"] = [d for d, _ in kept]
+    df["sample_rate"] = [sr for _, sr in kept]
     df["clip_id"] = [
-        Path(p).relative_to(root).with_suffix("").as_posix()
-        if Path(p).is_relative_to(root)
-        else Path(p).stem
+        Path(p).stem if Path(p).is_absolute() else Path(p).with_suffix("").as_posix()
         for p in df["path"]
     ]
-    df["path"] = [str(Path(p).resolve()) for p in df["path"]]
-    return df
+    return FolderScan(df, skipped)

@@ -37,9 +37,20 @@ needs_esc50 = pytest.mark.shared_data(ESC50_SUBSET / "meta" / "esc50.csv")
 needs_fsdd = pytest.mark.shared_data(FSDD)
 
 
+# The legacy environment (bash envs/install.sh legacy). Tests marked `legacy_env` need it;
+# without it they skip, unless AUDIOPETL_REQUIRE_LEGACY=1 (set by .ci/run).
+LEGACY_PYTHON = REPO / ".venv-legacy" / "bin" / "python"
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Skip, or in CI fail, a test whose real audio is missing: before its fixtures read it."""
+    """Skip, or in CI fail, a test whose real audio or legacy environment is missing: before
+    its fixtures need them."""
+    if item.get_closest_marker("legacy_env") and not LEGACY_PYTHON.is_file():
+        message = "no legacy environment: run `bash envs/install.sh legacy`"
+        if os.environ.get("AUDIOPETL_REQUIRE_LEGACY") == "1":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
     for mark in item.iter_markers("shared_data"):
         missing = [Path(p) for p in mark.args if not Path(p).exists()]
         if missing:

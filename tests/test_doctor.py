@@ -16,7 +16,7 @@ import peft
 import pytest
 import torch
 import transformers
-from conftest import CONFIG_DIR, REPO, make_project
+from conftest import CONFIG_DIR, LEGACY_PYTHON, REPO, make_project
 
 from audiopetl.cli import build_parser
 from audiopetl.config import load_config
@@ -37,10 +37,7 @@ from audiopetl.doctor import (
     study_needs,
 )
 
-LEGACY_PYTHON = REPO / ".venv-legacy" / "bin" / "python"
-needs_legacy = pytest.mark.skipif(
-    not LEGACY_PYTHON.is_file(), reason="no legacy environment (bash envs/install.sh legacy)"
-)
+needs_legacy = pytest.mark.legacy_env
 
 # torch 1.13.1+cu117's kernel architectures, as its get_arch_list() reports them.
 TORCH_1_13_ARCHS = ["sm_37", "sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86"]

@@ -375,10 +375,14 @@ def test_a_job_log_keeps_every_attempt_and_stderr_says_why(project: Path) -> Non
     assert first.returncode == 1
     assert first.stdout == "" and first.stderr.count("\n") == 1  # the cause, nothing else
     assert "is not above chance" in first.stderr
+    # Snakemake deletes a job's log before every attempt: the earlier attempts survive that.
+    log.unlink()
     second = subprocess.run(failing, cwd=project, capture_output=True, text=True, timeout=300)
     assert second.returncode == 1
+    log.unlink()
     done = subprocess.run(list(map(str, command)), cwd=project, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in log.parent.iterdir()) == ["train.log"]  # no hidden twin left
     text = log.read_text()
     headers = [line for line in text.splitlines() if line.startswith("==== audiopetl")]
     assert [h.split(": attempt ")[1].split(",")[0] for h in headers] == ["1", "2", "3"]

@@ -5,6 +5,11 @@ show it.
 
 Why not the shell's `> {log} 2>&1`: it truncates the log at each retry, losing the attempt
 that failed or was stopped, and hides the cause from everything but the log.
+
+Snakemake deletes a job's log before every attempt. So the attempts are written to a hidden
+hard link beside the log (`.NAME.attempts`, the same file under a second name): the deletion
+removes one name, the next attempt links the log to the other again and appends, and an attempt
+that ends well removes the hidden name. Even an attempt killed outright keeps what it wrote.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ class JobLog:
 
     def __init__(self, path: Path, command: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.attempts = _link_attempts(path)
         previous = path.read_text(errors="replace") if path.exists() else ""
         self.attempt = _attempt(previous)
         sys.stdout.flush()
@@ -58,3 +64,26 @@ class JobLog:
             print(line, file=sys.stderr, flush=True)
             os.write(self.original_stderr, (line + "\n").encode())
         print(f"{ENDED} (exit {code}), {time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
+        if code == 0 and self.attempts is not None:
+            self.attempts.unlink(missing_ok=True)  # ended well: the next run starts afresh
+
+
+def attempts_path(path: Path) -> Path:
+    return path.parent / f".{path.name}.attempts"
+
+
+def _link_attempts(path: Path) -> Path | None:
+    """Give ``path`` and its hidden twin one file: the earlier attempts, if Snakemake deleted
+    the log, else the log as it is. None where the file system has no hard links (then a
+    retry's log holds only its own attempt)."""
+    twin = attempts_path(path)
+    try:
+        if twin.exists() and not path.exists():
+            os.link(twin, path)  # the earlier attempts, back under the log's name
+        elif not twin.exists() or not os.path.samefile(twin, path):
+            path.touch()
+            twin.unlink(missing_ok=True)
+            os.link(path, twin)
+    except OSError:
+        return None
+    return twin

@@ -25,5 +25,9 @@ rule report:
     params:
         out=lambda wc, output: os.path.dirname(output.resolved),
         report=settings_json(CFG["report"]),
+        # What the captions say each figure's statistics are over.
+        folds=len(STUDY["folds"]),
+        seeds=len(STUDY["seeds"]),
+        runs=len(STUDY["folds"]) * len(STUDY["seeds"]),
     shell:
         "audiopetl report --quiet --out {params.out} --log {log}"

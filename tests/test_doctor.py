@@ -373,9 +373,8 @@ def test_torch_cuda_newer_than_the_driver() -> None:
 def test_bf16_on_a_gpu_without_it() -> None:
     v100 = healthy(gpus=[V100])
     findings = diagnose(v100, study("training.precision=bf16"))
-    assert levels(findings, "training.precision bf16 (full, linear, lora) on GPU 0 Tesla") == [
-        "error"
-    ]
+    everything = "full, linear, lora, adapter, conformer, prompt"
+    assert levels(findings, f"training.precision bf16 ({everything}) on GPU 0 Tesla") == ["error"]
     assert not has_errors(diagnose(v100, study("training.precision=fp16")))
     # Newer torch emulates bf16 on such a GPU: it runs, slowly.
     emulated = healthy(gpus=[dataclasses.replace(V100, bf16=True)])
@@ -491,7 +490,8 @@ def test_without_a_config_the_environment_alone_is_judged() -> None:
 def test_study_needs_follow_strategy_overrides() -> None:
     needs = study_needs(study("strategies.lora.training.precision=bf16"))
     runs = {run.strategies: (run.device, run.precision) for run in needs.runs}
-    assert runs == {("full", "linear"): ("auto", "fp32"), ("lora",): ("auto", "bf16")}
+    others = ("full", "linear", "adapter", "conformer", "prompt")
+    assert runs == {others: ("auto", "fp32"), ("lora",): ("auto", "bf16")}
 
 
 def test_report_lists_facts_and_findings_with_fixes() -> None:

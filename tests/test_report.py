@@ -108,7 +108,8 @@ def _write_run(folder: Path, rng: np.random.Generator, strategy: str, fold: int)
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("experiment")
-    cfg = load_config(CONFIG, overrides=[f"paths.results={root / 'results'}"])
+    overrides = [f"paths.results={root / 'results'}", f"study.strategies={list(STRATEGIES)}"]
+    cfg = load_config(CONFIG, overrides=overrides)
     rng = np.random.default_rng(20261121)
     dirs, metrics = [], {}
     for strategy in STRATEGIES:
@@ -167,8 +168,10 @@ def test_written_paths_are_deterministic(experiment: dict[str, Any]) -> None:
     assert names[:5] == ["summary.csv", "summary.json", "table.csv", "table.md", "table.tex"]
     figures = [f"figures/{n}.{fmt}" for n in FIGURES for fmt in ("pdf", "png")]
     assert names[5 : 5 + len(figures)] == figures
+    paired = ["paired.csv", "paired.md", "paired.tex"]
+    assert names[5 + len(figures) : 8 + len(figures)] == paired
     dvc_views = dvc_view_outputs(experiment["cfg"], out)
-    assert names[5 + len(figures) :] == [p.relative_to(out).as_posix() for p in dvc_views]
+    assert names[8 + len(figures) :] == [p.relative_to(out).as_posix() for p in dvc_views]
     assert all(p.is_file() for p in experiment["written"])
 
 
@@ -277,3 +280,14 @@ def test_compare_envs_fails_when_a_side_lacks_runs(
     assert verdict["passed"] is False
     assert verdict["only_in_a"] == [str(missing)] and verdict["only_in_b"] == []
     assert f"- {missing}" in out.read_text()
+
+
+def test_the_paired_table_compares_every_method(experiment: dict[str, Any]) -> None:
+    table = pd.read_csv(experiment["out"] / "paired.csv")
+    summary = pd.read_csv(experiment["out"] / "summary.csv")
+    best = best_strategy(summary, "accuracy")
+    expected = {(s, "full") for s in STRATEGIES if s != "full"}
+    expected |= {(s, best) for s in STRATEGIES if s not in (best, "full")}
+    assert set(zip(table.strategy, table.reference, strict=True)) == expected
+    assert (table.n == len(FOLDS)).all()
+    assert "corrected resampled t-test" in (experiment["out"] / "paired.md").read_text()

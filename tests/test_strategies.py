@@ -24,7 +24,8 @@ from audiopetl import compat
 from audiopetl.config import load_config, strategy_config
 from audiopetl.errors import TrainingError
 from audiopetl.models import build_model
-from audiopetl.strategies import LinearProbe, count_parameters, get_strategy
+from audiopetl.strategies import count_parameters, get_strategy
+from audiopetl.strategies.linear import LinearProbe
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
 
@@ -139,9 +140,11 @@ def test_lora_trains_adapters_and_head_and_starts_as_the_base_model() -> None:
     assert sorted(adapters + head) == sorted(names)
     # q and v of every layer, an A and a B each.
     assert len(adapters) == 2 * 2 * LAYERS
+    # The head and, as the reference trains it with every PETL method, the final LayerNorm.
     assert {n.split(".modules_to_save.")[0].removeprefix("base_model.model.") for n in head} == {
         "classifier.layernorm",
         "classifier.dense",
+        "audio_spectrogram_transformer.layernorm",
     }
     for name, param in model.named_parameters():
         if ".lora_B." in name:
@@ -155,8 +158,10 @@ def test_lora_trains_adapters_and_head_and_starts_as_the_base_model() -> None:
     counts = strategy.check(model, max_fraction=0.2)
     rank, hidden = LORA["rank"], ARCH["hidden_size"]
     head_params = 2 * hidden + hidden * 4 + 4
-    assert counts.trainable == 2 * LAYERS * 2 * rank * hidden + head_params
-    # The total counts the frozen backbone, the adapters and both copies of the head.
+    final_layernorm = 2 * hidden
+    assert counts.trainable == 2 * LAYERS * 2 * rank * hidden + head_params + final_layernorm
+    # The total counts the frozen backbone, the adapters and both copies of the head and of
+    # the final LayerNorm.
     assert counts.total == base_total + counts.trainable
 
 
@@ -184,8 +189,8 @@ def test_guard_refuses_non_finite_parameters() -> None:
 
 
 def test_unknown_kind_is_refused() -> None:
-    with pytest.raises(TrainingError, match="not registered"):
-        get_strategy({"kind": "prefix"})
+    with pytest.raises(TrainingError, match=r"'houlsby' is not registered \(adapter, bitfit"):
+        get_strategy({"kind": "houlsby"})
 
 
 def test_configured_strategies_of_the_quick_project(

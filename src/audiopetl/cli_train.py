@@ -7,14 +7,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from audiopetl.cli_common import config_of
 from audiopetl.paths import run_dir, study_runs
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from audiopetl.cli import _config
     from audiopetl.train import RunSpec, Trainer, default_pretrained, train_run
 
-    cfg = _config(args)
+    cfg = config_of(args)
     out = (
         Path(args.out)
         if args.out
@@ -52,31 +52,28 @@ def _matches(result: dict) -> str:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from audiopetl.cli import _config
     from audiopetl.paths import pretrain_dir
     from audiopetl.train import pretrain
 
-    cfg = _config(args)
+    cfg = config_of(args)
     out = Path(args.out) if args.out else pretrain_dir(cfg, args.model)
     print(pretrain(cfg, args.model, out, progress=not args.quiet and sys.stderr.isatty()))
     return 0
 
 
 def cmd_fetch_model(args: argparse.Namespace) -> int:
-    from audiopetl.cli import _config
     from audiopetl.hub import fetch_model
 
-    print(fetch_model(_config(args), args.model, force=args.force))
+    print(fetch_model(config_of(args), args.model, force=args.force))
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from audiopetl.cli import _config
     from audiopetl.evaluate import evaluate_run
 
     # The run's own recorded configuration (with --set), unless one is named: then it must
     # agree with the record on everything the run computes.
-    cfg = _config(args) if args.config_given else None
+    cfg = config_of(args) if args.config_given else None
     overrides = [] if args.config_given else args.overrides
     result = evaluate_run(Path(args.run_dir), Path(args.out) if args.out else None, cfg, overrides)
     print(f"{args.run_dir}: {_matches(result)}")
@@ -87,11 +84,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     import yaml
 
     from audiopetl.atomic import write_text
-    from audiopetl.cli import _config
     from audiopetl.paths import experiment_dir
     from audiopetl.report.build import build_report
 
-    cfg = _config(args)
+    cfg = config_of(args)
     out = Path(args.out) if args.out else experiment_dir(cfg)
     written = build_report(cfg, study_runs(cfg), out)
     resolved = out / "config.resolved.yaml"
@@ -122,10 +118,9 @@ def cmd_compare_envs(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from audiopetl.cli import _config
     from audiopetl.plan import format_plan, make_plan, profile_retries
 
-    cfg = _config(args)
+    cfg = config_of(args)
     estimates = make_plan(cfg, args.samples_per_s, args.measure)
     table, warnings = format_plan(cfg, estimates, profile_retries(args.profile), args.profile)
     print(table)

@@ -38,10 +38,21 @@ class ModuleLayout:
     targets: dict[str, str]
     head: tuple[str, ...]
     final_norm: str
+    layers: str  # the transformer layers, in order
+    embeddings: str = "audio_spectrogram_transformer.embeddings"
 
     def modules_for(self, model: nn.Module, target: str) -> list[str]:
         pattern = re.compile(self.targets[target])
         return [n for n, _ in model.named_modules() if pattern.search(n)]
+
+    def layer_modules(self, model: nn.Module) -> list[nn.Module]:
+        pattern = re.compile(self.layers)
+        return [m for n, m in model.named_modules() if pattern.search(n)]
+
+    def target_modules(self, model: nn.Module, target: str) -> list[nn.Module]:
+        """One module per layer for a logical target (q, k, v, o, ffn_in, ffn_out)."""
+        names = set(self.modules_for(model, target))
+        return [m for n, m in model.named_modules() if n in names]
 
 
 LAYOUT_V5 = ModuleLayout(
@@ -56,6 +67,7 @@ LAYOUT_V5 = ModuleLayout(
     },
     head=("classifier.layernorm", "classifier.dense"),
     final_norm="audio_spectrogram_transformer.layernorm",
+    layers=r"\.layers\.\d+$",
 )
 
 LAYOUT_V4 = ModuleLayout(
@@ -71,6 +83,7 @@ LAYOUT_V4 = ModuleLayout(
     },
     head=("classifier.layernorm", "classifier.dense"),
     final_norm="audio_spectrogram_transformer.layernorm",
+    layers=r"\.encoder\.layer\.\d+$",
 )
 
 
@@ -285,3 +298,97 @@ def _peft_version() -> str:
     import peft
 
     return peft.__version__
+
+
+def is_peft_layer(module: nn.Module) -> bool:
+    """A layer a peft tuner added (LoRA, IA3, LoHa, ...): BaseTunerLayer from peft 0.6 on;
+    peft 0.3 (legacy) knows LoRA's layer only."""
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:
+        from peft.tuners.lora import LoraLayer as BaseTunerLayer
+    return isinstance(module, BaseTunerLayer)
+
+
+# The first peft release that has each tuner: a tuner the installed peft lacks is a config error
+# naming the version that has it (the legacy environment's peft 0.3 has LoRA and AdaLoRA).
+PEFT_TUNERS = {
+    "LoRA": "0.1",
+    "AdaLoRA": "0.3",
+    "IA3": "0.4",
+    "LoHa": "0.6",
+    "LoKr": "0.7",
+    "OFT": "0.7",
+    "BOFT": "0.10",
+    "VeRA": "0.10",
+    "FourierFT": "0.12",
+    "LNTuning": "0.8",
+    "HRA": "0.12",
+}
+
+
+def peft_version() -> Version:
+    import peft
+
+    return Version(peft.__version__)
+
+
+def peft_config_class(tuner: str) -> Any:
+    """peft's config class of a tuner (``LoHa`` -> ``LoHaConfig``); None when the installed
+    peft has none."""
+    import peft
+
+    # peft spells some names its own way (VeRA's class is VeraConfig): match case-insensitively.
+    wanted = f"{tuner}config".lower()
+    return next((getattr(peft, n) for n in dir(peft) if n.lower() == wanted), None)
+
+
+def attention_with_prefix(
+    attention: nn.Module, key_tokens: nn.Parameter, value_tokens: nn.Parameter
+) -> None:
+    """Make a self-attention module attend to learned key and value tokens besides the
+    sequence's own (prefix tuning), inserted after the first ([CLS]) position as the reference
+    study does. The attention arithmetic is written here because neither transformers version
+    lets extra keys in: 5.x reshapes keys to the queries' length, 4.28 has no hook between
+    projection and scores. It is the same scaled dot-product attention, eager."""
+    import types
+
+    def heads(x: torch.Tensor, n: int) -> torch.Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, n, -1).transpose(1, 2)
+
+    def attend(module: nn.Module, q_lin, k_lin, v_lin, n_heads, drop_p, hidden):
+        b = hidden.shape[0]
+        keys, values = k_lin(hidden), v_lin(hidden)
+        keys = torch.cat([keys[:, :1], key_tokens.expand(b, -1, -1), keys[:, 1:]], dim=1)
+        values = torch.cat([values[:, :1], value_tokens.expand(b, -1, -1), values[:, 1:]], dim=1)
+        q, k, v = heads(q_lin(hidden), n_heads), heads(keys, n_heads), heads(values, n_heads)
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+        probs = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        probs = nn.functional.dropout(probs, p=drop_p, training=module.training)
+        context = torch.matmul(probs, v).transpose(1, 2).contiguous()
+        return context.reshape(b, hidden.shape[1], -1)
+
+    if Version("5") <= TRANSFORMERS_VERSION:
+
+        def forward_v5(self, hidden_states, attention_mask=None, **kwargs):
+            context = attend(
+                self, self.q_proj, self.k_proj, self.v_proj, self.num_attention_heads,
+                self.attention_dropout, hidden_states,
+            )  # fmt: skip
+            return self.o_proj(context), None
+
+        attention.forward = types.MethodType(forward_v5, attention)
+        return
+
+    # transformers 4.x: the self-attention module (attention.attention) has the projections.
+    inner = attention.attention
+
+    def forward_v4(self, hidden_states, head_mask=None, output_attentions=False):
+        context = attend(
+            self, self.query, self.key, self.value, self.num_attention_heads,
+            self.dropout.p, hidden_states,
+        )  # fmt: skip
+        return (context,)
+
+    inner.forward = types.MethodType(forward_v4, inner)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import hashlib
 import json
 import re
@@ -94,13 +95,35 @@ def load_yaml_file(path: Path) -> dict[str, Any]:
     return data
 
 
+@functools.lru_cache(maxsize=1)
+def _schema() -> dict[str, Any]:
+    """The configuration schema, with every strategy kind's own settings composed in from
+    resources/strategies/KIND.yaml (a new strategy brings its schema file beside its code)."""
+    package = resources.files("audiopetl")
+    composed = yaml.safe_load(package.joinpath("resources/config.schema.yaml").read_text())
+    strategy = composed["$defs"]["strategy"]
+    kinds = []
+    for entry in sorted(package.joinpath("resources/strategies").iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".yaml"):
+            continue
+        kind = entry.name.removesuffix(".yaml")
+        own = yaml.safe_load(entry.read_text()) or {}
+        kinds.append(kind)
+        strategy.setdefault("allOf", []).append(
+            {
+                "if": {"properties": {"kind": {"const": kind}}},
+                "then": {
+                    "required": list(own.get("required", [])),
+                    "properties": dict(own.get("properties") or {}),
+                },
+            }
+        )
+    strategy["properties"]["kind"] = {"enum": kinds}
+    return composed
+
+
 def schema() -> dict[str, Any]:
-    text = resources.files("audiopetl").joinpath("resources/config.schema.yaml").read_text()
-    return yaml.safe_load(text)
-
-
-def schema_path() -> Path:
-    return Path(str(resources.files("audiopetl").joinpath("resources/config.schema.yaml")))
+    return copy.deepcopy(_schema())
 
 
 @dataclass
@@ -266,6 +289,16 @@ def _closest(word: str, candidates: Iterable[str]) -> str:
 
 def _describe(err: jsonschema.ValidationError, layered: _Layered) -> str:
     path = list(err.absolute_path)
+    if err.validator == "unevaluatedProperties" and isinstance(err.instance, dict):
+        # A key no schema part for this block knows (a strategy kind's own keys included).
+        allowed = _known_keys(err.schema, err.instance)
+        unknown = [k for k in err.instance if k not in allowed]
+        parts = [
+            f"{layered.source_of([*path, k])}: {_key_path([*path, k])}: unknown key"
+            f"{_closest(k, allowed)}"
+            for k in unknown
+        ]
+        return "\n  ".join(parts)
     if err.validator == "additionalProperties" and isinstance(err.instance, dict):
         allowed = list(err.schema.get("properties", {}))
         unknown = [k for k in err.instance if k not in allowed]
@@ -291,6 +324,16 @@ def _describe(err: jsonschema.ValidationError, layered: _Layered) -> str:
     if err.validator == "required":
         return f"{where}: {_key_path(path)}: {err.message}"
     return f"{where}: {_key_path(path)}: {err.message}"
+
+
+def _known_keys(block_schema: Mapping[str, Any], instance: Mapping[str, Any]) -> list[str]:
+    """The keys a composed block (a strategy) accepts for this instance's kind."""
+    keys = list(block_schema.get("properties", {}))
+    for part in block_schema.get("allOf", []):
+        kind = part.get("if", {}).get("properties", {}).get("kind", {}).get("const")
+        if kind is not None and instance.get("kind") == kind:
+            keys += list(part.get("then", {}).get("properties", {}))
+    return keys
 
 
 def _check_references(layered: _Layered, *, training: bool = True) -> None:

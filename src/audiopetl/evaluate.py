@@ -33,6 +33,10 @@ from audiopetl.train import RunSpec, Trainer, make_deterministic
 # Same code, same device and thread count: the logits should agree exactly; the tolerance
 # only absorbs a different thread count or device on re-evaluation.
 LOGIT_TOLERANCE = 1e-4
+# The export for other tools, loaded by their own code, may compute the same function in
+# another order (AdaLoRA's adapter comes back resized to its pruned ranks): a broken export
+# is off by far more.
+EXPORT_TOLERANCE = 1e-3
 # Training settings that decide where and how fast a run is scored, not what it computes: a
 # GPU run may be scored again on a CPU (`--set training.device=cpu`).
 EXECUTION_KEYS = ("device", "threads", "eval_batch_size", "deterministic", "tf32")
@@ -147,7 +151,7 @@ def evaluate_run(
         "max_abs_logit_difference": diff,
         "export_max_abs_logit_difference": export_diff,
         "matches_reported": diff <= LOGIT_TOLERANCE
-        and (export_diff is None or export_diff <= LOGIT_TOLERANCE)
+        and (export_diff is None or export_diff <= EXPORT_TOLERANCE)
         and abs(reported["accuracy"] - metrics["accuracy"]) < 1e-12,
     }
     write_json(out or run_dir / "evaluation.json", result)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -137,7 +138,7 @@ def build_model(
         config = ASTConfig(**dict(model_cfg.get("architecture") or {}), **target)
         model = compat.ast_from_config(config, attn)
         init_parameters(model)
-        return model
+        return finish_model(model, model_cfg)
     try:
         with reading(source, "checkpoint", "fetch or train it again"):
             donor = compat.ast_from_pretrained(str(source), attn)
@@ -165,4 +166,42 @@ def build_model(
         raise TrainingError(f"pretrained {source!r} does not fit AST: keys {wrong[:5]}")
     init_head(model)
     log.info("loaded %s; position embeddings %s -> %s", source, old_grid, grid_shape(config))
+    return finish_model(model, model_cfg)
+
+
+POOLINGS = ("cls-dist", "mean")
+
+
+def finish_model(model: nn.Module, model_cfg: Mapping[str, Any]) -> nn.Module:
+    """The model settings that change how a built model computes: its pooling, and the
+    reference study's position-embedding defect when asked to reproduce it."""
+    pooling = model_cfg.get("pooling", "cls-dist")
+    if pooling == "mean":
+        # The reference's pooling: the mean of all output tokens (after the final LayerNorm)
+        # instead of transformers' mean of [CLS] and [DIST].
+        model.audio_spectrogram_transformer.register_forward_hook(_mean_pooling)
+    if model_cfg.get("zero_position_embeddings", False):
+        # Faithful reproduction only: the reference loaded AST at another length with
+        # ignore_mismatched_sizes=True, which left every position embedding at zero.
+        with torch.no_grad():
+            model.audio_spectrogram_transformer.embeddings.position_embeddings.zero_()
     return model
+
+
+def _mean_pooling(module: nn.Module, args: Any, output: Any) -> Any:
+    output.pooler_output = output.last_hidden_state.mean(dim=1)
+    return output
+
+
+def uniform_init(tensor: torch.Tensor, bound: float, name: str) -> None:
+    """Uniform(-bound, bound) from the parameter's own generator (see parameter_generator)."""
+    with torch.no_grad():
+        values = torch.rand(tensor.shape, generator=parameter_generator(name)) * 2 - 1
+        tensor.copy_(values * bound)
+
+
+def kaiming_uniform_init(tensor: torch.Tensor, name: str) -> None:
+    """torch's default for Linear and Conv weights (kaiming_uniform_ with a=sqrt(5): bound
+    1/sqrt(fan_in)), drawn from the parameter's own generator."""
+    fan_in = tensor[0].numel() if tensor.dim() > 1 else tensor.numel()
+    uniform_init(tensor, 1.0 / math.sqrt(fan_in), name)

@@ -231,6 +231,7 @@ class Trainer:
         if self.amp_dtype is torch.float16 and self.device.type != "cuda":
             raise TrainingError("training.precision fp16 needs a CUDA device; use bf16 or fp32")
         self.determinism: dict[str, Any] | None = None
+        self.test_from_best = self.settings["test_epoch"] == "best"
         # The settings a resume must share; with the data (load_data) and the starting
         # weights (build) they make the resume identity.
         self.settings_identity = {
@@ -286,15 +287,19 @@ class Trainer:
         )
 
     def build(self) -> None:
+        s = self.settings
         self.weights = weights_record(self.spec.pretrained, self.model_cfg.get("revision"))
         base = self.base_model()
+        batches = math.ceil(len(self.train) / s["batch_size"])
+        self.steps_per_epoch = math.ceil(batches / s["grad_accum_steps"])
+        total = self.steps_per_epoch * s["epochs"]
         self.strategy: Strategy = get_strategy(self.strategy_cfg)
+        self.strategy.total_steps = total  # a rank budget (AdaLoRA) is planned over them
         self.model = self.strategy.apply(base).to(self.device)
         self.params: ParameterCount = self.strategy.check(
             self.model, float(self.settings["max_trainable_fraction"])
         )
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        s = self.settings
         self.optimizer = torch.optim.AdamW(
             trainable,
             lr=float(self.strategy_cfg["lr"]),
@@ -302,9 +307,6 @@ class Trainer:
             eps=float(s["eps"]),
             weight_decay=float(s["weight_decay"]),
         )
-        batches = math.ceil(len(self.train) / s["batch_size"])
-        self.steps_per_epoch = math.ceil(batches / s["grad_accum_steps"])
-        total = self.steps_per_epoch * s["epochs"]
         warmup = round(s["warmup_ratio"] * total)
 
         def schedule(step: int) -> float:
@@ -436,6 +438,8 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         state.global_step += 1
+        # Steps count from 1 here: AdaLoRA's final allocation comes at its total_step.
+        self.strategy.after_step(self.model, state.global_step)
         state.batch_pos += len(chunk)
         state.epoch_loss_sum += loss_sum
         state.epoch_samples += n_chunk
@@ -466,7 +470,7 @@ class Trainer:
         for idx in torch.arange(len(data)).split(self.settings["eval_batch_size"]):
             x = data.features[idx].to(self.device).float()
             outputs.append(self.forward(x).cpu())
-        self.model.train()
+        self.strategy.train_mode(self.model)
         return torch.cat(outputs)
 
     def evaluate_split(
@@ -543,7 +547,7 @@ class Trainer:
 
     def fit(self, state: TrainState, stop: StopRequested) -> TrainState:
         s = self.settings
-        self.model.train()
+        self.strategy.train_mode(self.model)
         while state.epoch < s["epochs"] and not state.stopped_early:
             started = time.perf_counter()
             remaining = self.steps_per_epoch - math.ceil(state.batch_pos / s["grad_accum_steps"])
@@ -597,7 +601,9 @@ class Trainer:
         wall_started: float,
         extra_outputs: Callable[[Path, nn.Module], None] | None = None,
     ) -> dict[str, Any]:
-        if state.best_weights is not None and self.val is not None:
+        # The best validation epoch's weights; `test_epoch: last` reproduces the reference's
+        # defect of reporting the last epoch (for comparison only).
+        if state.best_weights is not None and self.val is not None and self.test_from_best:
             self.strategy.load_trainable_state(self.model, state.best_weights)
         test_loss, test_metrics, logits = self.evaluate_split(self.test)
         val_metrics = (
@@ -612,16 +618,20 @@ class Trainer:
             "strategy": self.spec.strategy,
             "fold": self.spec.fold,
             "seed": self.spec.seed,
-            "best_epoch": state.best_epoch,
+            "best_epoch": state.best_epoch if self.test_from_best else state.epoch,
             "epochs_run": state.epoch,
             "selected_by": (
-                f"val_{self.settings['select_metric']}"
+                "last epoch (training.test_epoch: last, for comparison with the reference)"
+                if self.val is not None and not self.test_from_best
+                else f"val_{self.settings['select_metric']}"
                 if self.val is not None
                 else "last epoch (train_test split)"
             ),
             "trainable_params": self.params.trainable,
             "total_params": self.params.total,
             "trainable_percent": 100.0 * self.params.fraction,
+            "train_clips": len(self.train),
+            "classes": len(self.class_names),
             "environment": provenance.environment_name(),
             "test_loss": test_loss,
             "test": test_metrics,

@@ -27,6 +27,8 @@ RUN_SCALARS = (
     "trainable_params",
     "total_params",
     "trainable_percent",
+    "train_clips",
+    "classes",
 )
 # Averaged next to the metrics: they are constant across folds of one configuration unless
 # something went wrong, and a non-zero std in the summary then shows it.

@@ -85,11 +85,29 @@ def build_report(cfg: Mapping[str, Any], run_dirs: Sequence[Path], out_dir: Path
     written += write_tables(summary, report_cfg, out_dir / "table")
     histories = collect_histories(runs)
     written += figures.learning_curves(histories, fig_dir / "learning_curves", report_cfg)
-    written += figures.accuracy_vs_params(summary, fig_dir / "accuracy_vs_params", report_cfg)
+    # Chance: one over the number of classes of each dataset's runs.
+    chance = (1.0 / runs.groupby("dataset")["classes"].max()).to_dict() if "classes" in runs else {}
+    written += figures.accuracy_vs_params(
+        summary, fig_dir / "accuracy_vs_params", report_cfg, {str(k): v for k, v in chance.items()}
+    )
     written += figures.accuracy_per_strategy(runs, fig_dir / "accuracy_per_strategy", report_cfg)
     written += _class_figures(runs, summary, report_cfg, fig_dir)
+    written += _paired_tables(runs, report_cfg, out_dir / "paired")
     written += write_dvc_views(summary, histories, out_dir)
     return written
+
+
+def _paired_tables(runs: pd.DataFrame, report_cfg: Mapping[str, Any], out_stem: Path) -> list:
+    from audiopetl.report.aggregate import is_fraction
+    from audiopetl.report.stats import overlap_ratios, paired_comparisons, write_comparison_tables
+
+    metric = report_cfg["metric"]
+    within = [c for c in group_columns(runs) if c != "strategy"]  # dataset, model[, env]
+    comparisons = paired_comparisons(runs, metric, within, overlap_ratios(runs))
+    if comparisons.empty:
+        comparisons = pd.DataFrame(columns=["dataset", "model", "strategy", "significant"])
+    scale = 100.0 if is_fraction(metric) else 1.0
+    return write_comparison_tables(comparisons, metric, scale, out_stem)
 
 
 def expected_outputs(cfg: Mapping[str, Any], out_dir: Path) -> list[Path]:
@@ -109,6 +127,9 @@ def expected_outputs(cfg: Mapping[str, Any], out_dir: Path) -> list[Path]:
             ("table", "csv"),
             ("table", "md"),
             ("table", "tex"),
+            ("paired", "csv"),
+            ("paired", "md"),
+            ("paired", "tex"),
         )
     ]
     return tables + [out_dir / FIGURES_DIR / f"{n}.{f}" for n in names for f in formats]

@@ -7,6 +7,7 @@ and returns the files it wrote (``learning_curves.pdf``, ``learning_curves.png``
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -239,11 +240,27 @@ def _require(frame: pd.DataFrame, column: str, what: str) -> None:
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "*", "p")
 
 
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats with as few parameters or fewer and a
+    higher score: the methods worth their parameters, in parameter order."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -math.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
 def accuracy_vs_params(
-    summary: pd.DataFrame, out: Path, report_cfg: Mapping[str, Any] | None = None
+    summary: pd.DataFrame,
+    out: Path,
+    report_cfg: Mapping[str, Any] | None = None,
+    chance: Mapping[str, float] | None = None,
 ) -> list[Path]:
-    """Test metric (mean ± std) against trainable parameters on a log axis, one labelled
-    marker per strategy and one panel per dataset: the usual PETL trade-off figure."""
+    """Test metric (mean ± std over folds and seeds) against trainable parameters on a log
+    axis, one labelled marker per strategy and one panel per dataset: the usual PETL trade-off
+    figure, with its Pareto front (dashed) and the chance level (dotted, where known)."""
     with thesis_style(report_cfg) as cfg:
         metric = cfg["metric"]
         mean_col = _mean_column(metric)
@@ -279,6 +296,20 @@ def accuracy_vs_params(
                     textcoords="offset points",
                     fontsize=float(cfg["font_size"]) - 1,
                 )
+            points = [
+                (max(float(r["trainable_params_mean"]), 1.0), float(r[mean_col]) * scale)
+                for _, r in part.iterrows()
+            ]
+            front = [points[i] for i in pareto_front(points)]
+            if len(front) > 1:
+                ax.plot(*zip(*front, strict=True), linestyle="--", color="0.5", linewidth=0.8,
+                        drawstyle="steps-post", zorder=0, label="Pareto front")  # fmt: skip
+            level = (chance or {}).get(str(dataset))
+            if level is not None and is_fraction(metric):
+                ax.axhline(level * scale, linestyle=":", color="0.4", linewidth=0.8,
+                           label="chance")  # fmt: skip
+            if len(front) > 1 or level is not None:
+                ax.legend(loc="lower right", frameon=False, fontsize=float(cfg["font_size"]) - 1)
             ax.set_xscale("log")
             ax.xaxis.set_major_formatter(ticker.EngFormatter(sep=""))
             ax.xaxis.set_minor_formatter(ticker.NullFormatter())

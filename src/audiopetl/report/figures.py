@@ -309,7 +309,7 @@ def accuracy_vs_params(
                 ax.axhline(level * scale, linestyle=":", color="0.4", linewidth=0.8,
                            label="chance")  # fmt: skip
             if len(front) > 1 or level is not None:
-                ax.legend(loc="lower right", frameon=False, fontsize=float(cfg["font_size"]) - 1)
+                ax.legend(loc="best", frameon=False, fontsize=float(cfg["font_size"]) - 1)
             ax.set_xscale("log")
             ax.xaxis.set_major_formatter(ticker.EngFormatter(sep=""))
             ax.xaxis.set_minor_formatter(ticker.NullFormatter())

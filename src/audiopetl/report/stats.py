@@ -71,6 +71,7 @@ def paired_comparisons(
     for keys, part in runs.groupby(list(group), sort=False, dropna=False):
         keys = keys if isinstance(keys, tuple) else (keys,)
         table = part.pivot_table(index=list(PAIR_KEYS), columns="strategy", values=column)
+        table = table[[s for s in pd.unique(part["strategy"]) if s in table.columns]]  # study order
         means = table.mean()
         references = []
         if baseline in table.columns:

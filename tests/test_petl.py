@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from packaging.version import Version
 from torch import nn
 from training_helpers import (  # noqa: F401
     QUICK,
@@ -137,7 +138,7 @@ def test_zero_initialised_methods_leave_the_model_unchanged(case: str) -> None:
 
 
 PEFT_TUNERS = {
-    "AdaLoRA": {"init_r": 4, "target_r": 2},
+    "AdaLoRA": {"init_r": 4, "target_r": 2, "lora_dropout": 0.1},  # see the next test
     "IA3": {},
     "LoHa": {"r": 4},
     "LoKr": {"r": 4},
@@ -172,6 +173,18 @@ def test_peft_tuners_by_name_or_a_config_error_naming_the_release(tuner: str) ->
     assert backbone and all(
         any(key in n for key in ("lora_", "ia3_", "hada_", "lokr_", "vera_")) for n in backbone
     ), backbone
+
+
+def test_adalora_without_dropout_on_peft_0_3_is_a_config_error() -> None:
+    settings = {"kind": "peft", "lr": 1.0, "tuner": "AdaLoRA", "targets": ["q", "v"],
+                "options": {"init_r": 4, "target_r": 2}}  # fmt: skip
+    strategy = get_strategy(settings)
+    strategy.total_steps = 10
+    if compat.peft_version() >= Version("0.4"):
+        assert strategy.apply(tiny()) is not None  # the bug is fixed there
+        return
+    with pytest.raises(ConfigError, match=r"AdaLoRA fails with lora_dropout 0 .*peft 0\.4"):
+        strategy.apply(tiny())
 
 
 def test_the_frozen_backbone_stays_in_eval_mode() -> None:
@@ -241,7 +254,7 @@ TRAINED = {
     ),
     "adalora": (
         "{kind: peft, lr: 5.0e-3, tuner: AdaLoRA, targets: [q, v],"
-        " options: {init_r: 4, target_r: 2}}"
+        " options: {init_r: 4, target_r: 2, lora_dropout: 0.1}}"
     ),
     "ia3": "{kind: peft, lr: 5.0e-3, tuner: IA3, targets: [k, v, ffn_out]}",
 }

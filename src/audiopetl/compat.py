@@ -343,6 +343,35 @@ def peft_config_class(tuner: str) -> Any:
     return next((getattr(peft, n) for n in dir(peft) if n.lower() == wanted), None)
 
 
+# Defaults that later peft releases give the LoRA family's configs and peft 0.3 leaves None,
+# which its AdaLoRA then compares with numbers (TypeError): filled in where the class has None.
+PEFT_MISSING_DEFAULTS = {"lora_alpha": 8, "lora_dropout": 0.0}
+
+
+def peft_config_defaults(config_class: Any) -> dict[str, Any]:
+    """The keyword arguments ``config_class`` needs besides the user's: today's defaults for
+    fields an old peft leaves None (nothing on peft >= 0.4)."""
+    import dataclasses
+
+    fields = {f.name: f.default for f in dataclasses.fields(config_class)}
+    return {
+        name: value
+        for name, value in PEFT_MISSING_DEFAULTS.items()
+        if name in fields and fields[name] is None
+    }
+
+
+def peft_tuner_problem(tuner: str, kwargs: dict[str, Any]) -> str | None:
+    """Why the installed peft cannot build ``tuner`` with ``kwargs`` although it has it, or
+    None. peft 0.3's AdaLoRA puts a plain function into a ModuleDict when its dropout is 0."""
+    if tuner == "AdaLoRA" and peft_version() < Version("0.4") and not kwargs.get("lora_dropout"):
+        return (
+            f"peft {peft_version()}'s AdaLoRA fails with lora_dropout 0 (fixed in peft 0.4): set "
+            "options.lora_dropout above 0 or use the modern environment"
+        )
+    return None
+
+
 def attention_with_prefix(
     attention: nn.Module, key_tokens: nn.Parameter, value_tokens: nn.Parameter
 ) -> None:

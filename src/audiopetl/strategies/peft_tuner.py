@@ -42,6 +42,7 @@ class PeftTuner(PeftStrategy):
         targets = self.target_modules(model)
         options = dict(self.settings.get("options") or {})
         kwargs = {
+            **compat.peft_config_defaults(config_class),
             "target_modules": targets,
             "modules_to_save": self.modules_to_save(model),
             **options,
@@ -54,6 +55,9 @@ class PeftTuner(PeftStrategy):
             if self.total_steps is None:
                 raise TrainingError("strategy peft: AdaLoRA needs the number of training steps")
             kwargs.setdefault("total_step", self.total_steps)
+        problem = compat.peft_tuner_problem(tuner, kwargs)
+        if problem:
+            raise ConfigError(f"strategies: tuner {tuner!r}: {problem}")
         try:
             config = config_class(**kwargs)
         except (TypeError, ValueError) as err:

@@ -110,6 +110,47 @@ def test_trainable_parameters_match_the_reference_on_ast_base(
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+# The other methods on AST-base: full and linear exactly; peft's tuners by their own arithmetic
+# where it is short (IA3 on k, v and fc2: a scale per output of k and v and per input of fc2,
+# 768 + 768 + 3,072 per layer, plus the final LayerNorm), else only that they are small.
+OTHERS_ON_AST_BASE = {
+    "full": ({"kind": "full", "lr": 1.0}, "all"),
+    "linear": ({"kind": "linear", "lr": 1.0}, 1_536),
+    "IA3": ({"kind": "peft", "lr": 1.0, "tuner": "IA3", "targets": ["k", "v", "ffn_out"]},
+            12 * (768 + 768 + 3072) + 1_536),
+    "AdaLoRA": ({"kind": "peft", "lr": 1.0, "tuner": "AdaLoRA", "targets": ["q", "v"],
+                 "options": {"init_r": 12, "target_r": 8, "lora_dropout": 0.1}}, "small"),
+    "LoHa": ({"kind": "peft", "lr": 1.0, "tuner": "LoHa", "targets": ["q", "v"],
+              "options": {"r": 8}}, "small"),
+    "LoKr": ({"kind": "peft", "lr": 1.0, "tuner": "LoKr", "targets": ["q", "v"],
+              "options": {"r": 8}}, "small"),
+    "VeRA": ({"kind": "peft", "lr": 1.0, "tuner": "VeRA", "targets": ["q", "v"],
+              "options": {"r": 64}}, "small"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(OTHERS_ON_AST_BASE))
+def test_the_other_methods_build_on_ast_base(ast_base: nn.Module, case: str) -> None:
+    settings, expected = OTHERS_ON_AST_BASE[case]
+    strategy = get_strategy(settings)
+    strategy.total_steps = 100
+    tuner = settings.get("tuner")
+    if tuner and compat.peft_config_class(tuner) is None:  # the legacy environment's peft 0.3
+        with pytest.raises(ConfigError, match="is not in the installed peft"):
+            strategy.apply(copy.deepcopy(ast_base))
+        return
+    model = strategy.apply(copy.deepcopy(ast_base))
+    counts = count_parameters(model, exclude=("classifier.",))
+    if expected == "all":
+        # 85,708,032: AST-base without its head (LayerNorm and 768x50 dense layer).
+        assert counts.trainable == counts.total == 85_708_032
+    elif expected == "small":
+        assert 0 < counts.trainable < 0.01 * counts.total
+    else:
+        assert counts.trainable == expected
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 def tiny(num_classes: int = 4, **model: object) -> nn.Module:
     torch.manual_seed(0)
     return build_model({**TINY, **model}, {"target_length": 64, "num_mel_bins": 128}, num_classes)

@@ -314,7 +314,10 @@ def test_fp16_on_cpu_is_refused(
     assert not out.exists()
 
 
+@pytest.mark.parametrize(("every", "noticed"), [(1, 1), (50, 3)])
 def test_non_finite_features_stop_the_run(
+    every: int,
+    noticed: int,
     in_quick_project: Path,  # noqa: F811
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -329,11 +332,13 @@ def test_non_finite_features_stop_the_run(
 
     monkeypatch.setattr(train_mod, "read_folds", poisoned)
     out = tmp_path / "run"
-    assert run_main(train_args("full", out)) == 1
+    assert run_main(train_args("full", out, f"training.log_every_steps={every}")) == 1
     err = capsys.readouterr().err
+    # Losses are read from the device every `log_every_steps` steps (and at an epoch's end:
+    # 3 steps here); the error names the step the NaN first appeared at all the same.
     assert re.search(
-        r"non-finite loss nan at epoch 1, step 1 \(weight norm [0-9.e+]+, gradient norm none "
-        r"computed yet\); run \S+ stopped",
+        r"non-finite loss nan at epoch 1, step 1 \(gradient norm none computed yet; noticed "
+        rf"at step {noticed}, weight norm then \S+\); run \S+ stopped",
         err,
     ), err
     assert not out.exists()
@@ -353,11 +358,12 @@ def test_non_finite_loss_fails_the_cli(
     assert code == 1, err
     match = re.search(
         r"error: non-finite (loss|gradient norm) (\S+).* at epoch (\d+), step (\d+) "
-        r"\(weight norm (\S+), gradient norm ([^)]+)\)",
+        r"\(gradient norm ([^;]+); noticed at step (\d+), weight norm then (\S+)\)",
         err,
     )
     assert match, err
     assert match.group(2) in ("nan", "inf", "-inf")
+    assert int(match.group(4)) <= int(match.group(6))  # first seen at or before noticed
     assert "Traceback" not in err
     assert not out.exists()
 

@@ -1,3 +1,3 @@
-from audiopetl.cli import main
+from audiopetl.cli import entry
 
-raise SystemExit(main())
+entry()

@@ -173,6 +173,32 @@ def reset_lora(module: nn.Module, generator: torch.Generator, adapter: str = "de
         lora_b.weight.zero_()
 
 
+# torch.compile arrived in torch 2.0; the legacy 1.13 has none.
+HAS_COMPILE = hasattr(torch, "compile")
+
+
+def fused_adamw_supported(device: torch.device) -> bool:
+    """AdamW(fused=True): CUDA from torch 2.0, the CPU from torch 2.4; not in 1.13."""
+    if device.type == "cuda":
+        return Version("2.0") <= TORCH_VERSION
+    return device.type == "cpu" and Version("2.4") <= TORCH_VERSION
+
+
+def adamw_kwargs(fused: bool) -> dict[str, Any]:
+    """torch 1.13's AdamW has no ``fused`` argument at all."""
+    return {"fused": True} if fused else {}
+
+
+def compile_module(model: nn.Module) -> nn.Module:
+    return torch.compile(model)  # type: ignore[return-value]
+
+
+def model_attention(model: nn.Module) -> str:
+    """The attention implementation a built model uses; transformers < 4.36 has eager only."""
+    config = getattr(model, "config", None)
+    return str(getattr(config, "_attn_implementation", None) or "eager")
+
+
 def grad_scaler(enabled: bool) -> Any:
     """fp16 loss scaling; ``torch.amp.GradScaler`` replaced ``torch.cuda.amp`` in torch 2.3."""
     if Version("2.3") <= TORCH_VERSION:

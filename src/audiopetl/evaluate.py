@@ -28,7 +28,7 @@ from audiopetl.config import (
 )
 from audiopetl.errors import DataError, TrainingError
 from audiopetl.run_folder import verify_run_folder
-from audiopetl.train import RunSpec, Trainer, make_deterministic
+from audiopetl.train import RunSpec, Trainer, make_deterministic, select_device
 
 # Same code, same device and thread count: the logits should agree exactly; the tolerance
 # only absorbs a different thread count or device on re-evaluation.
@@ -39,7 +39,17 @@ LOGIT_TOLERANCE = 1e-4
 EXPORT_TOLERANCE = 1e-3
 # Training settings that decide where and how fast a run is scored, not what it computes: a
 # GPU run may be scored again on a CPU (`--set training.device=cpu`).
-EXECUTION_KEYS = ("device", "threads", "eval_batch_size", "deterministic", "tf32")
+EXECUTION_KEYS = (
+    "device",
+    "threads",
+    "eval_batch_size",
+    "deterministic",
+    "tf32",
+    "data_on_device",
+    "fused_optimizer",
+    "compile",
+    "log_every_steps",
+)
 
 
 def read_run_info(run_dir: Path) -> dict[str, Any]:
@@ -101,6 +111,18 @@ def _check_finite(model: torch.nn.Module, folder: Path) -> None:
             raise DataError(f"{folder}: weight {name} holds NaN or Inf; rerun the run")
 
 
+def _precision_of(info: Mapping[str, Any], cfg: Mapping[str, Any]) -> dict[str, str]:
+    """Score in the precision the run trained in (what `auto` became there), where this
+    device has it: fp16 autocast needs CUDA, so a fp16 GPU run is scored in fp32 on a CPU."""
+    used = (info.get("runtime") or {}).get("precision")
+    if used is None:
+        return {}
+    device = select_device(training_settings(cfg, info["run"]["strategy"])["device"])
+    if used == "fp16" and device.type != "cuda":
+        return {"precision": "fp32"}
+    return {"precision": used}
+
+
 def evaluate_run(
     run_dir: Path,
     out: Path | None = None,
@@ -120,10 +142,9 @@ def evaluate_run(
         run_dir,
         run.get("pretrained"),
     )
-    trainer = Trainer(cfg, spec)
-    make_deterministic(
-        spec.seed, trainer.settings["threads"], trainer.settings["deterministic"], trainer.device
-    )
+    trainer = Trainer(cfg, spec, overrides=_precision_of(info, cfg))
+    s = trainer.settings
+    make_deterministic(spec.seed, s["threads"], s["deterministic"], trainer.device)
     trainer.load_data()
     trainer.build()
     model_dir = run_dir / "model"

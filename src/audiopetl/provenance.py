@@ -9,6 +9,7 @@ import resource
 import subprocess
 import sys
 from collections.abc import Mapping
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -68,11 +69,10 @@ def lock_hash(name: str, root: Path | None = None) -> str | None:
 def versions() -> dict[str, str | None]:
     import transformers
 
+    # From its metadata: importing peft costs a second of every job's start-up.
     try:
-        import peft
-
-        peft_version = peft.__version__
-    except ImportError:
+        peft_version: str | None = metadata.version("peft")
+    except metadata.PackageNotFoundError:
         peft_version = None
     return {
         "audiopetl": __version__,
@@ -118,6 +118,7 @@ def run_record(
     run: Mapping[str, Any],
     device: torch.device,
     determinism: Mapping[str, Any] | None,
+    runtime: Mapping[str, Any],
     data: Mapping[str, Any],
     weights: Mapping[str, Any],
     parameters: Mapping[str, int],
@@ -134,6 +135,8 @@ def run_record(
         "hardware": hardware(device),
         "seed": run["seed"],
         "deterministic": determinism,
+        # Precision, attention, compilation, where the data lived: how it computed.
+        "runtime": dict(runtime),
         "data": dict(data),
         "weights": dict(weights),
         "parameters": dict(parameters),
@@ -144,10 +147,17 @@ def run_record(
 
 
 def execution_record(
-    *, device: torch.device, training_seconds: float, wall_seconds: float
+    *,
+    device: torch.device,
+    training_seconds: float,
+    wall_seconds: float,
+    startup_seconds: float | None = None,
 ) -> dict[str, Any]:
-    """execution.json: how long a run took where, and what it used."""
+    """execution.json: how long a run took where, and what it used. ``startup_seconds``: from
+    the process's start to its first training step (imports, data, model); None where the
+    process's start is unknown, or when a resumed run took no step."""
     return {
+        "startup_seconds": startup_seconds,
         "training_seconds": round(training_seconds, 3),
         "wall_seconds": round(wall_seconds, 3),
         "peak_memory": peak_memory_mb(device),

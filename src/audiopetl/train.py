@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from audiopetl import checkpoint, compat, provenance
+from audiopetl import checkpoint, compat, provenance, runtime, timings
 from audiopetl.atomic import write_json
 from audiopetl.cache import FeatureSet, cache_folds, read_folds, read_metadata
 from audiopetl.checksums import file_sha256
@@ -192,6 +192,33 @@ class StopRequested:
 
 
 @dataclass
+class StepStats:
+    """One step's numbers, still on the device until the next flush."""
+
+    epoch: int
+    step: int
+    losses: list[torch.Tensor] = field(default_factory=list)  # one per accumulated batch
+    sizes: list[int] = field(default_factory=list)
+    grad_norm: torch.Tensor | None = None
+
+
+class BatchSource:
+    """Batches of a feature set for the device: indexed where the features live (the
+    device, after one copy, with training.data_on_device; else host memory, one copy per
+    batch), always float32 on the device."""
+
+    def __init__(self, data: FeatureSet, device: torch.device, on_device: bool) -> None:
+        self.device = device
+        self.features = data.features.to(device) if on_device else data.features
+        self.labels = data.labels.to(device) if on_device else data.labels
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = idx.to(self.features.device)
+        x = self.features[idx].to(self.device, non_blocking=True).float()
+        return x, self.labels[idx].to(self.device, non_blocking=True)
+
+
+@dataclass
 class TrainState:
     epoch: int = 0  # epochs completed
     batch_pos: int = 0  # batches of the current epoch already consumed
@@ -225,11 +252,8 @@ class Trainer:
         self.model_cfg = model_config(cfg, spec.model)
         self.strategy_cfg = strategy_config(cfg, spec.strategy)
         self.device = select_device(self.settings["device"])
-        self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[
-            self.settings["precision"]
-        ]
-        if self.amp_dtype is torch.float16 and self.device.type != "cuda":
-            raise TrainingError("training.precision fp16 needs a CUDA device; use bf16 or fp32")
+        # Checked before anything loads; the rest of the runtime once the model is built.
+        precision = runtime.resolve_precision(self.settings["precision"], self.device)
         self.determinism: dict[str, Any] | None = None
         self.test_from_best = self.settings["test_epoch"] == "best"
         # The settings a resume must share; with the data (load_data) and the starting
@@ -237,6 +261,8 @@ class Trainer:
         self.settings_identity = {
             "spec": [spec.dataset, spec.model, spec.strategy, spec.fold, spec.seed],
             "training": self.settings,
+            # What `auto` became: a bf16 state is not continued in fp32 on another machine.
+            "precision": precision,
             "features": self.features_cfg,
             "model": self.model_cfg,
             "strategy": self.strategy_cfg,
@@ -290,6 +316,14 @@ class Trainer:
         s = self.settings
         self.weights = weights_record(self.spec.pretrained, self.model_cfg.get("revision"))
         base = self.base_model()
+        sizes = [  # not Tensor.nbytes: torch 1.13 has none
+            d.features.numel() * d.features.element_size()
+            for d in (self.train, self.val, self.test)
+            if d is not None
+        ]
+        self.runtime = runtime.resolve(s, self.device, compat.model_attention(base), sum(sizes))
+        runtime.apply_matmul_settings(self.runtime, self.device)
+        self.sources: dict[int, BatchSource] = {}
         batches = math.ceil(len(self.train) / s["batch_size"])
         self.steps_per_epoch = math.ceil(batches / s["grad_accum_steps"])
         total = self.steps_per_epoch * s["epochs"]
@@ -306,6 +340,7 @@ class Trainer:
             betas=tuple(s["betas"]),
             eps=float(s["eps"]),
             weight_decay=float(s["weight_decay"]),
+            **compat.adamw_kwargs(self.runtime.fused_optimizer),
         )
         warmup = round(s["warmup_ratio"] * total)
 
@@ -316,7 +351,10 @@ class Trainer:
             return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
-        self.scaler = compat.grad_scaler(self.amp_dtype is torch.float16)
+        self.scaler = compat.grad_scaler(self.runtime.grad_scaler)
+        self.pending: list[StepStats] = []  # read from the device at the next flush
+        self.last_grad_norm: float | None = None
+        self._compiled: tuple[nn.Module, nn.Module] | None = None
 
     # -- checkpointing ----------------------------------------------------------------------
     def identity_parts(self) -> dict[str, str]:
@@ -387,13 +425,27 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
     def autocast(self) -> AbstractContextManager[Any]:
-        if self.amp_dtype is None:
+        if self.runtime.amp_dtype is None:
             return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+        return torch.autocast(device_type=self.device.type, dtype=self.runtime.amp_dtype)
+
+    def module(self) -> nn.Module:
+        """What the loop calls: the model, or its compiled wrapper (rebuilt if the model is
+        replaced, as `evaluate` does with an export)."""
+        if not self.runtime.compile:
+            return self.model
+        if self._compiled is None or self._compiled[0] is not self.model:
+            self._compiled = (self.model, runtime.compiled(self.model, self.runtime))
+        return self._compiled[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with self.autocast():
-            return self.model(input_values=x).logits.float()
+            return self.module()(input_values=x).logits.float()
+
+    def source(self, data: FeatureSet) -> BatchSource:
+        if id(data) not in self.sources:
+            self.sources[id(data)] = BatchSource(data, self.device, self.runtime.data_on_device)
+        return self.sources[id(data)]
 
     def batch_iter(self, state: TrainState) -> Iterator[list[torch.Tensor]]:
         s = self.settings
@@ -403,37 +455,32 @@ class Trainer:
             yield batches[start : start + s["grad_accum_steps"]]
 
     def train_step(self, chunk: list[torch.Tensor], state: TrainState) -> None:
+        """One optimizer step. Nothing here waits for the device: losses and the gradient norm
+        stay tensors until :meth:`flush` reads them all at once."""
+        timings.mark("first_step")  # the end of this process's start-up
         s = self.settings
         n_chunk = sum(len(idx) for idx in chunk)
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum = 0.0
+        stats = StepStats(epoch=state.epoch + 1, step=state.global_step + 1)
         for idx in chunk:
-            x = self.train.features[idx].to(self.device).float()
-            y = self.train.labels[idx].to(self.device)
+            x, y = self.source(self.train).batch(idx)
             if s["specaugment"]["freq_mask"] or s["specaugment"]["time_mask"]:
                 x = spec_augment(x, s["specaugment"]["freq_mask"], s["specaugment"]["time_mask"])
             target = F.one_hot(y, len(self.class_names)).float()
             if s["mixup_alpha"] > 0:
                 lam = float(torch.distributions.Beta(s["mixup_alpha"], s["mixup_alpha"]).sample())
-                perm = torch.randperm(len(idx))
+                perm = torch.randperm(len(idx)).to(self.device)
                 x = lam * x + (1 - lam) * x[perm]
                 target = lam * target + (1 - lam) * target[perm]
             logits = self.forward(x)
             loss = F.cross_entropy(logits, target, label_smoothing=s["label_smoothing"])
-            if not torch.isfinite(loss):
-                self.fail_non_finite(state, f"loss {loss.item()}")
             self.scaler.scale(loss * len(idx) / n_chunk).backward()
-            loss_sum += loss.item() * len(idx)
+            stats.losses.append(loss.detach())
+            stats.sizes.append(len(idx))
         self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.requires_grad]
         clip = s["grad_clip"] if s["grad_clip"] is not None else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
-        self.last_grad_norm = grad_norm.item()
-        if not torch.isfinite(grad_norm) and self.amp_dtype is not torch.float16:
-            # fp16 overflows are the grad scaler's business: it skips the step and rescales.
-            self.fail_non_finite(
-                state, f"gradient norm {grad_norm.item()} (loss {loss_sum / n_chunk:.4g})"
-            )
+        stats.grad_norm = torch.nn.utils.clip_grad_norm_(params, clip).detach()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -441,37 +488,59 @@ class Trainer:
         # Steps count from 1 here: AdaLoRA's final allocation comes at its total_step.
         self.strategy.after_step(self.model, state.global_step)
         state.batch_pos += len(chunk)
-        state.epoch_loss_sum += loss_sum
         state.epoch_samples += n_chunk
+        self.pending.append(stats)
+        if state.global_step % self.runtime.log_every_steps == 0:
+            self.flush(state)
 
-    def fail_non_finite(self, state: TrainState, what: str) -> None:
+    def flush(self, state: TrainState) -> None:
+        """Read the pending steps' losses and gradient norms (one host synchronisation), add
+        them to the epoch's loss in step order, and stop at the first non-finite one."""
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, []
+        flat = [loss for stats in pending for loss in stats.losses]
+        flat += [stats.grad_norm for stats in pending if stats.grad_norm is not None]
+        values = iter(torch.stack(flat).float().cpu().tolist())
+        losses = [[next(values) for _ in stats.losses] for stats in pending]
+        norms = [next(values) if stats.grad_norm is not None else None for stats in pending]
+        for stats, step_losses, norm in zip(pending, losses, norms, strict=True):
+            loss_sum = 0.0
+            for value, size in zip(step_losses, stats.sizes, strict=True):
+                if not math.isfinite(value):
+                    self.fail_non_finite(state, stats, f"loss {value}")
+                loss_sum += value * size
+            # fp16 overflows are the grad scaler's business: it skips the step and rescales.
+            if norm is not None and not math.isfinite(norm) and not self.runtime.grad_scaler:
+                mean = loss_sum / sum(stats.sizes)
+                self.fail_non_finite(state, stats, f"gradient norm {norm} (loss {mean:.4g})")
+            state.epoch_loss_sum += loss_sum
+            self.last_grad_norm = norm
+
+    def fail_non_finite(self, state: TrainState, stats: StepStats, what: str) -> None:
         params = [p for p in self.model.parameters() if p.requires_grad]
         weight_norm = torch.norm(torch.stack([p.detach().float().norm() for p in params]))
-        grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
-        # Before this step's backward pass there is no gradient: report the previous step's.
-        previous = getattr(self, "last_grad_norm", None)
+        # The gradient norm of the step before: this one's came from the non-finite loss.
+        previous = self.last_grad_norm
         grad_text = (
-            f"{torch.norm(torch.stack(grads)).item():.4g}"
-            if grads
-            else f"{previous:.4g} at the previous step"
-            if previous is not None
-            else "none computed yet"
+            f"{previous:.4g} at the previous step" if previous is not None else "none computed yet"
         )
         raise TrainingError(
-            f"non-finite {what} at epoch {state.epoch + 1}, step {state.global_step + 1} "
-            f"(weight norm {weight_norm.item():.4g}, gradient norm {grad_text}); "
-            f"run {self.spec.out} stopped"
+            f"non-finite {what} at epoch {stats.epoch}, step {stats.step} (gradient norm "
+            f"{grad_text}; noticed at step {state.global_step}, weight norm then "
+            f"{weight_norm.item():.4g}); run {self.spec.out} stopped"
         )
 
     @torch.no_grad()
     def predict(self, data: FeatureSet) -> torch.Tensor:
         self.model.eval()
-        outputs = []
-        for idx in torch.arange(len(data)).split(self.settings["eval_batch_size"]):
-            x = data.features[idx].to(self.device).float()
-            outputs.append(self.forward(x).cpu())
+        source = self.source(data)
+        outputs = [
+            self.forward(source.batch(idx)[0])
+            for idx in torch.arange(len(data)).split(self.settings["eval_batch_size"])
+        ]
         self.strategy.train_mode(self.model)
-        return torch.cat(outputs)
+        return torch.cat(outputs).cpu()  # one wait for the device, not one per batch
 
     def evaluate_split(
         self, data: FeatureSet, split: str = "test"
@@ -563,8 +632,10 @@ class Trainer:
             for chunk in self.batch_iter(state):
                 self.train_step(chunk, state)
                 bar.update(1)
-                bar.set_postfix(loss=f"{state.epoch_loss_sum / max(1, state.epoch_samples):.4f}")
+                if not self.pending:  # just flushed
+                    bar.set_postfix(loss=f"{state.epoch_loss_sum / state.epoch_samples:.4f}")
                 if stop.signal is not None:
+                    self.flush(state)
                     bar.close()
                     state.elapsed += time.perf_counter() - started
                     state.interruptions.append(
@@ -584,6 +655,7 @@ class Trainer:
                         f"state is saved in {self.spec.resume_dir} and a rerun resumes it "
                         f"(exit {EXIT_INTERRUPTED}; not a failure)"
                     )
+            self.flush(state)
             bar.close()
             seconds = time.perf_counter() - started
             state.elapsed += seconds
@@ -666,6 +738,7 @@ class Trainer:
             },
             device=self.device,
             determinism=self.determinism,
+            runtime=self.runtime.record(),
             data=self.data_record,
             weights=self.weights,
             parameters={"trainable": self.params.trainable, "total": self.params.total},
@@ -674,6 +747,7 @@ class Trainer:
         execution = provenance.execution_record(
             device=self.device,
             training_seconds=state.elapsed,
+            startup_seconds=timings.since_start("first_step"),
             wall_seconds=time.perf_counter() - wall_started,
         )
         write_run_folder(
@@ -729,9 +803,6 @@ def run_trainer(
     trainer.determinism = make_deterministic(
         spec.seed, s["threads"], s["deterministic"], trainer.device
     )
-    if trainer.device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = s["tf32"]
-        torch.backends.cudnn.allow_tf32 = s["tf32"]
     # From here on a SLURM warning is kept for the loop to act on, even when it comes while
     # the data and the model are still loading (a short attempt gets it early).
     with StopRequested() as stop:

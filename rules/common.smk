@@ -13,6 +13,7 @@ from audiopetl import config as apconfig
 from audiopetl import hub as aphub
 from audiopetl import paths as appaths
 from audiopetl import plan as applan
+from audiopetl import warm as apwarm
 from audiopetl.report.build import expected_outputs
 
 ALLOWED_CONFIG_KEYS = {"experiment", "config_file"}
@@ -34,6 +35,10 @@ STUDY = CFG["study"]
 # changed, and a data job must not rerun because another preset asks for the same data.
 os.environ[apconfig.CONFIG_ENV] = CONFIG_FILE
 os.environ[apconfig.EXPERIMENT_ENV] = EXPERIMENT
+# Local jobs run in a fork of a process that imported torch, transformers and peft once
+# (audiopetl.warm): on a small study those imports were most of the jobs' time. Never inside a
+# SLURM job; AUDIOPETL_WARM=0 in the environment switches it off.
+os.environ.setdefault(apwarm.ENV, "1")
 
 
 envvars:

@@ -25,3 +25,14 @@ def file_sha256(path: Path | str) -> str:
 def files_sha256(root: Path, names: Iterable[str]) -> dict[str, str]:
     """sha256 of each named file under ``root``, keyed by its name, in name order."""
     return {name: file_sha256(root / name) for name in sorted(names)}
+
+
+def code_fingerprint() -> str:
+    """A hash of audiopetl's own source: a change to the code makes another run of it. Here,
+    not in provenance, so a light process (the warm-start client) can compute it cheaply."""
+    code_dir = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(code_dir.rglob("*.py")):
+        digest.update(path.relative_to(code_dir).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from audiopetl import timings
+from audiopetl import timings, warm
 from audiopetl.cli_common import common_options, progress, resolve_config_args
 from audiopetl.config import ConfigError
 from audiopetl.errors import AudiopetlError, Stopped
@@ -57,6 +57,15 @@ def _quiet_library_progress() -> None:
     """No library progress bars in logs (SLURM files, Snakemake logs): they are noise there."""
     # Read by huggingface_hub, whose switch transformers' own bars follow; set before import.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # Imported already (a warm-started command, audiopetl.warm): switched off at run time.
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils.logging import disable_progress_bar
+
+        disable_progress_bar()
 
 
 def _version() -> str:
@@ -103,10 +112,19 @@ def entry() -> NoReturn:
     and closed before main returns. So streams and logging are flushed, atexit handlers run,
     and the process ends with os._exit. A bug's exception takes the normal path (traceback).
     """
-    try:
-        code: int | str | None = main()
-    except SystemExit as exit_:  # argparse: --help, --version, a usage error
-        code = exit_.code
+    code: int | str | None = None
+    if warm.wanted():  # in a fork of a process that imported everything already
+        code = warm.run(sys.argv[1:])
+    if code is None:
+        try:
+            code = main()
+        except SystemExit as exit_:  # argparse: --help, --version, a usage error
+            code = exit_.code
+    os._exit(finish(code))
+
+
+def finish(code: int | str | None) -> int:
+    """Flush what the process wrote, run its atexit handlers; the exit status to end with."""
     if isinstance(code, str):
         print(code, file=sys.stderr)
         code = 1
@@ -116,7 +134,7 @@ def entry() -> NoReturn:
             stream.flush()
     logging.shutdown()
     atexit._run_exitfuncs()
-    os._exit(code or 0)
+    return code or 0
 
 
 def _run(args: argparse.Namespace) -> tuple[int, str | None]:

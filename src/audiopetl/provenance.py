@@ -17,6 +17,9 @@ import numpy as np
 import torch
 
 from audiopetl import __version__
+from audiopetl.checksums import code_fingerprint
+
+__all__ = ["code_fingerprint"]  # kept here too: where provenance is looked for
 
 # Lock files of the pinned environments; their hash identifies the environment of a result.
 LOCK_FILES = {"modern": "envs/modern.lock.txt", "legacy": "envs/legacy.lock.txt"}
@@ -164,12 +167,3 @@ def execution_record(
         "host": platform.node(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
     }
-
-
-def code_fingerprint() -> str:
-    """A hash of audiopetl's own source: a change to the code makes another run of it."""
-    digest = hashlib.sha256()
-    for path in sorted(CODE_DIR.rglob("*.py")):
-        digest.update(path.relative_to(CODE_DIR).as_posix().encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]

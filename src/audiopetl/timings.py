@@ -36,6 +36,14 @@ def process_started() -> float | None:
 _STARTED = process_started()
 
 
+def adopt_start(started: float | None) -> None:
+    """Count from another process's start: a warm-started command (audiopetl.warm) runs in a
+    fork, and its start-up began when the command the user ran started."""
+    global _STARTED
+    if started is not None:
+        _STARTED = started
+
+
 def mark(name: str) -> None:
     """Record the first time ``name`` happens (e.g. the first training step)."""
     _marks.setdefault(name, time.time())
@@ -56,6 +64,7 @@ def append_record(command: str, code: int) -> None:
         "command": command,
         "exit": code,
         "pid": os.getpid(),
+        "warm_server": os.environ.get("AUDIOPETL_WARM_SERVER"),  # its pid, when warm-started
         "started": _STARTED,
         "ended": time.time(),
         **{name: when for name, when in _marks.items()},

@@ -491,7 +491,7 @@ def test_study_needs_follow_strategy_overrides() -> None:
     needs = study_needs(study("strategies.lora.training.precision=bf16"))
     runs = {run.strategies: (run.device, run.precision) for run in needs.runs}
     others = ("full", "linear", "adapter", "conformer", "prompt")
-    assert runs == {others: ("auto", "fp32"), ("lora",): ("auto", "bf16")}
+    assert runs == {others: ("auto", "auto"), ("lora",): ("auto", "bf16")}
 
 
 def test_report_lists_facts_and_findings_with_fixes() -> None:

@@ -181,3 +181,14 @@ def test_a_server_serves_one_code_and_environment(monkeypatch: pytest.MonkeyPatc
     assert warm.server_key() == key
     monkeypatch.setattr(checksums, "code_fingerprint", lambda: "changed code")
     assert warm.server_key() != key
+
+
+def test_never_where_a_gpu_is_visible(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUDIOPETL_WARM", "1")
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    real_exists = os.path.exists
+    monkeypatch.setattr(os.path, "exists", lambda p: p == "/dev/nvidiactl" or real_exists(p))
+    assert warm.gpu_visible() and not warm.wanted()  # an NVIDIA driver's device files
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # none of them for this job
+    assert not warm.gpu_visible() and warm.wanted()

@@ -211,6 +211,7 @@ def measure_throughput(
 
     from audiopetl.hub import MIRROR_RECORD, is_hub_id, verify_mirror
     from audiopetl.models import build_model
+    from audiopetl.runtime import AMP_DTYPES, resolve_precision
     from audiopetl.strategies import get_strategy
     from audiopetl.train import make_deterministic, select_device
 
@@ -241,7 +242,7 @@ def measure_throughput(
     model = model.to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-6)
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[s["precision"]]
+    dtype = AMP_DTYPES[resolve_precision(s["precision"], device)]  # what training will use
     shape = (int(features["target_length"]), int(features["num_mel_bins"]))
 
     def forward(x: torch.Tensor) -> torch.Tensor:

@@ -18,9 +18,10 @@ Semantics kept for the workflow and its tests:
   to running the command in the calling process, cold.
 
 On by default only where the Snakefile sets ``AUDIOPETL_WARM=1`` for local runs; never inside a
-SLURM job (each job there is its own allocation). A server exits after ``IDLE_S`` seconds
-without work, and a change to audiopetl's code, the Python or the environment reaches a new
-server (the old one idles out).
+SLURM job (each job there is its own allocation) nor on a machine with an NVIDIA GPU (CUDA
+does not survive a fork, and there the imports are a small share of a job). A server exits
+after ``IDLE_S`` seconds without work, and a change to audiopetl's code, the Python or the
+environment reaches a new server (the old one idles out).
 
 Written here because no maintained library offers a fork server for Python CLIs that passes
 file descriptors and forwards signals (multiprocessing's forkserver serves its own pools only).
@@ -70,7 +71,18 @@ def wanted() -> bool:
         os.environ.get(ENV) == "1"
         and "SLURM_JOB_ID" not in os.environ
         and sys.platform.startswith("linux")
+        and not gpu_visible()
     )
+
+
+def gpu_visible() -> bool:
+    """An NVIDIA GPU this process could use. CUDA must not be initialised before a fork, and
+    an import may touch it; on a GPU the imports are a small part of a job anyway. Asked of the
+    device files, without importing torch (the client stays light)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    return os.path.exists("/dev/nvidiactl")
 
 
 def server_key() -> str:

@@ -71,7 +71,9 @@ rule train:
         settings=lambda wc: settings_json(
             {
                 "strategy": apconfig.strategy_config(CFG, wc.strategy),
-                "training": apconfig.training_settings(CFG, wc.strategy),
+                "training": apconfig.computing_settings(
+                    apconfig.training_settings(CFG, wc.strategy)
+                ),
                 "model": apconfig.model_config(CFG, wc.model),
             }
         ),

@@ -266,6 +266,39 @@ def test_training_options_run_and_change_the_run(
     assert trained != baseline
 
 
+@pytest.mark.parametrize(("every", "saves"), [(0, 3), (3600, 0)])
+def test_resume_state_saved_every_epoch_or_at_most_every_interval(
+    every: int,
+    saves: int,
+    in_quick_project: Path,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = []
+    original = Trainer.save_resume
+
+    def counted(self: Trainer, state: Any) -> None:
+        calls.append(state.epoch)
+        original(self, state)
+
+    monkeypatch.setattr(Trainer, "save_resume", counted)
+    out = tmp_path / "run"
+    assert run_main(train_args("linear", out, f"training.save_state_every_s={every}")) == 0
+    assert len(calls) == saves  # 3 epochs
+
+
+def test_bookkeeping_settings_are_not_part_of_the_resume_identity(
+    in_quick_project: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    cfg = load_config("config/config.yaml", "quick")
+    spec = train_mod.RunSpec("synthetic", "tiny-ast", "lora", 3, 0, tmp_path / "run")
+    plain = Trainer(cfg, spec).settings_identity
+    changed = {"log_every_steps": 1, "save_state_every_s": 600}
+    assert Trainer(cfg, spec, overrides=changed).settings_identity == plain
+    assert Trainer(cfg, spec, overrides={"precision": "bf16"}).settings_identity != plain
+
+
 def test_gradient_accumulation(in_quick_project: Path, tmp_path: Path) -> None:  # noqa: F811
     out = tmp_path / "run"
     assert run_main(train_args("lora", out, "training.grad_accum_steps=2")) == 0

@@ -156,6 +156,18 @@ def test_training_only_change_never_rebuilds_the_cache(project: Path) -> None:
     assert "Nothing to be done" in snakemake(project, "--dry-run").stdout
 
 
+def test_bookkeeping_settings_rerun_nothing(project: Path) -> None:
+    """How often losses are read and the state is saved changes no result: no job reruns."""
+    preset = project / "config" / "experiments" / f"{EXPERIMENT}.yaml"
+    original = preset.read_text()
+    try:
+        change = {"training": {"log_every_steps": 1, "save_state_every_s": 60}}
+        edit_preset(project, EXPERIMENT, change)
+        assert "Nothing to be done" in snakemake(project, "--dry-run").stdout
+    finally:
+        preset.write_text(original)
+
+
 def test_one_strategy_change_reruns_only_that_strategy(project: Path) -> None:
     runs = run_dirs(project)
     before = {r: (r / "metrics.json").stat().st_mtime_ns for r in runs}

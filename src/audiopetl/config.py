@@ -485,6 +485,17 @@ def training_settings(cfg: Mapping[str, Any], strategy: str) -> dict[str, Any]:
     return merged
 
 
+# Training settings that change how often a run reads its losses from the device or saves its
+# resume state, never what it computes: left out of what reruns a job (the rules' params) and
+# of what a resume must share, so changing them costs nothing.
+BOOKKEEPING = ("log_every_steps", "save_state_every_s")
+
+
+def computing_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``settings`` without the bookkeeping keys."""
+    return {k: v for k, v in settings.items() if k not in BOOKKEEPING}
+
+
 # Training settings that do not change what a pretraining computes: it has no validation
 # split (no model selection, no early stopping), and the guards only judge its result.
 NOT_IN_PRETRAINING = (
@@ -506,7 +517,9 @@ def pretraining_settings(
     if "epochs" in pretrain:
         settings["epochs"] = pretrain["epochs"]
     if relevant_only:
-        settings = {k: v for k, v in settings.items() if k not in NOT_IN_PRETRAINING}
+        settings = {
+            k: v for k, v in computing_settings(settings).items() if k not in NOT_IN_PRETRAINING
+        }
     return settings
 
 

@@ -49,6 +49,7 @@ EXECUTION_KEYS = (
     "fused_optimizer",
     "compile",
     "log_every_steps",
+    "save_state_every_s",
 )
 
 

@@ -36,6 +36,7 @@ from audiopetl.atomic import write_json
 from audiopetl.cache import FeatureSet, cache_folds, read_folds, read_metadata
 from audiopetl.checksums import file_sha256
 from audiopetl.config import (
+    computing_settings,
     feature_settings,
     model_config,
     pretraining_settings,
@@ -260,7 +261,7 @@ class Trainer:
         # weights (build) they make the resume identity.
         self.settings_identity = {
             "spec": [spec.dataset, spec.model, spec.strategy, spec.fold, spec.seed],
-            "training": self.settings,
+            "training": computing_settings(self.settings),
             # What `auto` became: a bf16 state is not continued in fp32 on another machine.
             "precision": precision,
             "features": self.features_cfg,
@@ -617,6 +618,7 @@ class Trainer:
     def fit(self, state: TrainState, stop: StopRequested) -> TrainState:
         s = self.settings
         self.strategy.train_mode(self.model)
+        last_saved = time.monotonic()
         while state.epoch < s["epochs"] and not state.stopped_early:
             started = time.perf_counter()
             remaining = self.steps_per_epoch - math.ceil(state.batch_pos / s["grad_accum_steps"])
@@ -660,7 +662,12 @@ class Trainer:
             seconds = time.perf_counter() - started
             state.elapsed += seconds
             state.stopped_early = self.end_epoch(state, seconds)
-            self.save_resume(state)
+            # Every epoch by default; a full fine-tuning's state is ~1.4 GB for AST-base, so a
+            # fast GPU may save it less often (a signal still saves at once).
+            every = float(s["save_state_every_s"])
+            if every == 0 or time.monotonic() - last_saved >= every:
+                self.save_resume(state)
+                last_saved = time.monotonic()
             if state.stopped_early:
                 log.info("early stopping after epoch %d (best %s)", state.epoch, state.best_epoch)
                 break

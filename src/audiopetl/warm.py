@@ -125,6 +125,7 @@ def run(argv: Sequence[str]) -> int | None:
         "cwd": os.getcwd(),
         "env": dict(os.environ),
         "umask": _umask(),
+        "path": sys.path,
         "started": timings.process_started(),
     }
     payload = json.dumps(request).encode()
@@ -279,6 +280,7 @@ def _child(conn: socket.socket) -> None:
         os.environ.update(request["env"])
         os.umask(request["umask"])
         sys.argv = list(request["argv"])
+        sys.path[:] = request["path"]  # later imports search where the command's would
         for sig in FORWARDED:
             default = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
             signal.signal(sig, default)

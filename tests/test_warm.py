@@ -43,6 +43,8 @@ class Command:
             "AUDIOPETL_WARM": "1",
             "AUDIOPETL_TIMINGS": str(self.timings),
             "OMP_NUM_THREADS": "1",
+            # No GPU for these jobs: warm start applies on a GPU machine's CPU jobs too.
+            "CUDA_VISIBLE_DEVICES": "",
             **env,
         }
         with open(self.stderr, "wb") as err:

@@ -116,11 +116,17 @@ def entry() -> NoReturn:
     if warm.wanted():  # in a fork of a process that imported everything already
         code = warm.run(sys.argv[1:])
     if code is None:
-        try:
-            code = main()
-        except SystemExit as exit_:  # argparse: --help, --version, a usage error
-            code = exit_.code
+        code = status()
     os._exit(finish(code))
+
+
+def status(argv: Sequence[str] | None = None) -> int | str | None:
+    """:func:`main`'s exit status, also where argparse exits (--help, --version, a usage
+    error) instead of returning one."""
+    try:
+        return main(argv)
+    except SystemExit as exit_:
+        return exit_.code  # type: ignore[return-value]
 
 
 def finish(code: int | str | None) -> int:

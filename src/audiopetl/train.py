@@ -458,7 +458,6 @@ class Trainer:
     def train_step(self, chunk: list[torch.Tensor], state: TrainState) -> None:
         """One optimizer step. Nothing here waits for the device: losses and the gradient norm
         stay tensors until :meth:`flush` reads them all at once."""
-        timings.mark("first_step")  # the end of this process's start-up
         s = self.settings
         n_chunk = sum(len(idx) for idx in chunk)
         self.optimizer.zero_grad(set_to_none=True)
@@ -619,6 +618,7 @@ class Trainer:
         s = self.settings
         self.strategy.train_mode(self.model)
         last_saved = time.monotonic()
+        timings.mark("first_step")  # the end of this process's start-up
         while state.epoch < s["epochs"] and not state.stopped_early:
             started = time.perf_counter()
             remaining = self.steps_per_epoch - math.ceil(state.batch_pos / s["grad_accum_steps"])

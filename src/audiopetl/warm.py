@@ -287,10 +287,10 @@ def _child(conn: socket.socket) -> None:
         threading.Thread(target=_watch, args=(conn,), daemon=True).start()
         os.environ[SERVER_ENV] = str(os.getppid())
         from audiopetl import timings
-        from audiopetl.cli import finish, main
+        from audiopetl.cli import finish, status
 
         timings.adopt_start(request["started"])
-        code = finish(_main_status(main, sys.argv[1:]))
+        code = finish(status(sys.argv[1:]))
     except BaseException:  # a bug: its traceback goes where a cold run's would
         traceback.print_exc()
         code = 1
@@ -299,13 +299,6 @@ def _child(conn: socket.socket) -> None:
             conn.sendall(f"{code}\n".encode())
         finally:
             os._exit(code)
-
-
-def _main_status(main: Any, argv: list[str]) -> int | str | None:
-    try:
-        return main(argv)
-    except SystemExit as exit_:
-        return exit_.code  # type: ignore[return-value]
 
 
 def _watch(conn: socket.socket) -> None:

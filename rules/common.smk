@@ -68,8 +68,8 @@ for _folder in appaths.versioned_dirs(CFG):
 # rebuilds it and the runs that read it train again. Reading a cache costs about 0.5 s per
 # 150 MB (ESC-50's).
 if workflow.is_main_process:
-    for _dataset in appaths.study_datasets(CFG):
-        _moved = apcachefile.set_aside_if_damaged(appaths.cache_path(CFG, _dataset))
+    for _cache in appaths.study_caches(CFG):
+        _moved = apcachefile.set_aside_if_damaged(_cache)
         if _moved is not None:
             print(
                 f"audiopetl: {_moved[1]}; moved aside to {_moved[0]}", file=sys.stderr
@@ -98,8 +98,9 @@ def manifest_file(dataset):
     return str(appaths.manifest_path(CFG, dataset))
 
 
-def cache_file(dataset):
-    return str(appaths.cache_path(CFG, dataset))
+def cache_file(dataset, model=None):
+    """The cache of the front end ``model`` reads (AST's fbank when None)."""
+    return str(appaths.cache_path(CFG, dataset, model=model))
 
 
 def pretrain_inputs(model):

@@ -1,6 +1,7 @@
-# Data: a verified dataset under data/raw, then its log-mel cache, computed once. Each folder
-# and file name carries a hash of the settings it is made from (audiopetl.paths), so presets
-# that share a dataset share its files, and presets that define it differently keep their own.
+# Data: a verified dataset under data/raw, then one feature cache per front end its models read
+# (AST's fbank, Whisper's log-mel, the waveform), each computed once. Each folder and file name
+# carries a hash of the settings it is made from (audiopetl.paths), so presets and models that
+# share a dataset and a front end share its files, and those that differ keep their own.
 
 
 rule fetch:
@@ -35,9 +36,16 @@ rule cache:
     resources:
         **resources_of("data"),
     params:
-        features=lambda wc: settings_json(apconfig.feature_settings(CFG, wc.dataset)),
+        features=lambda wc: settings_json(
+            apconfig.feature_settings(
+                CFG,
+                wc.dataset,
+                apconfig.model_for_feature_id(CFG, wc.dataset, wc.fid),
+            )
+        ),
     shell:
-        "audiopetl cache {wildcards.dataset} --quiet --out {output.cache} --force --log {log}"
+        "audiopetl cache {wildcards.dataset} --features-id {wildcards.fid} --quiet"
+        " --out {output.cache} --force --log {log}"
 
 
 rule data_report:

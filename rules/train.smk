@@ -16,7 +16,7 @@
 rule pretrain:
     input:
         cache=lambda wc: cache_file(
-            apconfig.model_config(CFG, wc.model)["pretrain"]["dataset"]
+            apconfig.model_config(CFG, wc.model)["pretrain"]["dataset"], wc.model
         ),
     output:
         metrics=f"{PRETRAIN}/metrics.json",
@@ -49,7 +49,7 @@ rule pretrain:
 
 rule train:
     input:
-        cache=lambda wc: cache_file(wc.dataset),
+        cache=lambda wc: cache_file(wc.dataset, wc.model),
         pretrained=lambda wc: pretrain_inputs(wc.model),
     output:
         metrics=f"{RUN}/metrics.json",

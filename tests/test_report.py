@@ -166,12 +166,13 @@ def test_written_paths_are_deterministic(experiment: dict[str, Any]) -> None:
     out = experiment["out"]
     names = [p.relative_to(out).as_posix() for p in experiment["written"]]
     assert names[:5] == ["summary.csv", "summary.json", "table.csv", "table.md", "table.tex"]
+    assert names[5:8] == ["models.csv", "models.md", "models.tex"]
     figures = [f"figures/{n}.{fmt}" for n in FIGURES for fmt in ("pdf", "png")]
-    assert names[5 : 5 + len(figures)] == figures
+    assert names[8 : 8 + len(figures)] == figures
     paired = ["paired.csv", "paired.md", "paired.tex"]
-    assert names[5 + len(figures) : 8 + len(figures)] == paired
+    assert names[8 + len(figures) : 11 + len(figures)] == paired
     dvc_views = dvc_view_outputs(experiment["cfg"], out)
-    assert names[8 + len(figures) :] == [p.relative_to(out).as_posix() for p in dvc_views]
+    assert names[11 + len(figures) :] == [p.relative_to(out).as_posix() for p in dvc_views]
     assert all(p.is_file() for p in experiment["written"])
 
 
@@ -291,3 +292,43 @@ def test_the_paired_table_compares_every_method(experiment: dict[str, Any]) -> N
     assert set(zip(table.strategy, table.reference, strict=True)) == expected
     assert (table.n == len(FOLDS)).all()
     assert "corrected resampled t-test" in (experiment["out"] / "paired.md").read_text()
+
+
+def test_model_strategy_table(tmp_path: Path) -> None:
+    """Models down, strategies across, the best model of each strategy in bold."""
+    from audiopetl.report.tables import write_model_table
+
+    rows = [
+        {
+            "dataset": "d",
+            "model": model,
+            "strategy": strategy,
+            "test_accuracy_mean": mean,
+            "test_accuracy_std": 0.01,
+        }
+        for model, strategy, mean in (
+            ("ast", "full", 0.85),
+            ("ast", "lora", 0.80),
+            ("whisper", "full", 0.70),
+            ("whisper", "lora", 0.90),
+        )
+    ]
+    settings = {"metric": "accuracy", "decimals": 2}
+    written = write_model_table(pd.DataFrame(rows), settings, tmp_path / "models")
+    assert [p.name for p in written] == ["models.csv", "models.md", "models.tex"]
+    md = (tmp_path / "models.md").read_text().splitlines()
+    assert md[2] == "| Model | full | lora |"
+    assert md[4] == "| ast | **85.00 ± 1.00** | 80.00 ± 1.00 |"
+    assert md[5] == "| whisper | 70.00 ± 1.00 | **90.00 ± 1.00** |"
+    tex = (tmp_path / "models.tex").read_text()
+    assert tex.count("\\mathbf{") == 2 and "\\toprule" in tex
+    csv = pd.read_csv(tmp_path / "models.csv")
+    assert list(csv.columns) == [
+        "dataset",
+        "model",
+        "full_accuracy_mean_percent",
+        "full_accuracy_std_percent",
+        "lora_accuracy_mean_percent",
+        "lora_accuracy_std_percent",
+    ]
+    assert csv["lora_accuracy_mean_percent"].tolist() == [80.0, 90.0]

@@ -28,7 +28,7 @@ from audiopetl.audio import read_audio
 from audiopetl.checksums import file_sha256
 from audiopetl.config import FEATURE_VERSION, feature_settings
 from audiopetl.errors import DataError
-from audiopetl.features import LogMelExtractor
+from audiopetl.frontends import make_extractor
 from audiopetl.manifest import class_names
 
 
@@ -67,14 +67,16 @@ def build_cache(
     *,
     skip_bad: bool = False,
     progress: bool = True,
+    model: str | None = None,
 ) -> BuildResult:
     """Compute features for every clip of ``manifest`` and write them to ``out`` atomically.
 
-    Memory stays bounded by one row group. Bad clips raise DataError naming the file and the
+    The front end is the one ``model`` reads (AST's fbank when None). Memory stays bounded by
+    one row group. Bad clips raise DataError naming the file and the
     manifest row, unless ``skip_bad``: then they are left out and listed in the metadata.
     """
-    settings = feature_settings(cfg, dataset)
-    extractor = LogMelExtractor(settings)
+    settings = feature_settings(cfg, dataset, model)
+    extractor = make_extractor(settings)
     cache_cfg = cfg["cache"]
     n_values = extractor.target_length * extractor.num_mel_bins
     metadata = {
@@ -189,9 +191,9 @@ def build_cache(
 
 
 def _accumulate(
-    stats: np.ndarray, feats: torch.Tensor, n_frames: Sequence[int], extractor: LogMelExtractor
+    stats: np.ndarray, feats: torch.Tensor, n_frames: Sequence[int], extractor: Any
 ) -> None:
-    raw = feats * (2.0 * extractor.std) + extractor.mean
+    raw = extractor.unnormalised(feats)
     for i, n in enumerate(n_frames):
         valid = raw[i, : min(n, extractor.target_length)].double()
         stats[0] += valid.numel()

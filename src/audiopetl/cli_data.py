@@ -33,11 +33,17 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 def cmd_cache(args: argparse.Namespace) -> int:
     from audiopetl.cache import build_cache, read_metadata
+    from audiopetl.config import model_config, model_for_feature_id
     from audiopetl.datasets import load_manifest
     from audiopetl.paths import cache_path, manifest_path
 
     cfg = config_of(args)
-    out = Path(args.out) if args.out else cache_path(cfg, args.dataset)
+    model = args.model
+    if args.features_id is not None:
+        model = model_for_feature_id(cfg, args.dataset, args.features_id)
+    elif model is not None:
+        model_config(cfg, model)  # an unknown name is a config error naming the models
+    out = Path(args.out) if args.out else cache_path(cfg, args.dataset, model=model)
     manifest_file = manifest_path(cfg, args.dataset)
     # Without a manifest, load_manifest below says so (and how to make one).
     if out.is_file() and not args.force and manifest_file.is_file():
@@ -58,6 +64,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
         out,
         skip_bad=cfg["data"]["skip_bad"],
         progress=progress(args),
+        model=model,
     )
     for item in result.skipped:
         print(f"skipped {item['path']}: {item['error']}", file=sys.stderr)
@@ -102,8 +109,17 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
         "(the setting data.skip_bad)",
     )
 
-    p = add("cache", cmd_cache, "compute the log-mel feature cache (one parquet file)")
+    p = add("cache", cmd_cache, "compute a dataset's feature cache (one parquet file)")
     p.add_argument("dataset")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--model", help="the front end this model reads (default: AST's fbank)", default=None
+    )
+    which.add_argument(
+        "--features-id",
+        help="the cache of this id (the hash in its file name; what the workflow passes)",
+        default=None,
+    )
     p.add_argument("--out", help="output file (default: data/features/DATASET-ID.parquet)")
     p.add_argument(
         "--skip-bad",

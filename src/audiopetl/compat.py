@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,42 +18,17 @@ import transformers
 from packaging.version import Version
 from torch import nn
 
+from audiopetl.backbones.layout import ModuleLayout
+
 log = logging.getLogger(__name__)
 
 TORCH_VERSION = Version(torch.__version__)
 TRANSFORMERS_VERSION = Version(transformers.__version__)
 
 
-@dataclass(frozen=True)
-class ModuleLayout:
-    """Module names of AST in one transformers version, as regexes over full module names.
-
-    transformers 5.x renamed AST's modules (``layers.N.attention.q_proj``, ``mlp.fc1``);
-    4.x used ``encoder.layer.N.attention.attention.query`` and friends. Old checkpoints convert
-    on load, but peft target names do not: 4.x names on 5.x silently match only the head.
-    """
-
-    name: str
-    targets: dict[str, str]
-    head: tuple[str, ...]
-    final_norm: str
-    layers: str  # the transformer layers, in order
-    embeddings: str = "audio_spectrogram_transformer.embeddings"
-
-    def modules_for(self, model: nn.Module, target: str) -> list[str]:
-        pattern = re.compile(self.targets[target])
-        return [n for n, _ in model.named_modules() if pattern.search(n)]
-
-    def layer_modules(self, model: nn.Module) -> list[nn.Module]:
-        pattern = re.compile(self.layers)
-        return [m for n, m in model.named_modules() if pattern.search(n)]
-
-    def target_modules(self, model: nn.Module, target: str) -> list[nn.Module]:
-        """One module per layer for a logical target (q, k, v, o, ffn_in, ffn_out)."""
-        names = set(self.modules_for(model, target))
-        return [m for n, m in model.named_modules() if n in names]
-
-
+# AST's module names. transformers 5.x renamed them (``layers.N.attention.q_proj``, ``mlp.fc1``);
+# 4.x used ``encoder.layer.N.attention.attention.query`` and friends. Old checkpoints convert on
+# load, but peft target names do not: 4.x names on 5.x silently match only the head.
 LAYOUT_V5 = ModuleLayout(
     name="transformers>=5",
     targets={
@@ -68,6 +42,9 @@ LAYOUT_V5 = ModuleLayout(
     head=("classifier.layernorm", "classifier.dense"),
     final_norm="audio_spectrogram_transformer.layernorm",
     layers=r"\.layers\.\d+$",
+    embeddings="audio_spectrogram_transformer.embeddings",
+    norm_before_attention="layernorm_before",
+    norm_before_ffn="layernorm_after",
 )
 
 LAYOUT_V4 = ModuleLayout(
@@ -84,6 +61,9 @@ LAYOUT_V4 = ModuleLayout(
     head=("classifier.layernorm", "classifier.dense"),
     final_norm="audio_spectrogram_transformer.layernorm",
     layers=r"\.encoder\.layer\.\d+$",
+    embeddings="audio_spectrogram_transformer.embeddings",
+    norm_before_attention="layernorm_before",
+    norm_before_ffn="layernorm_after",
 )
 
 
@@ -108,24 +88,50 @@ def attention_implementation(requested: str) -> str:
     return "eager"
 
 
+def _attention_for(model_class: Any, requested: str) -> str:
+    """sdpa where ``model_class`` has it; eager otherwise (WavLM's relative position bias has no
+    sdpa path), with a warning: the two compute the same function."""
+    attn = attention_implementation(requested)
+    if attn == "sdpa" and not getattr(model_class, "_supports_sdpa", False):
+        log.warning("%s has no sdpa attention: using eager", model_class.__name__)
+        return "eager"
+    return attn
+
+
+def from_config(model_class: Any, config: Any, attn_implementation: str) -> nn.Module:
+    """A randomly initialised ``model_class``; the attention is an argument only from 4.36."""
+    attn = _attention_for(model_class, attn_implementation)
+    if Version("4.36") <= TRANSFORMERS_VERSION:
+        return model_class._from_config(config, attn_implementation=attn)
+    return model_class(config)
+
+
+def from_pretrained(model_class: Any, source: str, attn_implementation: str) -> nn.Module:
+    attn = _attention_for(model_class, attn_implementation)
+    kwargs: dict[str, Any] = {}
+    if Version("4.36") <= TRANSFORMERS_VERSION:
+        kwargs["attn_implementation"] = attn
+    return model_class.from_pretrained(source, **kwargs)
+
+
 def ast_from_config(config: Any, attn_implementation: str) -> nn.Module:
     """A randomly initialised ASTForAudioClassification."""
     from transformers import ASTForAudioClassification
 
-    attn = attention_implementation(attn_implementation)
-    if Version("4.36") <= TRANSFORMERS_VERSION:
-        return ASTForAudioClassification._from_config(config, attn_implementation=attn)
-    return ASTForAudioClassification(config)
+    return from_config(ASTForAudioClassification, config, attn_implementation)
 
 
 def ast_from_pretrained(source: str, attn_implementation: str) -> nn.Module:
     from transformers import ASTForAudioClassification
 
-    attn = attention_implementation(attn_implementation)
-    kwargs: dict[str, Any] = {}
-    if Version("4.36") <= TRANSFORMERS_VERSION:
-        kwargs["attn_implementation"] = attn
-    return ASTForAudioClassification.from_pretrained(source, **kwargs)
+    return from_pretrained(ASTForAudioClassification, source, attn_implementation)
+
+
+def whisper_encoder_class() -> Any:
+    """Whisper's encoder is not exported at the top of transformers in every version."""
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    return WhisperEncoder
 
 
 def save_pretrained(model: nn.Module, folder: Path | str) -> None:
@@ -270,6 +276,10 @@ _V4_TO_V5 = [
     (re.compile(r"\.encoder\.layer\.(\d+)\.intermediate\.dense\."), r".layers.\1.mlp.fc1."),
     (re.compile(r"\.encoder\.layer\.(\d+)\.output\.dense\."), r".layers.\1.mlp.fc2."),
     (re.compile(r"\.encoder\.layer\.(\d+)\."), r".layers.\1."),
+    # Weight normalisation (wav2vec2's positional convolution): torch.nn.utils.weight_norm's
+    # names under torch 1.13 / transformers 4.28, parametrizations under torch 2.x.
+    (re.compile(r"\.weight_g$"), ".parametrizations.weight.original0"),
+    (re.compile(r"\.weight_v$"), ".parametrizations.weight.original1"),
 ]
 
 
@@ -447,3 +457,19 @@ def attention_with_prefix(
         return (context,)
 
     inner.forward = types.MethodType(forward_v4, inner)
+
+
+def whisper_mel_filters(num_mel_bins: int, n_fft: int, sample_rate: int) -> Any:
+    """Whisper's slaney mel filters from transformers' own extractor, as (freq, bins) float64.
+
+    transformers 4.28 keeps them as (bins, freq) float32, 5.x as (freq, bins) float64; the same
+    filters otherwise.
+    """
+    import numpy as np
+    from transformers import WhisperFeatureExtractor
+
+    extractor = WhisperFeatureExtractor(
+        feature_size=num_mel_bins, sampling_rate=sample_rate, n_fft=n_fft
+    )
+    filters = np.asarray(extractor.mel_filters, dtype=np.float64)
+    return filters if filters.shape[0] == n_fft // 2 + 1 else filters.T

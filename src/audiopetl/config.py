@@ -98,7 +98,8 @@ def load_yaml_file(path: Path) -> dict[str, Any]:
 @functools.lru_cache(maxsize=1)
 def _schema() -> dict[str, Any]:
     """The configuration schema, with every strategy kind's own settings composed in from
-    resources/strategies/KIND.yaml (a new strategy brings its schema file beside its code)."""
+    resources/strategies/KIND.yaml and every model kind's from resources/backbones/KIND.yaml
+    (a new strategy or model kind brings its schema file beside its code)."""
     package = resources.files("audiopetl")
     composed = yaml.safe_load(package.joinpath("resources/config.schema.yaml").read_text())
     strategy = composed["$defs"]["strategy"]
@@ -119,6 +120,34 @@ def _schema() -> dict[str, Any]:
             }
         )
     strategy["properties"]["kind"] = {"enum": kinds}
+    # Each model kind's architecture and front-end keys, from resources/backbones/KIND.yaml.
+    model = composed["$defs"]["model"]
+    model_kinds = []
+    for entry in sorted(package.joinpath("resources/backbones").iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".yaml"):
+            continue
+        kind = entry.name.removesuffix(".yaml")
+        own = yaml.safe_load(entry.read_text()) or {}
+        model_kinds.append(kind)
+        named = {"required": ["kind"], "properties": {"kind": {"const": kind}}}
+        # A model without `kind` is an AST.
+        when = {"anyOf": [{"not": {"required": ["kind"]}}, named]} if kind == "ast" else named
+        model.setdefault("allOf", []).append(
+            {
+                "if": when,
+                "then": {
+                    "properties": {
+                        block: {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": dict(own.get(block) or {}),
+                        }
+                        for block in ("architecture", "front_end")
+                    }
+                },
+            }
+        )
+    model["properties"]["kind"] = {"enum": model_kinds}
     return composed
 
 
@@ -363,6 +392,7 @@ def _check_references(layered: _Layered, *, training: bool = True) -> None:
                         f"{layered.source_of(path)}: {_key_path(path)}: {pretrain[key]!r} is "
                         f"not defined under {section}{_closest(pretrain[key], cfg[section])}"
                     )
+    problems += _strategy_model_problems(cfg, layered)
     for model_name in cfg["resources"].get("models") or {}:
         if model_name not in cfg["models"]:
             path = ["resources", "models", model_name]
@@ -400,6 +430,35 @@ def _check_references(layered: _Layered, *, training: bool = True) -> None:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 
 
+def _strategy_model_problems(cfg: Mapping[str, Any], layered: _Layered) -> list[str]:
+    """Strategies that cannot apply to a model's architecture (prompt tokens where there is no
+    token sequence to insert them into), in the study or in a model's pretraining: found
+    before any job runs."""
+    from audiopetl.backbones import DEFAULT_KIND, get_backbone
+
+    pairs = [(m, s, ["study", "strategies"]) for m in cfg["study"]["models"]
+             for s in cfg["study"]["strategies"]]  # fmt: skip
+    pairs += [
+        (m, model["pretrain"]["strategy"], ["models", m, "pretrain", "strategy"])
+        for m, model in cfg["models"].items()
+        if model.get("pretrain")
+    ]
+    problems = []
+    for model_name, strategy_name, path in pairs:
+        model = cfg["models"].get(model_name)
+        strategy = cfg["strategies"].get(strategy_name)
+        if model is None or strategy is None:
+            continue  # reported above
+        kind = model.get("kind") or DEFAULT_KIND
+        why = get_backbone(kind).problem_with(strategy["kind"])
+        if why:
+            problems.append(
+                f"{layered.source_of(path)}: {_key_path(path)}: strategy {strategy_name!r} "
+                f"({strategy['kind']}) cannot apply to model {model_name!r} ({kind}): {why}"
+            )
+    return problems
+
+
 def dataset_folds(dataset: Mapping[str, Any]) -> int | None:
     """The number of folds a dataset declares, or None when it follows from the data."""
     kind = dataset["kind"]
@@ -420,11 +479,23 @@ def dataset_config(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
     return cfg["datasets"][name]
 
 
-def feature_settings(cfg: Mapping[str, Any], dataset: str) -> dict[str, Any]:
-    """The global feature block with the dataset's own overrides applied."""
+def feature_settings(
+    cfg: Mapping[str, Any], dataset: str, model: str | None = None
+) -> dict[str, Any]:
+    """What a dataset's cache holds for ``model``: the front end of the model's kind, with
+    the dataset's clip length. AST's fbank (the global feature block with the dataset's own
+    overrides) when ``model`` is None or an AST; its settings keep the names of their caches."""
     merged = dict(cfg["features"])
     merged.update(dataset_config(cfg, dataset).get("features") or {})
-    return merged
+    if model is None:
+        return merged
+    from audiopetl.backbones import backbone_of
+
+    model_cfg = model_config(cfg, model)
+    backbone = backbone_of(model_cfg)
+    if backbone.front_end == "fbank":
+        return merged
+    return backbone.front_end_settings(merged, model_cfg)
 
 
 # Bump when the log-mel computation (audiopetl.features) changes in a way that alters cached
@@ -463,18 +534,38 @@ def data_id(cfg: Mapping[str, Any], dataset: str) -> str:
     return stable_hash(identity, 10)
 
 
-def feature_id(cfg: Mapping[str, Any], dataset: str) -> str:
+def feature_id(cfg: Mapping[str, Any], dataset: str, model: str | None = None) -> str:
     """Names a dataset's feature cache: a hash of the data it is computed from, its feature
-    settings and FEATURE_VERSION."""
+    settings (the front end ``model`` reads) and FEATURE_VERSION. Models that read the same
+    front end with the same settings share one cache."""
     return stable_hash(
         {
             "version": FEATURE_VERSION,
             "data": data_id(cfg, dataset),
             "clips": dict(cfg["data"]),  # which clips make it into the cache
-            **feature_settings(cfg, dataset),
+            **feature_settings(cfg, dataset, model),
         },
         10,
     )
+
+
+def feature_caches(cfg: Mapping[str, Any], dataset: str) -> dict[str, str | None]:
+    """Every cache a configuration can ask of a dataset: its id -> a model that reads it (None
+    for AST's fbank). The workflow's cache rule knows a cache by its id alone."""
+    caches: dict[str, str | None] = {feature_id(cfg, dataset): None}
+    for model in cfg["models"]:
+        caches.setdefault(feature_id(cfg, dataset, model), model)
+    return caches
+
+
+def model_for_feature_id(cfg: Mapping[str, Any], dataset: str, fid: str) -> str | None:
+    caches = feature_caches(cfg, dataset)
+    if fid not in caches:
+        raise ConfigError(
+            f"no model of this configuration reads a cache {fid!r} of dataset {dataset!r} "
+            f"(known: {', '.join(caches)})"
+        )
+    return caches[fid]
 
 
 def training_settings(cfg: Mapping[str, Any], strategy: str) -> dict[str, Any]:

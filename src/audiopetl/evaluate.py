@@ -68,7 +68,7 @@ def _run_settings(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, A
     training = training_settings(cfg, run["strategy"])
     return {
         "dataset": dataset_identity(dataset_config(cfg, run["dataset"])),
-        "features": feature_settings(cfg, run["dataset"]),
+        "features": feature_settings(cfg, run["dataset"], run["model"]),
         "model": model_config(cfg, run["model"]),
         "strategy": strategy_config(cfg, run["strategy"]),
         "training": {k: v for k, v in training.items() if k not in EXECUTION_KEYS},

@@ -7,7 +7,6 @@ at its own length, then crop or interpolate the time axis of the embedding grid 
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
 import math
@@ -87,14 +86,15 @@ def _trunc_normal(shape: torch.Size, std: float, generator: torch.Generator) -> 
 @torch.no_grad()
 def init_parameters(model: nn.Module, prefix: str = "") -> None:
     """Initialise every parameter under ``prefix`` explicitly, as the original AST/DeiT do:
-    truncated normal (std = initializer_range) for weights, tokens and position embeddings,
-    zeros for biases, ones for layer-norm scales.
+    truncated normal (std = initializer_range, or init_std, else 0.02) for weights, tokens and
+    position embeddings, zeros for biases, ones for layer- and group-norm scales.
 
     transformers' AST initialises [CLS]/[DIST] and the position embeddings to zero (it expects
     pretrained weights): trained from zero, that is the reference study's defect 1.
     """
-    std = float(getattr(model.config, "initializer_range", 0.02))
-    norms = {n for n, m in model.named_modules() if isinstance(m, nn.LayerNorm)}
+    config = model.config
+    std = float(getattr(config, "initializer_range", getattr(config, "init_std", 0.02)))
+    norms = {n for n, m in model.named_modules() if isinstance(m, (nn.LayerNorm, nn.GroupNorm))}
     for name, param in model.named_parameters():
         if not name.startswith(prefix):
             continue
@@ -119,54 +119,54 @@ def build_model(
     num_classes: int,
     pretrained: str | None = None,
 ) -> nn.Module:
-    """ASTForAudioClassification for inputs of ``features`` with ``num_classes`` outputs.
+    """The model of ``model_cfg``'s kind (audiopetl.backbones) for inputs of ``features`` with
+    ``num_classes`` outputs, tagged with its kind so strategies find its layout.
 
     ``pretrained`` overrides ``model_cfg['pretrained']`` (the workflow's pretrain rule uses it).
     Seed the global torch RNG before calling: a random initialisation depends on it.
     """
-    from transformers import ASTConfig
+    from audiopetl.backbones import KIND_ATTRIBUTE, backbone_of
 
+    backbone = backbone_of(model_cfg)
     source = pretrained if pretrained is not None else model_cfg.get("pretrained")
-    attn = model_cfg["attn_implementation"]
-    target = {
-        "max_length": int(features["target_length"]),
-        "num_mel_bins": int(features["num_mel_bins"]),
-        "num_labels": int(num_classes),
-    }
-    if source is None:
-        # A fresh config object per model: transformers writes into it while building.
-        config = ASTConfig(**dict(model_cfg.get("architecture") or {}), **target)
-        model = compat.ast_from_config(config, attn)
-        init_parameters(model)
-        return finish_model(model, model_cfg)
+    model = backbone.build(model_cfg, features, num_classes, source)
+    setattr(model, KIND_ATTRIBUTE, backbone.kind)
+    return model
+
+
+def load_donor(source: str, load: Any, kind: str) -> nn.Module:
+    """A pretrained model read by ``load(source)``; a failure is one line naming the source.
+    A checkpoint of another architecture than the model kind ``kind`` is refused before
+    transformers tries to fit it (it would warn and build a broken model)."""
+    from audiopetl.backbones import get_backbone, kinds
+
+    wanted = get_backbone(kind).model_types
     try:
         with reading(source, "checkpoint", "fetch or train it again"):
-            donor = compat.ast_from_pretrained(str(source), attn)
+            from transformers import AutoConfig
+
+            found = AutoConfig.from_pretrained(str(source)).model_type
+            if found not in wanted:
+                fits = [k for k in kinds() if found in get_backbone(k).model_types]
+                hint = f"set the model's kind to {fits[0]}" if fits else "no model kind reads it"
+                raise TrainingError(
+                    f"models: {source!r} is a {found} checkpoint, not a {kind} one ({hint})"
+                )
+            return load(str(source))
     except OSError as err:
         raise TrainingError(f"models: cannot load pretrained {source!r}: {err}") from err
-    config = copy.deepcopy(donor.config)
-    old_grid = grid_shape(config)
-    for key, value in target.items():
-        setattr(config, key, value)
-    config.id2label = {i: str(i) for i in range(num_classes)}
-    config.label2id = {str(i): i for i in range(num_classes)}
-    arch = dict(model_cfg.get("architecture") or {})
-    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-        if key in arch:
-            setattr(config, key, arch[key])
-    model = compat.ast_from_config(config, attn)
-    state = donor.state_dict()
-    pos_key = next(k for k in state if k.endswith("embeddings.position_embeddings"))
-    state[pos_key] = adapt_position_embeddings(state[pos_key], old_grid, grid_shape(config))
-    for key in [k for k in state if k.startswith("classifier.")]:
-        del state[key]
-    missing, unexpected = model.load_state_dict(state, strict=False)
+
+
+def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load a donor's weights into a freshly built model: every weight but the new head's must
+    fit, and nothing may be left over (a mismatch is an error, never a silent re-init)."""
+    missing, unexpected = model.load_state_dict(dict(state), strict=False)
     wrong = [k for k in missing if not k.startswith("classifier.")] + list(unexpected)
     if wrong:
-        raise TrainingError(f"pretrained {source!r} does not fit AST: keys {wrong[:5]}")
-    init_head(model)
-    log.info("loaded %s; position embeddings %s -> %s", source, old_grid, grid_shape(config))
-    return finish_model(model, model_cfg)
+        raise TrainingError(
+            f"pretrained {source!r} does not fit the {getattr(model, 'audiopetl_kind', 'model')}"
+            f" built from its settings: keys {wrong[:5]}"
+        )
 
 
 POOLINGS = ("cls-dist", "mean")

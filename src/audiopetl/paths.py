@@ -40,11 +40,24 @@ def downloads_dir(cfg: Mapping[str, Any]) -> Path:
     return data_root(cfg) / "raw" / ".downloads"
 
 
-def cache_path(cfg: Mapping[str, Any], dataset: str, fid: str | None = None) -> Path:
+def cache_path(
+    cfg: Mapping[str, Any], dataset: str, fid: str | None = None, model: str | None = None
+) -> Path:
+    """The cache of the front end ``model`` reads (AST's fbank when None)."""
     # The name carries a hash of the data and the feature settings (config.feature_id), so
     # changing either builds a new cache beside the old one and switching back costs nothing.
-    fid = feature_id(cfg, dataset) if fid is None else fid
+    fid = feature_id(cfg, dataset, model) if fid is None else fid
     return data_root(cfg) / "features" / f"{dataset}-{fid}.parquet"
+
+
+def study_caches(cfg: Mapping[str, Any]) -> list[Path]:
+    """Every feature cache the study's runs and pretrainings read, once each."""
+    caches = []
+    for model in cfg["study"]["models"]:
+        pretrain = (cfg["models"].get(model) or {}).get("pretrain")
+        datasets = [*cfg["study"]["datasets"], *([pretrain["dataset"]] if pretrain else [])]
+        caches += [cache_path(cfg, d, model=model) for d in datasets]
+    return list(dict.fromkeys(caches))
 
 
 def data_report_path(cfg: Mapping[str, Any], dataset: str, fid: str | None = None) -> Path:

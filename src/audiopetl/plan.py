@@ -11,6 +11,7 @@ model on random input of the configured shape, on this machine's device).
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from collections.abc import Mapping
@@ -187,6 +188,10 @@ class Throughput:
     evaluate: float  # evaluation samples per second
     source: str  # how it was obtained
     device: str | None = None  # where it was measured; None: given
+    # Training's peak memory: on a GPU what torch allocated at most (weights, gradients,
+    # optimiser state, activations); on a CPU the process's resident-set growth while the model
+    # was built and trained (measured in a forked process of its own). None: not measured.
+    peak_bytes: int | None = None
 
 
 def given_throughput(samples_per_s: float) -> Throughput:
@@ -205,10 +210,62 @@ def measure_throughput(
     num_classes: int | None = None,
 ) -> Throughput:
     """Time a few optimiser steps and evaluation batches of the job's model and strategy on
-    random input of its feature shape, on the device its training settings select."""
+    random input of its feature shape, on the device its training settings select, and take
+    training's peak memory. On a CPU this runs in a forked process, so each model's peak is
+    its own (a process's high-water mark never comes down)."""
+    from audiopetl.train import select_device
+
+    if select_device(job.settings["device"]).type != "cpu" or not hasattr(os, "fork"):
+        return _measure(cfg, job, steps, warmup, num_classes)
+    return _in_child(lambda: _measure(cfg, job, steps, warmup, num_classes))
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _in_child(work: Any) -> Any:
+    """``work()`` in a forked child; its result (or its error) comes back pickled. A child's
+    resource usage starts afresh (fork(2)), so its peak RSS is its own."""
+    import pickle
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        code = 0
+        try:
+            result: Any = work()
+        except BaseException as err:  # sent to the parent, which raises it
+            result, code = err, 1
+        with os.fdopen(write_end, "wb") as out:
+            pickle.dump(result, out)
+        os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as incoming:
+        payload = incoming.read()
+    _, status = os.waitpid(pid, 0)
+    if not payload:
+        raise TrainingError(f"plan --measure: the measuring process died (status {status})")
+    result = pickle.loads(payload)
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def _measure(
+    cfg: Mapping[str, Any],
+    job: TrainingJob,
+    steps: int,
+    warmup: int,
+    num_classes: int | None,
+) -> Throughput:
+    import resource
+
     import torch
     import torch.nn.functional as F
 
+    from audiopetl.frontends import input_shape
     from audiopetl.hub import MIRROR_RECORD, is_hub_id, verify_mirror
     from audiopetl.models import build_model
     from audiopetl.runtime import AMP_DTYPES, resolve_precision
@@ -216,7 +273,7 @@ def measure_throughput(
     from audiopetl.train import make_deterministic, select_device
 
     s = job.settings
-    features = feature_settings(cfg, job.dataset)
+    features = feature_settings(cfg, job.dataset, job.model)
     model_cfg = model_config(cfg, job.model)
     if num_classes is None:
         num_classes = fold_sizes(cfg, job.dataset)[1]
@@ -234,6 +291,9 @@ def measure_throughput(
         source = str(mirror)
     device = select_device(s["device"])
     make_deterministic(job.seed, s["threads"], False, device)
+    rss_before = _rss_bytes() if device.type == "cpu" else 0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     with warnings.catch_warnings():  # library deprecation notes are noise in a plan
         warnings.simplefilter("ignore", FutureWarning)
         model = get_strategy(strategy_config(cfg, job.strategy)).apply(
@@ -243,7 +303,7 @@ def measure_throughput(
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-6)
     dtype = AMP_DTYPES[resolve_precision(s["precision"], device)]  # what training will use
-    shape = (int(features["target_length"]), int(features["num_mel_bins"]))
+    shape = input_shape(features)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         if dtype is None:
@@ -275,14 +335,21 @@ def measure_throughput(
 
     model.train()
     train_sps = timed(steps, train_step, s["batch_size"])
+    if device.type == "cuda":
+        peak = int(torch.cuda.max_memory_allocated(device))
+    else:  # ru_maxrss is in KiB on Linux
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
     model.eval()
     eval_sps = timed(steps, eval_step, s["eval_batch_size"])
+    memory = "GPU memory allocated" if device.type == "cuda" else "CPU memory (RSS growth)"
     return Throughput(
         train_sps,
         eval_sps,
         f"of {job.model}/{job.strategy} on {job.dataset}'s input measured on {device}: "
-        f"{train_sps:.1f} training, {eval_sps:.1f} evaluation samples/s",
+        f"{train_sps:.1f} training, {eval_sps:.1f} evaluation samples/s, training peak "
+        f"{memory} {peak / 2**30:.2f} GiB at batch {s['batch_size']}",
         device.type,
+        peak,
     )
 
 
@@ -394,6 +461,7 @@ def format_plan(
         lines.append(f"resources of {model}'s training jobs: {text} per attempt")
     sources = {e.throughput.source for e in estimates if e.throughput is not None}
     lines.extend(f"throughput {text}" for text in sorted(sources))
+    lines += _memory_table(estimates)
     known = [e.seconds for e in estimates if e.seconds is not None]
     if known:
         gpus = sum((e.seconds or 0) * (e.resources.get("gpu") or 0) for e in estimates) / 3600
@@ -451,6 +519,26 @@ def format_plan(
             text += f" (the profile allows {retries} retries)"
         notes.append((e.job.name, text))
     return "\n".join(lines), _grouped(notes)
+
+
+def _memory_table(estimates: list[Estimate]) -> list[str]:
+    """Measured peak training memory per model and strategy: what fits a given card."""
+    peaks: dict[tuple[str, str], tuple[int, int, str]] = {}
+    for e in estimates:
+        t = e.throughput
+        if t is not None and t.peak_bytes is not None:
+            peaks[(e.job.model, e.job.strategy)] = (
+                t.peak_bytes, e.job.settings["batch_size"], t.device or ""
+            )
+    if not peaks:
+        return []
+    devices = {device for _, _, device in peaks.values()}
+    what = "GPU memory allocated" if devices == {"cuda"} else "memory (GPU: allocated; CPU: RSS)"
+    lines = [f"peak training {what}, per model and strategy:"]
+    width = max(len(m) for m, _ in peaks) + 2
+    for (model, strategy), (peak, batch, _) in peaks.items():
+        lines.append(f"  {model:<{width}}{strategy:<24}{peak / 2**30:>7.2f} GiB at batch {batch}")
+    return lines
 
 
 def _grouped(notes: list[tuple[str | None, str]]) -> list[str]:

@@ -249,7 +249,7 @@ class Trainer:
         self.spec = spec
         self.progress = progress
         self.settings = {**training_settings(cfg, spec.strategy), **(overrides or {})}
-        self.features_cfg = feature_settings(cfg, spec.dataset)
+        self.features_cfg = feature_settings(cfg, spec.dataset, spec.model)
         self.model_cfg = model_config(cfg, spec.model)
         self.strategy_cfg = strategy_config(cfg, spec.strategy)
         self.device = select_device(self.settings["device"])
@@ -271,7 +271,7 @@ class Trainer:
 
     # -- setup ------------------------------------------------------------------------------
     def load_data(self) -> None:
-        path = cache_path(self.cfg, self.spec.dataset)
+        path = cache_path(self.cfg, self.spec.dataset, model=self.spec.model)
         meta = read_metadata(path)
         if meta["features"] != self.features_cfg:
             raise TrainingError(

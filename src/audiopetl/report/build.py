@@ -19,7 +19,7 @@ from audiopetl.report.aggregate import (
 )
 from audiopetl.report.defaults import DEFAULT_REPORT
 from audiopetl.report.dvc_views import write_dvc_views
-from audiopetl.report.tables import write_tables
+from audiopetl.report.tables import write_model_table, write_tables
 
 FIGURES_DIR = "figures"
 
@@ -69,7 +69,8 @@ def _class_figures(
 
 
 def build_report(cfg: Mapping[str, Any], run_dirs: Sequence[Path], out_dir: Path) -> list[Path]:
-    """Write summary.csv/json, table.csv/md/tex, the figures under ``out_dir/figures`` and
+    """Write summary.csv/json, table.csv/md/tex, models.csv/md/tex (model x strategy), the
+    figures under ``out_dir/figures`` and
     the flat views for DVC (metrics.json, plots/); return every written path, in the order
     written."""
     # Imported here, not at the top: matplotlib and seaborn take over a second to import, and
@@ -83,6 +84,7 @@ def build_report(cfg: Mapping[str, Any], run_dirs: Sequence[Path], out_dir: Path
     summary = summarize(runs)
     written = write_summary(summary, out_dir)
     written += write_tables(summary, report_cfg, out_dir / "table")
+    written += write_model_table(summary, report_cfg, out_dir / "models")
     histories = collect_histories(runs)
     written += figures.learning_curves(histories, fig_dir / "learning_curves", report_cfg)
     # Chance: one over the number of classes of each dataset's runs.
@@ -127,6 +129,9 @@ def expected_outputs(cfg: Mapping[str, Any], out_dir: Path) -> list[Path]:
             ("table", "csv"),
             ("table", "md"),
             ("table", "tex"),
+            ("models", "csv"),
+            ("models", "md"),
+            ("models", "tex"),
             ("paired", "csv"),
             ("paired", "md"),
             ("paired", "tex"),

@@ -260,7 +260,8 @@ def accuracy_vs_params(
 ) -> list[Path]:
     """Test metric (mean ± std over folds and seeds) against trainable parameters on a log
     axis, one labelled marker per strategy and one panel per dataset: the usual PETL trade-off
-    figure, with its Pareto front (dashed) and the chance level (dotted, where known)."""
+    figure, with its Pareto front (dashed) and the chance level (dotted, where known). With
+    several models, colour says the model and the marker the strategy."""
     with thesis_style(report_cfg) as cfg:
         metric = cfg["metric"]
         mean_col = _mean_column(metric)
@@ -268,8 +269,14 @@ def accuracy_vs_params(
         _require(summary, mean_col, "accuracy_vs_params")
         scale = _scale(metric)
         frame = summary.assign(label=config_labels(summary).to_numpy())
-        colors = _colors(list(frame["label"]), cfg["palette"])
-        markers = {label: _MARKERS[i % len(_MARKERS)] for i, label in enumerate(colors)}
+        # Several models: colour by model, marker by strategy, and legends instead of labels
+        # (a label per point would not be readable with models x strategies of them).
+        by_model = "model" in _varying(frame, ("model",))
+        hue = frame["model" if by_model else "label"].astype(str)
+        shape = frame["strategy" if by_model else "label"].astype(str)
+        colors = _colors(list(hue), cfg["palette"])
+        markers = {k: _MARKERS[i % len(_MARKERS)] for i, k in enumerate(dict.fromkeys(shape))}
+        frame = frame.assign(_hue=hue.to_numpy(), _shape=shape.to_numpy())
         datasets = list(dict.fromkeys(frame["dataset"]))
         fig, axes = _figure(cfg, 0.5, ncols=len(datasets), sharey=False)
         for ax, dataset in zip(axes[0], datasets, strict=True):
@@ -282,20 +289,21 @@ def accuracy_vs_params(
                     x,
                     y,
                     yerr=float(row[std_col]) * scale,
-                    marker=markers[row["label"]],
-                    color=colors[row["label"]],
+                    marker=markers[row["_shape"]],
+                    color=colors[row["_hue"]],
                     markersize=5,
                     capsize=2,
                     linewidth=1,
                     linestyle="none",
                 )
-                ax.annotate(
-                    row["label"],
-                    (x, y),
-                    xytext=(4, 4),
-                    textcoords="offset points",
-                    fontsize=float(cfg["font_size"]) - 1,
-                )
+                if not by_model:
+                    ax.annotate(
+                        row["label"],
+                        (x, y),
+                        xytext=(4, 4),
+                        textcoords="offset points",
+                        fontsize=float(cfg["font_size"]) - 1,
+                    )
             points = [
                 (max(float(r["trainable_params_mean"]), 1.0), float(r[mean_col]) * scale)
                 for _, r in part.iterrows()
@@ -319,8 +327,29 @@ def accuracy_vs_params(
             _percent_axis(ax, metric)
             if len(datasets) > 1:
                 ax.set_title(str(dataset))
+        if by_model:
+            _key_legend(fig, colors, markers, cfg)
         sns.despine(fig=fig)
         return save_figure(fig, out, cfg)
+
+
+def _key_legend(
+    fig: Figure, colors: Mapping[str, Any], markers: Mapping[str, str], cfg: Mapping[str, Any]
+) -> Any:
+    """One legend for both keys, right of the panels: a coloured line per model, a grey marker
+    per strategy (constrained layout makes room for it)."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=c, linewidth=2, label=m) for m, c in colors.items()]
+    handles += [
+        Line2D([], [], color="0.3", marker=k, linestyle="none", label=s) for s, k in markers.items()
+    ]
+    return fig.legend(
+        handles=handles,
+        loc="outside right center",
+        frameon=False,
+        fontsize=float(cfg["font_size"]) - 1,
+    )
 
 
 # -------------------------------------------------------------------- accuracy per strategy

@@ -208,3 +208,84 @@ def write_tables(
         write_text(target, render(summary, layout))
         written.append(target)
     return written
+
+
+# -------------------------------------------------------------- model x strategy table
+
+
+def model_strategy_grid(summary: pd.DataFrame, metric: str, decimals: int) -> pd.DataFrame:
+    """One row per dataset and model, one column per strategy (in the summary's order), each
+    cell the test metric's mean ± std; the best model of each strategy (per dataset) marked."""
+    scale = _scale(metric)
+    frame = summary.assign(
+        _mean=summary[f"test_{metric}_mean"].astype(float) * scale,
+        _std=summary[f"test_{metric}_std"].astype(float) * scale,
+    )
+    frame["_shown"] = frame["_mean"].round(decimals)
+    frame["_best"] = frame.groupby(["dataset", "strategy"])["_shown"].transform("max")
+    strategies = list(dict.fromkeys(frame["strategy"]))
+    rows = []
+    for (dataset, model), part in frame.groupby(["dataset", "model"], sort=False):
+        row: dict[str, Any] = {"dataset": dataset, "model": model}
+        by_strategy = {r["strategy"]: r for _, r in part.iterrows()}
+        for strategy in strategies:
+            r = by_strategy.get(strategy)
+            row[strategy] = (
+                None
+                if r is None or math.isnan(r["_mean"])
+                else Cell(float(r["_mean"]), float(r["_std"]), bool(r["_shown"] == r["_best"]))
+            )
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["dataset", "model", *strategies])
+
+
+def write_model_table(
+    summary: pd.DataFrame, report_cfg: Mapping[str, Any], out_stem: Path
+) -> list[Path]:
+    """``{out_stem}.csv``, ``.md`` and ``.tex``: models down, strategies across, the headline
+    metric in each cell (bold: the best model for that strategy)."""
+    metric = base_metric(report_cfg["metric"])
+    decimals = int(report_cfg["decimals"])
+    grid = model_strategy_grid(summary, metric, decimals)
+    strategies = list(grid.columns[2:])
+    multi = grid["dataset"].nunique() > 1
+    ids = ["dataset", "model"] if multi else ["model"]
+
+    csv = grid[["dataset", "model"]].copy()
+    unit = "_percent" if is_fraction(metric) else ""
+    for strategy in strategies:
+        for stat in ("mean", "std"):
+            csv[f"{strategy}_{metric}_{stat}{unit}"] = [
+                float("nan") if c is None else round(getattr(c, stat), decimals)
+                for c in grid[strategy]
+            ]
+    headers = [ID_HEADERS[c] for c in ids] + strategies
+    md = [
+        f"Test {_metric_header(metric).lower()}, mean ± std over folds and seeds.",
+        "",
+        _md_line(headers),
+        _md_line(["---"] * len(ids) + ["---:"] * len(strategies)),
+    ]
+    tex = [
+        "\\begin{tabular}{" + "l" * len(ids) + "r" * len(strategies) + "}",
+        "\\toprule",
+        " & ".join(latex_escape(h) for h in headers) + " \\\\",
+        "\\midrule",
+    ]
+    for _, row in grid.iterrows():
+        names = [str(row[c]) for c in ids]
+        cells = [row[s] for s in strategies]
+        md.append(_md_line(names + [_markdown_cell(c, decimals) for c in cells]))
+        typeset = [*(latex_escape(n) for n in names), *(_latex_cell(c, decimals) for c in cells)]
+        tex.append(" & ".join(typeset) + " \\\\")
+    tex += ["\\bottomrule", "\\end{tabular}"]
+    written = []
+    for suffix, text in (
+        (".csv", csv.to_csv(index=False, lineterminator="\n")),
+        (".md", "\n".join(md) + "\n"),
+        (".tex", "\n".join(tex) + "\n"),
+    ):
+        target = out_stem.parent / f"{out_stem.name}{suffix}"
+        write_text(target, text)
+        written.append(target)
+    return written

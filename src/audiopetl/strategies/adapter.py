@@ -65,7 +65,10 @@ class AdapterStrategy(Strategy):
         chosen = self.settings.get("layernorms")
         if chosen is not None:
             return tuple(chosen)
-        return ("final", *(LAYERNORM_OF[place] for place in self.places()))
+        # The reference's choice where the layers have such a LayerNorm (post-norm layers, as
+        # wav2vec2-base's, have none before their self-attention).
+        wanted = (LAYERNORM_OF[place] for place in self.places())
+        return ("final", *(w for w in wanted if self.layout.per_layer_norm(w) is not None))
 
     def apply(self, model: nn.Module) -> nn.Module:
         self.freeze_all(model)

@@ -11,8 +11,10 @@ a run needs to be rebuilt.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from audiopetl import compat
+from audiopetl.backbones.layout import ModuleLayout
 from audiopetl.errors import TrainingError
 from audiopetl.failures import reading, writing
 
@@ -31,7 +34,6 @@ _REGISTRY: dict[str, type[Strategy]] = {}
 # The transformer LayerNorms a strategy may train besides its own modules: the backbone's
 # final one and, per layer, the ones before self-attention and before the feed-forward block.
 LAYERNORMS = ("final", "before_attention", "before_ffn")
-_PER_LAYER_NORM = {"before_attention": "layernorm_before", "before_ffn": "layernorm_after"}
 
 
 def register(kind: str) -> Callable[[type[Strategy]], type[Strategy]]:
@@ -104,8 +106,34 @@ class Strategy:
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self.settings = dict(settings)
-        self.layout = compat.module_layout()
+        self.layout: ModuleLayout = compat.module_layout()  # the model's, once applied
         self.added: nn.Module | None = None  # what the strategy adds, once applied
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every strategy's ``apply`` first learns where the model it is given keeps its layers
+        (the layout of its kind) and refuses a model kind it cannot apply to. Done here once,
+        so a new strategy cannot forget it and its ``apply`` stays about the method itself."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("apply")
+        if own is None:
+            return
+
+        @functools.wraps(own)
+        def apply(self: Strategy, model: nn.Module) -> nn.Module:
+            self.bind(model)
+            return own(self, model)
+
+        cls.apply = apply  # type: ignore[method-assign]
+
+    def bind(self, model: nn.Module) -> None:
+        from audiopetl.backbones import DEFAULT_KIND, KIND_ATTRIBUTE, get_backbone
+
+        kind = getattr(model, KIND_ATTRIBUTE, DEFAULT_KIND)
+        backbone = get_backbone(kind)
+        why = backbone.problem_with(self.kind)
+        if why:
+            raise TrainingError(f"strategy {self.kind!r} cannot apply to a {kind} model: {why}")
+        self.layout = backbone.layout()
 
     # -- building -------------------------------------------------------------------------
     def apply(self, model: nn.Module) -> nn.Module:
@@ -140,11 +168,18 @@ class Strategy:
             if which == "final":
                 names.append(self.layout.final_norm)
                 continue
-            leaf = _PER_LAYER_NORM[which]
+            leaf = self.layout.per_layer_norm(which)
+            if leaf is None:
+                raise TrainingError(
+                    f"strategy {self.kind!r}: layernorms {which!r}: the layers of "
+                    f"{self.layout.name} have no such LayerNorm"
+                )
+            modules = dict(model.named_modules())
             names += [
-                n.removeprefix("base_model.model.")
-                for n, m in model.named_modules()
-                if n.endswith(f".{leaf}") and isinstance(m, nn.LayerNorm)
+                f"{layer}.{leaf}".removeprefix("base_model.model.")
+                for layer in modules
+                if re.search(self.layout.layers, layer)
+                and isinstance(modules.get(f"{layer}.{leaf}"), nn.LayerNorm)
             ]
         return names
 

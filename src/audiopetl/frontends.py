@@ -1,0 +1,141 @@
+"""Front ends: what a model kind reads, each a feature-cache kind.
+
+``fbank`` is AST's Kaldi fbank (audiopetl.features). ``whisper`` is Whisper's log-mel (80 or
+128 bins; log10, floored 8 decades under the clip's peak, scaled to about [-1, 1]); ``waveform``
+is the 16 kHz signal itself, optionally normalised per clip, for wav2vec2-style models. Every
+extractor takes a list of waveforms (mono float32 at its sample rate) and gives
+(batch, target_length, bins) plus each clip's frame count before padding, and a clip's result
+never depends on the other clips of its batch. tests/test_frontends.py holds each to its
+transformers feature extractor on real clips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from audiopetl.features import LogMelExtractor
+
+FRONT_ENDS = ("fbank", "whisper", "waveform")
+
+
+def front_end_of(settings: Mapping[str, Any]) -> str:
+    """AST's fbank settings carry no `front_end` key (their caches keep their names)."""
+    return str(settings.get("front_end", "fbank"))
+
+
+class WhisperLogMel:
+    """Whisper's log-mel, batched in torch, for clips cut to ``target_length`` frames.
+
+    transformers pads every clip to 30 s before its STFT; here a clip is padded with zeros to
+    its cut length plus one FFT window, which gives the same frames (the STFT's centring
+    reflects zeros at the end either way) and the same peak (zero frames only add -10).
+    """
+
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        from audiopetl import compat
+
+        self.settings = dict(settings)
+        self.sample_rate = int(settings["sample_rate"])
+        self.num_mel_bins = int(settings["num_mel_bins"])
+        self.n_fft = int(settings["n_fft"])
+        self.hop = int(settings["hop_length"])
+        self.target_length = int(settings["target_length"])
+        filters = compat.whisper_mel_filters(self.num_mel_bins, self.n_fft, self.sample_rate)
+        self._filters = torch.from_numpy(filters.astype(np.float32))  # (freq, bins)
+        self._window = torch.hann_window(self.n_fft)  # periodic, as transformers' "hann"
+
+    @property
+    def max_samples(self) -> int:
+        return self.target_length * self.hop
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames whose centre lies within the clip."""
+        return 0 if num_samples == 0 else 1 + (num_samples - 1) // self.hop
+
+    def unnormalised(self, feats: torch.Tensor) -> torch.Tensor:
+        return feats * 4.0 - 4.0  # log10 power, for the cache's statistics
+
+    def __call__(self, waveforms: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[int]]:
+        width = self.max_samples + self.n_fft  # the same for every batch
+        batch = torch.zeros(len(waveforms), width, dtype=torch.float32)
+        lengths = []
+        for i, wave in enumerate(waveforms):
+            n = min(len(wave), self.max_samples)
+            batch[i, :n] = torch.from_numpy(np.asarray(wave[:n], dtype=np.float32))
+            lengths.append(n)
+        spectrum = torch.stft(
+            batch,
+            self.n_fft,
+            self.hop,
+            window=self._window,
+            center=True,
+            pad_mode="reflect",
+            return_complex=True,
+        )
+        power = spectrum.abs().square()  # (B, freq, frames)
+        mel = torch.matmul(self._filters.T, power)  # (B, bins, frames)
+        log_spec = mel.clamp_min(1e-10).log10()
+        peak = log_spec.amax(dim=(1, 2), keepdim=True)
+        log_spec = torch.maximum(log_spec, peak - 8.0)
+        feats = ((log_spec + 4.0) / 4.0)[:, :, : self.target_length]
+        return feats.transpose(1, 2).contiguous(), [self.num_frames(n) for n in lengths]
+
+
+class Waveform:
+    """The signal itself, cut or zero-padded to ``target_length`` samples, as (B, samples, 1);
+    with ``normalize``, zero mean and unit variance over the clip's own samples (padding
+    stays 0), as transformers' Wav2Vec2FeatureExtractor does."""
+
+    num_mel_bins = 1  # one value per "frame" (sample)
+
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        self.settings = dict(settings)
+        self.sample_rate = int(settings["sample_rate"])
+        self.target_length = int(settings["target_length"])
+        self.normalize = bool(settings["normalize"])
+
+    @property
+    def max_samples(self) -> int:
+        return self.target_length
+
+    def num_frames(self, num_samples: int) -> int:
+        return num_samples
+
+    def unnormalised(self, feats: torch.Tensor) -> torch.Tensor:
+        return feats
+
+    def __call__(self, waveforms: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[int]]:
+        out = torch.zeros(len(waveforms), self.target_length, 1, dtype=torch.float32)
+        lengths = []
+        for i, wave in enumerate(waveforms):
+            clip = np.asarray(wave[: self.target_length], dtype=np.float32)
+            if self.normalize and len(clip):
+                # float64 statistics, as numpy gives transformers' extractor.
+                mean, var = clip.mean(dtype=np.float64), clip.var(dtype=np.float64)
+                clip = ((clip - mean) / np.sqrt(var + 1e-7)).astype(np.float32)
+            out[i, : len(clip), 0] = torch.from_numpy(clip)
+            lengths.append(len(clip))
+        return out, lengths
+
+
+class Fbank(LogMelExtractor):
+    def unnormalised(self, feats: torch.Tensor) -> torch.Tensor:
+        return feats * (2.0 * self.std) + self.mean
+
+
+def input_shape(settings: Mapping[str, Any]) -> tuple[int, int]:
+    """(frames, bins) of one clip's cached features."""
+    return int(settings["target_length"]), int(settings.get("num_mel_bins", 1))
+
+
+def make_extractor(settings: Mapping[str, Any]) -> Any:
+    kind = front_end_of(settings)
+    if kind == "whisper":
+        return WhisperLogMel(settings)
+    if kind == "waveform":
+        return Waveform(settings)
+    return Fbank(settings)

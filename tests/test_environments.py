@@ -104,14 +104,37 @@ def run_quick(bin_dir: Path, name: str, folder: Path, change: dict | None = None
     return folder / "results" / EXPERIMENT
 
 
+# A second model kind beside the quick preset's AST: Whisper's encoder on its own front end,
+# pretrained on the source task as the AST is.
+TWO_KINDS = {
+    "models": {
+        "tiny-whisper": {
+            "kind": "whisper-encoder",
+            "pretrained": None,
+            "pretrain": {"dataset": "synthetic-source", "strategy": "full", "epochs": 4},
+            "attn_implementation": "sdpa",
+            "architecture": {
+                "d_model": 32,
+                "encoder_layers": 1,
+                "encoder_attention_heads": 2,
+                "encoder_ffn_dim": 64,
+            },
+        }
+    },
+    "study": {"models": ["tiny-ast", "tiny-whisper"]},
+}
+
+
 def test_quick_preset_agrees_across_environments(legacy_bin: Path, tmp_path: Path) -> None:
+    """The quick preset with two model kinds (AST and Whisper's encoder), run in both
+    environments and compared by `compare-envs`."""
     modern_bin = Path(sys.executable).parent
     (tmp_path / "modern").mkdir()
     (tmp_path / "legacy").mkdir()
     # Side by side, one core each: the two studies are independent.
     with ThreadPoolExecutor(max_workers=2) as pool:
-        modern = pool.submit(run_quick, modern_bin, "modern", tmp_path / "modern")
-        legacy = pool.submit(run_quick, legacy_bin, "legacy", tmp_path / "legacy")
+        modern = pool.submit(run_quick, modern_bin, "modern", tmp_path / "modern", TWO_KINDS)
+        legacy = pool.submit(run_quick, legacy_bin, "legacy", tmp_path / "legacy", TWO_KINDS)
         results_modern, results_legacy = modern.result(), legacy.result()
     for results, name in ((results_modern, "modern"), (results_legacy, "legacy")):
         run_json = next(results.rglob("run.json"))
@@ -128,8 +151,9 @@ def test_quick_preset_agrees_across_environments(legacy_bin: Path, tmp_path: Pat
     verdict = json.loads(report.with_suffix(".json").read_text())
     assert verdict["passed"] is True
     assert verdict["environments"] == ["modern", "legacy"]
-    # The source-task pretraining plus 3 strategies x 2 folds of the quick preset.
-    assert len(verdict["runs"]) == 7
+    # Per model kind, the source-task pretraining plus 3 strategies x 2 folds.
+    assert len(verdict["runs"]) == 2 * 7
+    assert {r["model"] for r in verdict["runs"]} == {"tiny-ast", "tiny-whisper"}
     # Identical initial weights: the first epoch differs by rounding only.
     assert max(r["first_loss_rel_diff"] for r in verdict["runs"]) < 1e-5
 

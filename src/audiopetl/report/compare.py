@@ -8,9 +8,9 @@ its reason:
 
 - ``first_loss_rtol``: the first epoch's mean training loss may differ only by rounding
   (relative 1e-3): a larger gap means the stacks do not compute the same model or data.
-- ``accuracy_atol``: the mean test accuracy per strategy over folds and seeds may differ by a
-  few test clips (absolute 0.10 on the quick preset, whose test folds hold 24 clips): after
-  many steps, rounding can flip a handful of borderline predictions, not more.
+- ``accuracy_atol``: the mean test accuracy per model and strategy over folds and seeds may
+  differ by a few test clips (absolute 0.10 on the quick preset, whose test folds hold 24
+  clips): after many steps, rounding can flip a handful of borderline predictions, not more.
 """
 
 from __future__ import annotations
@@ -50,7 +50,10 @@ def _runs(root: Path) -> dict[str, dict[str, Any]]:
         metrics = json.loads(metrics_file.read_text())
         history = pd.read_csv(run_dir / "history.csv")
         source_task = run_dir.parent.name == "pretrain"
+        # runs/DATASET/MODEL/STRATEGY/seedN/foldF, or pretrain/MODEL
+        model = run_dir.name if source_task else run_dir.parents[2].name
         runs[str(run_dir.relative_to(root))] = {
+            "model": metrics.get("model", model),
             "strategy": "pretrain (source task)" if source_task else metrics["strategy"],
             "environment": metrics.get("environment", "?"),
             "accuracy": metrics["test"]["accuracy"],
@@ -77,6 +80,7 @@ def compare(
         rows.append(
             {
                 "run": key,
+                "model": a[key]["model"],
                 "strategy": a[key]["strategy"],
                 "accuracy_a": a[key]["accuracy"],
                 "accuracy_b": b[key]["accuracy"],
@@ -88,7 +92,7 @@ def compare(
         )
     runs = pd.DataFrame(rows)
     strategies = (
-        runs.groupby("strategy", sort=False)
+        runs.groupby(["model", "strategy"], sort=False)
         .agg(
             accuracy_a=("accuracy_a", "mean"),
             accuracy_b=("accuracy_b", "mean"),
@@ -128,18 +132,18 @@ def write_comparison(result: Comparison, out: Path, settings: Mapping[str, float
         "Tolerances (see audiopetl.report.compare for the reasoning):",
         f"- first-epoch training loss, relative: {settings['first_loss_rtol']:g} "
         "(same initial weights and data order; only rounding may differ)",
-        f"- mean test accuracy per strategy, absolute: {settings['accuracy_atol']:g} "
+        f"- mean test accuracy per model and strategy, absolute: {settings['accuracy_atol']:g} "
         "(rounding compounds over training and may flip a few borderline test clips)",
         "",
         *_missing_lines(result),
-        "## Per strategy",
+        "## Per model and strategy",
         "",
-        f"| strategy | runs | accuracy {env_a} | accuracy {env_b} | difference | within |",
-        "| --- | ---: | ---: | ---: | ---: | --- |",
+        f"| model | strategy | runs | accuracy {env_a} | accuracy {env_b} | difference | within |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in result.strategies.itertuples():
         lines.append(
-            f"| {r.strategy} | {r.runs} | {r.accuracy_a:.4f} | {r.accuracy_b:.4f} | "
+            f"| {r.model} | {r.strategy} | {r.runs} | {r.accuracy_a:.4f} | {r.accuracy_b:.4f} | "
             f"{r.accuracy_diff:.4f} | {'yes' if r.accuracy_ok else 'NO'} |"
         )
     lines += [

@@ -528,7 +528,9 @@ def _memory_table(estimates: list[Estimate]) -> list[str]:
         t = e.throughput
         if t is not None and t.peak_bytes is not None:
             peaks[(e.job.model, e.job.strategy)] = (
-                t.peak_bytes, e.job.settings["batch_size"], t.device or ""
+                t.peak_bytes,
+                e.job.settings["batch_size"],
+                t.device or "",
             )
     if not peaks:
         return []

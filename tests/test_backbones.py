@@ -36,6 +36,14 @@ TINY_WAVEFORM = {
     "activation_dropout": 0.0,
     "feat_proj_dropout": 0.0,
 }
+# Two Swin stages of widths 16 and 32 (HTS-AT doubles the width per stage); 10 s of input.
+TINY_CLAP = {
+    "patch_embeds_hidden_size": 16,
+    "depths": [1, 1],
+    "num_attention_heads": [2, 2],
+    "window_size": 8,
+    "hidden_size": 32,
+}
 TINY_WHISPER = {
     "d_model": 32,
     "encoder_layers": 2,
@@ -62,14 +70,17 @@ WAVEFORM_BASE = {
     "num_conv_pos_embedding_groups": 16,
 }
 WHISPER_FEATURES = {"front_end": "whisper", "num_mel_bins": 80, "target_length": 64}
+CLAP_FEATURES = {"front_end": "clap", "num_mel_bins": 64, "target_length": 1001}
 WAVE_FEATURES = {"front_end": "waveform", "target_length": 3200, "normalize": True}
 CLASSES = 5
 
 
 def model_cfg(kind: str, architecture: dict | None = None) -> dict:
     if architecture is None:
-        architecture = TINY_WHISPER if kind == "whisper-encoder" else TINY_WAVEFORM
-    attn = "eager" if kind == "wavlm" else "sdpa"
+        architecture = {"whisper-encoder": TINY_WHISPER, "clap-audio": TINY_CLAP}.get(
+            kind, TINY_WAVEFORM
+        )
+    attn = "eager" if kind in ("wavlm", "clap-audio") else "sdpa"
     return {
         "kind": kind,
         "pretrained": None,
@@ -79,7 +90,9 @@ def model_cfg(kind: str, architecture: dict | None = None) -> dict:
 
 
 def features_of(kind: str) -> dict:
-    return WHISPER_FEATURES if kind == "whisper-encoder" else WAVE_FEATURES
+    return {"whisper-encoder": WHISPER_FEATURES, "clap-audio": CLAP_FEATURES}.get(
+        kind, WAVE_FEATURES
+    )
 
 
 def tiny(kind: str, seed: int = 0) -> torch.nn.Module:
@@ -90,24 +103,25 @@ def tiny(kind: str, seed: int = 0) -> torch.nn.Module:
 def batch(kind: str, n: int = 3) -> torch.Tensor:
     g = torch.Generator().manual_seed(1)
     frames = features_of(kind)["target_length"]
-    bins = 80 if kind == "whisper-encoder" else 1
+    bins = features_of(kind).get("num_mel_bins", 1)
     return torch.randn(n, frames, bins, generator=g)
 
 
-OTHER_KINDS = ("whisper-encoder", *WAVEFORM_KINDS)
+OTHER_KINDS = ("whisper-encoder", *WAVEFORM_KINDS, "clap-audio")
 
 
 def test_the_registry_knows_every_kind():
-    assert kinds() == ["ast", "hubert", "wav2vec2", "wavlm", "whisper-encoder"]
+    assert kinds() == ["ast", "clap-audio", "hubert", "wav2vec2", "wavlm", "whisper-encoder"]
     assert {k: get_backbone(k).front_end for k in kinds()} == {
         "ast": "fbank",
+        "clap-audio": "clap",
         "hubert": "waveform",
         "wav2vec2": "waveform",
         "wavlm": "waveform",
         "whisper-encoder": "whisper",
     }
-    with pytest.raises(ConfigError, match="model kind 'clap' is not registered"):
-        get_backbone("clap")
+    with pytest.raises(ConfigError, match="model kind 'beats' is not registered"):
+        get_backbone("beats")
 
 
 @pytest.mark.parametrize("kind", OTHER_KINDS)
@@ -123,6 +137,8 @@ def test_tiny_kind_classifies_and_maps_every_target(kind):
         names = layout.modules_for(model, target)
         assert len(names) == 2, (target, names)
         assert all(isinstance(m, torch.nn.Linear) for m in layout.target_modules(model, target))
+    widths = [m.in_features for m in layout.target_modules(model, "q")]
+    assert widths == ([16, 32] if kind == "clap-audio" else [32, 32])
     modules = dict(model.named_modules())
     for name in (*layout.head, layout.final_norm):
         assert name in modules
@@ -225,7 +241,33 @@ def test_whisper_positions_are_sinusoids_and_fixed():
     assert not table.requires_grad
 
 
+# clap-htsat-unfused's audio encoder: HTS-AT with stages of 96, 192, 384 and 768 channels.
+CLAP_HTSAT = {
+    "patch_embeds_hidden_size": 96,
+    "depths": [2, 2, 6, 2],
+    "num_attention_heads": [4, 8, 16, 32],
+    "window_size": 8,
+    "hidden_size": 768,
+}
+
+
+@pytest.mark.slow
+def test_real_size_clap_audio_maps_every_stage():
+    """LoRA r8 on q and v of every Swin block: 2 x (w x 8 + 8 x w) = 32 w per block, over
+    2, 2, 6 and 2 blocks of widths 96, 192, 384 and 768."""
+    torch.manual_seed(0)
+    model = build_model(model_cfg("clap-audio", CLAP_HTSAT), CLAP_FEATURES, CLASSES)
+    layout = layout_of(model)
+    widths = [m.in_features for m in layout.target_modules(model, "q")]
+    assert widths == [96] * 2 + [192] * 2 + [384] * 6 + [768] * 2
+    base = count_parameters(model).total
+    adapted = get_strategy(lora(8)).apply(model)
+    assert count_parameters(adapted).total - base == 32 * (2 * 96 + 2 * 192 + 6 * 384 + 2 * 768)
+    assert model.classifier.dense.in_features == 768
+
+
 HF_MODELS = {
+    "clap-audio": ("ClapAudioConfig", "ClapAudioModel"),
     "whisper-encoder": ("WhisperConfig", "WhisperModel"),
     "wav2vec2": ("Wav2Vec2Config", "Wav2Vec2Model"),
     "hubert": ("HubertConfig", "HubertModel"),
@@ -238,7 +280,7 @@ def save_donor(kind: str, folder: Path) -> torch.nn.Module:
     import transformers
 
     config_name, model_name = HF_MODELS[kind]
-    arch = dict(TINY_WHISPER if kind == "whisper-encoder" else TINY_WAVEFORM)
+    arch = dict(model_cfg(kind)["architecture"])
     if kind == "whisper-encoder":
         arch.update(
             decoder_layers=1,
@@ -388,7 +430,9 @@ def test_every_applicable_strategy_applies_and_starts_at_the_backbone(kind, name
 @pytest.mark.parametrize("kind", OTHER_KINDS)
 @pytest.mark.parametrize("strategy", ["prompt", "prefix"])
 def test_a_strategy_that_cannot_apply_is_a_config_error_before_any_job(kind, strategy):
-    model = "tiny-whisper" if kind == "whisper-encoder" else "tiny-wav2vec2"
+    model = {"whisper-encoder": "tiny-whisper", "clap-audio": "tiny-clap"}.get(
+        kind, "tiny-wav2vec2"
+    )
     overrides = [
         *([f"models.tiny-wav2vec2.kind={kind}"] if kind in WAVEFORM_KINDS else []),
         f"study.models=[{model}]",
@@ -429,7 +473,7 @@ def test_models_preset_resolves_front_ends_and_shares_caches():
     assert feature_settings(cfg, "synthetic", "tiny-hubert") == feature_settings(
         cfg, "synthetic", "tiny-wavlm"
     )
-    assert len(caches) == 4
+    assert len(caches) == 5  # fbank, whisper, two waveforms, clap
 
 
 def test_waveform_normalisation_must_match_the_checkpoint(tmp_path):
@@ -443,3 +487,15 @@ def test_waveform_normalisation_must_match_the_checkpoint(tmp_path):
         build_model(model_cfg("wav2vec2"), WAVE_FEATURES, CLASSES, str(tmp_path / "donor"))
     features = {**WAVE_FEATURES, "normalize": False}
     build_model(model_cfg("wav2vec2"), features, CLASSES, str(tmp_path / "donor"))
+
+
+def test_clap_refuses_a_checkpoint_that_expects_other_input(tmp_path):
+    import json
+
+    save_donor("clap-audio", tmp_path / "donor")
+    preprocessor = tmp_path / "donor" / "preprocessor_config.json"
+    preprocessor.write_text(json.dumps({"truncation": "fusion", "padding": "repeatpad"}))
+    with pytest.raises(TrainingError, match=r"expects \{'truncation': 'fusion'\}"):
+        build_model(model_cfg("clap-audio"), CLAP_FEATURES, CLASSES, str(tmp_path / "donor"))
+    preprocessor.write_text(json.dumps({"truncation": "rand_trunc", "padding": "repeatpad"}))
+    build_model(model_cfg("clap-audio"), CLAP_FEATURES, CLASSES, str(tmp_path / "donor"))

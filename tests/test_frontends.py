@@ -15,7 +15,7 @@ from conftest import CONFIG_DIR, ESC50_SUBSET, FSDD, needs_esc50, needs_fsdd
 from audiopetl.audio import read_audio
 from audiopetl.cache import build_cache, read_folds
 from audiopetl.config import feature_settings, load_config
-from audiopetl.frontends import Waveform, WhisperLogMel, input_shape, make_extractor
+from audiopetl.frontends import ClapLogMel, Waveform, WhisperLogMel, input_shape, make_extractor
 
 SR = 16000
 # Agreement with the reference in the model's input units (Whisper: (log10 power + 4) / 4;
@@ -41,6 +41,32 @@ def waveform_settings(samples: int, normalize: bool) -> dict:
         "target_length": samples,
         "normalize": normalize,
     }
+
+
+def clap_settings() -> dict:
+    return {
+        "front_end": "clap",
+        "sample_rate": 48000,
+        "num_mel_bins": 64,
+        "n_fft": 1024,
+        "hop_length": 480,
+        "seconds": 10,
+        "target_length": 1001,
+        "f_min": 0.0,
+        "f_max": 14000.0,
+    }
+
+
+def clap_reference(waves: list[np.ndarray]) -> np.ndarray:
+    from transformers import ClapFeatureExtractor
+
+    # The unfused models' settings (clips <= 10 s: the truncation never draws at random).
+    extractor = ClapFeatureExtractor(truncation="rand_trunc", padding="repeatpad")
+    out = [
+        extractor(w, sampling_rate=48000, return_tensors="np")["input_features"][0][0]
+        for w in waves
+    ]
+    return np.stack(out)
 
 
 def esc50_paths() -> list[Path]:
@@ -123,8 +149,23 @@ def test_waveform_agrees_with_wav2vec2_feature_extractor(normalize):
     assert_agrees(ours.numpy(), waveform_reference(waves, samples, normalize))
 
 
+@needs_esc50
+@needs_fsdd
+def test_clap_log_mel_agrees_on_esc50_and_repeated_fsdd():
+    """5 s ESC-50 clips and short FSDD clips, each repeated to CLAP's 10 s at 48 kHz."""
+    extractor = ClapLogMel(clap_settings())
+    paths = esc50_paths()[:12] + fsdd_paths()[:12]
+    waves = [read_audio(p, 48000, extractor.max_samples) for p in paths]
+    ours, n_frames = extractor(waves)
+    assert ours.shape == (len(paths), 1001, 64)
+    assert n_frames[:12] == [500] * 12 and max(n_frames[12:]) < 500
+    assert_agrees(ours.numpy(), clap_reference(waves))
+
+
 @pytest.mark.parametrize(
-    "settings", [whisper_settings(80, 64), waveform_settings(12000, True)], ids=["whisper", "wave"]
+    "settings",
+    [whisper_settings(80, 64), waveform_settings(12000, True), clap_settings()],
+    ids=["whisper", "wave", "clap"],
 )
 def test_a_clip_does_not_depend_on_its_batch(settings):
     rng = np.random.default_rng(0)
@@ -196,7 +237,7 @@ def cache_rows(cfg: dict, dataset: str, model: str, paths: list[Path], tmp_path:
 
 
 @needs_fsdd
-@pytest.mark.parametrize("model", ["tiny-whisper", "tiny-wav2vec2"])
+@pytest.mark.parametrize("model", ["tiny-whisper", "tiny-wav2vec2", "tiny-clap"])
 def test_front_end_agrees_after_float16_cache(model, tmp_path):
     """The cache stores float16: values keep 2**-11 relative precision on top of the
     computation's bound (relative, as normalised waveform peaks reach tens of standard
@@ -205,10 +246,12 @@ def test_front_end_agrees_after_float16_cache(model, tmp_path):
     settings = feature_settings(cfg, "fsdd", model)
     paths = fsdd_paths()[:30]
     extractor = make_extractor(settings)
-    waves = [read_audio(p, SR, extractor.max_samples) for p in paths]
-    frames = settings["target_length"]
+    waves = [read_audio(p, extractor.sample_rate, extractor.max_samples) for p in paths]
+    frames = input_shape(settings)[0]
     if model == "tiny-whisper":
         reference = whisper_reference(waves, settings["num_mel_bins"], frames)
+    elif model == "tiny-clap":
+        reference = clap_reference(waves)
     else:
         reference = waveform_reference(waves, frames, settings["normalize"])
     cached = cache_rows(cfg, "fsdd", model, paths, tmp_path)

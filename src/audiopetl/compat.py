@@ -127,6 +127,15 @@ def ast_from_pretrained(source: str, attn_implementation: str) -> nn.Module:
     return from_pretrained(ASTForAudioClassification, source, attn_implementation)
 
 
+def checkpoint_config(source: str) -> dict[str, Any]:
+    """A checkpoint's config.json as a plain dict (its model_type and architectures), without
+    building a config class: transformers 4.28's AutoConfig does not know every model_type
+    (CLAP's audio tower's `clap_audio_model`)."""
+    from transformers import PretrainedConfig
+
+    return PretrainedConfig.get_config_dict(str(source))[0]
+
+
 def whisper_encoder_class() -> Any:
     """Whisper's encoder is not exported at the top of transformers in every version."""
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
@@ -457,6 +466,25 @@ def attention_with_prefix(
         return (context,)
 
     inner.forward = types.MethodType(forward_v4, inner)
+
+
+def clap_mel_filters(
+    num_mel_bins: int, n_fft: int, sample_rate: int, f_min: float, f_max: float
+) -> Any:
+    """CLAP's slaney mel filters (those of its unfused models) from transformers' extractor,
+    as (freq, bins) float64, whatever orientation the installed version keeps."""
+    import numpy as np
+    from transformers import ClapFeatureExtractor
+
+    extractor = ClapFeatureExtractor(
+        feature_size=num_mel_bins,
+        sampling_rate=sample_rate,
+        fft_window_size=n_fft,
+        frequency_min=f_min,
+        frequency_max=f_max,
+    )
+    filters = np.asarray(extractor.mel_filters_slaney, dtype=np.float64)
+    return filters if filters.shape[0] == n_fft // 2 + 1 else filters.T
 
 
 def whisper_mel_filters(num_mel_bins: int, n_fft: int, sample_rate: int) -> Any:

@@ -2,7 +2,8 @@
 
 ``fbank`` is AST's Kaldi fbank (audiopetl.features). ``whisper`` is Whisper's log-mel (80 or
 128 bins; log10, floored 8 decades under the clip's peak, scaled to about [-1, 1]); ``waveform``
-is the 16 kHz signal itself, optionally normalised per clip, for wav2vec2-style models. Every
+is the 16 kHz signal itself, optionally normalised per clip, for wav2vec2-style models; ``clap``
+is CLAP's log-mel of the clip repeated to 10 s at 48 kHz. Every
 extractor takes a list of waveforms (mono float32 at its sample rate) and gives
 (batch, target_length, bins) plus each clip's frame count before padding, and a clip's result
 never depends on the other clips of its batch. tests/test_frontends.py holds each to its
@@ -19,7 +20,7 @@ import torch
 
 from audiopetl.features import LogMelExtractor
 
-FRONT_ENDS = ("fbank", "whisper", "waveform")
+FRONT_ENDS = ("fbank", "whisper", "waveform", "clap")
 
 
 def front_end_of(settings: Mapping[str, Any]) -> str:
@@ -122,6 +123,71 @@ class Waveform:
         return out, lengths
 
 
+class ClapLogMel:
+    """CLAP's log-mel (unfused models): the clip at 48 kHz repeated until it fills 10 s and
+    zero-padded to exactly 10 s (CLAP's ``repeatpad``), a 1024-point STFT every 10 ms, slaney
+    mel filters, power in dB (floored at -100 dB). A clip longer than 10 s is cut at 10 s
+    (transformers' ``rand_trunc`` would pick a random 10 s: not reproducible)."""
+
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        from audiopetl import compat
+
+        self.settings = dict(settings)
+        self.sample_rate = int(settings["sample_rate"])
+        self.num_mel_bins = int(settings["num_mel_bins"])
+        self.n_fft = int(settings["n_fft"])
+        self.hop = int(settings["hop_length"])
+        self.samples = int(settings["seconds"]) * self.sample_rate
+        self.target_length = self.samples // self.hop + 1
+        filters = compat.clap_mel_filters(
+            self.num_mel_bins,
+            self.n_fft,
+            self.sample_rate,
+            float(settings["f_min"]),
+            float(settings["f_max"]),
+        )
+        # float64 throughout, as transformers' numpy extractor: CLAP's dB scale has no floor
+        # relative to the clip's peak (Whisper's has), so the energies of near-silent frames
+        # (a short clip's zero padding, 100 dB down) would carry float32's rounding into the
+        # dB values (1e-2 dB measured); in float64 they agree to 1e-3.
+        self._filters = torch.from_numpy(filters)
+        self._window = torch.hann_window(self.n_fft, dtype=torch.float64)
+
+    @property
+    def max_samples(self) -> int:
+        return self.samples
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames of the clip's own audio, before it is repeated."""
+        return 0 if num_samples == 0 else min(self.target_length, 1 + (num_samples - 1) // self.hop)
+
+    def unnormalised(self, feats: torch.Tensor) -> torch.Tensor:
+        return feats  # dB
+
+    def __call__(self, waveforms: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[int]]:
+        batch = torch.zeros(len(waveforms), self.samples, dtype=torch.float64)
+        lengths = []
+        for i, wave in enumerate(waveforms):
+            clip = np.asarray(wave[: self.samples], dtype=np.float64)
+            if len(clip):
+                repeated = np.tile(clip, self.samples // len(clip))
+                batch[i, : len(repeated)] = torch.from_numpy(repeated)
+            lengths.append(len(clip))
+        spectrum = torch.stft(
+            batch,
+            self.n_fft,
+            self.hop,
+            window=self._window,
+            center=True,
+            pad_mode="reflect",
+            return_complex=True,
+        )
+        mel = torch.matmul(self._filters.T, spectrum.abs().square())  # (B, bins, frames)
+        feats = 10.0 * mel.clamp_min(1e-10).log10()
+        out = feats.transpose(1, 2).to(torch.float32).contiguous()
+        return out, [self.num_frames(n) for n in lengths]
+
+
 class Fbank(LogMelExtractor):
     def unnormalised(self, feats: torch.Tensor) -> torch.Tensor:
         return feats * (2.0 * self.std) + self.mean
@@ -138,4 +204,6 @@ def make_extractor(settings: Mapping[str, Any]) -> Any:
         return WhisperLogMel(settings)
     if kind == "waveform":
         return Waveform(settings)
+    if kind == "clap":
+        return ClapLogMel(settings)
     return Fbank(settings)

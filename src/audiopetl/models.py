@@ -87,14 +87,15 @@ def _trunc_normal(shape: torch.Size, std: float, generator: torch.Generator) -> 
 def init_parameters(model: nn.Module, prefix: str = "") -> None:
     """Initialise every parameter under ``prefix`` explicitly, as the original AST/DeiT do:
     truncated normal (std = initializer_range, or init_std, else 0.02) for weights, tokens and
-    position embeddings, zeros for biases, ones for layer- and group-norm scales.
+    position embeddings, zeros for biases, ones for the scales of layer, group and batch norms.
 
     transformers' AST initialises [CLS]/[DIST] and the position embeddings to zero (it expects
     pretrained weights): trained from zero, that is the reference study's defect 1.
     """
     config = model.config
     std = float(getattr(config, "initializer_range", getattr(config, "init_std", 0.02)))
-    norms = {n for n, m in model.named_modules() if isinstance(m, (nn.LayerNorm, nn.GroupNorm))}
+    norm_types = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
+    norms = {n for n, m in model.named_modules() if isinstance(m, norm_types)}
     for name, param in model.named_parameters():
         if not name.startswith(prefix):
             continue
@@ -143,9 +144,7 @@ def load_donor(source: str, load: Any, kind: str) -> nn.Module:
     wanted = get_backbone(kind).model_types
     try:
         with reading(source, "checkpoint", "fetch or train it again"):
-            from transformers import AutoConfig
-
-            found = AutoConfig.from_pretrained(str(source)).model_type
+            found = compat.checkpoint_config(source).get("model_type")
             if found not in wanted:
                 fits = [k for k in kinds() if found in get_backbone(k).model_types]
                 hint = f"set the model's kind to {fits[0]}" if fits else "no model kind reads it"

@@ -1,7 +1,7 @@
 """Model kinds (audio backbones), one module each, found through a registry
-(audiopetl.backbones.base): ast, whisper-encoder, wav2vec2, hubert, wavlm. A new kind is a
-module here registering its class, its architecture schema in resources/backbones/KIND.yaml,
-and its tests."""
+(audiopetl.backbones.base): ast, whisper-encoder, wav2vec2, hubert, wavlm, clap-audio. A new
+kind is a module here registering its class, its architecture schema in
+resources/backbones/KIND.yaml, and its tests."""
 
 from audiopetl.backbones.base import (
     DEFAULT_KIND,

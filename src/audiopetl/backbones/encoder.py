@@ -38,12 +38,15 @@ class EncoderClassifier(nn.Module):
     always has the configured length (no attention mask; the same for training and test).
     """
 
-    def __init__(self, encoder: nn.Module, num_classes: int, eps: float = 1e-5) -> None:
+    def __init__(
+        self, encoder: nn.Module, num_classes: int, eps: float = 1e-5, width: int | None = None
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         # peft and transformers' helpers read a model's config; it is the encoder's.
         self.config = encoder.config
-        self.classifier = Head(int(encoder.config.hidden_size), num_classes, eps)
+        width = int(encoder.config.hidden_size) if width is None else width
+        self.classifier = Head(width, num_classes, eps)
 
     def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -70,3 +73,17 @@ class WaveformClassifier(EncoderClassifier):
 
     def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
         return x[..., 0]
+
+
+class ClapClassifier(EncoderClassifier):
+    """CLAP's audio encoder (HTS-AT): it reads (batch, 1, frames, bins) and pools its last
+    stage itself (``pooler_output``), whose width is the first stage's doubled per stage."""
+
+    def __init__(self, encoder: nn.Module, num_classes: int) -> None:
+        config = encoder.config
+        width = int(config.patch_embeds_hidden_size * 2 ** (len(config.depths) - 1))
+        super().__init__(encoder, num_classes, float(config.layer_norm_eps), width)
+
+    def forward(self, input_values: torch.Tensor, **kwargs: Any) -> Output:
+        pooled = self.encoder(input_features=input_values.unsqueeze(1)).pooler_output
+        return Output(self.classifier(pooled))

@@ -118,10 +118,11 @@ class WhisperEncoderKind(Backbone):
         else:
 
             def load(source: str) -> Any:
-                from transformers import AutoConfig, WhisperModel
+                from transformers import WhisperModel
 
                 # A hub checkpoint holds the whole model; a pretraining of ours the encoder.
-                if "WhisperEncoder" in (AutoConfig.from_pretrained(source).architectures or []):
+                architectures = compat.checkpoint_config(source).get("architectures") or []
+                if "WhisperEncoder" in architectures:
                     return compat.from_pretrained(encoder_class, source, attn)
                 return compat.from_pretrained(WhisperModel, source, attn).encoder
 

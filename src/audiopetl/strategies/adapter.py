@@ -72,11 +72,14 @@ class AdapterStrategy(Strategy):
 
     def apply(self, model: nn.Module) -> nn.Module:
         self.freeze_all(model)
-        hidden = model.config.hidden_size
-        layers = len(self.layout.layer_modules(model))
+        # Each layer's own width, read from the projection the adapter sits beside: one width
+        # in AST, Whisper or wav2vec2; doubling per stage in CLAP's Swin encoder.
         container = nn.ModuleDict(
             {
-                place: nn.ModuleList(self.block(hidden) for _ in range(layers))
+                place: nn.ModuleList(
+                    self.block(module.in_features)
+                    for module in self.layout.target_modules(model, PLACES[place][0])
+                )
                 for place in self.places()
             }
         )

@@ -173,6 +173,32 @@ def test_plan_measures_peak_memory_of_every_kind(project: Path) -> None:
     assert all(gib > 0 for gib in measured.values()), measured
 
 
+@pytest.mark.parametrize("model", ["tiny-hubert", "tiny-wavlm"])
+def test_hubert_and_wavlm_pretrain_and_transfer_above_chance(project: Path, tmp_path: Path, model):
+    """The two waveform kinds outside the preset's study: pretrained on the source task (5
+    epochs), then LoRA and a linear probe on one fold, from the wav2vec2 model's cache (HuBERT
+    and WavLM share the unnormalised one)."""
+    short = f"models.{model}.pretrain.epochs=5"
+    for dataset in ("synthetic", "synthetic-source"):
+        code, _, err = run_in(
+            project, ["cache", dataset, "--experiment", EXPERIMENT, "--quiet", "--model", model]
+        )
+        assert code == 0, err
+    code, _, err = run_in(
+        project, ["pretrain", "--experiment", EXPERIMENT, "--quiet", "--model", model,
+                  "--set", short]
+    )  # fmt: skip
+    assert code == 0, err
+    for strategy in ("lora", "linear"):
+        out = tmp_path / strategy
+        code, err = train(project, model, strategy, out, short)
+        assert code == 0, err
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["test"]["accuracy"] > 1 / CLASSES + 0.3, (strategy, metrics["test"])
+        evaluation = json.loads((out / "evaluation.json").read_text())
+        assert evaluation["max_abs_logit_difference"] == 0.0
+
+
 def test_clap_audio_caches_trains_and_rebuilds(project: Path, tmp_path: Path) -> None:
     """CLAP's audio encoder (tiny, random init: HTS-AT reads 10 s at 48 kHz, 4096 tokens per
     clip, too slow on a CPU for a study in minutes): its own cache, a short full fine-tuning

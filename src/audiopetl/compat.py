@@ -188,6 +188,24 @@ def reset_lora(module: nn.Module, generator: torch.Generator, adapter: str = "de
         lora_b.weight.zero_()
 
 
+# torch 1.13's oneDNN (mkldnn) kernels give garbage gradients in some backward passes on the CPU,
+# different from call to call: the gradients reaching Whisper's input convolutions (through a
+# GELU and a permute) came out at 1e6 to 1e36 or inf where float64, and torch 1.13 itself with
+# oneDNN off during the backward, give 0.0086 (every other parameter's gradient agreed). Which
+# kernel runs is decided when the backward runs, so the backward runs with oneDNN off there.
+# Fixed in torch 2.x, where nothing changes.
+ONEDNN_BACKWARD_BROKEN = Version("2.0") > TORCH_VERSION
+
+
+def backward_guard() -> Any:
+    """The context every backward pass runs in (see ONEDNN_BACKWARD_BROKEN)."""
+    import contextlib
+
+    if ONEDNN_BACKWARD_BROKEN:
+        return torch.backends.mkldnn.flags(enabled=False)
+    return contextlib.nullcontext()
+
+
 # torch.compile arrived in torch 2.0; the legacy 1.13 has none.
 HAS_COMPILE = hasattr(torch, "compile")
 

@@ -265,6 +265,7 @@ def _measure(
     import torch
     import torch.nn.functional as F
 
+    from audiopetl import compat
     from audiopetl.frontends import input_shape
     from audiopetl.hub import MIRROR_RECORD, is_hub_id, verify_mirror
     from audiopetl.models import build_model
@@ -326,7 +327,8 @@ def _measure(
         x = torch.randn(batch, *shape, device=device)
         y = torch.randint(0, num_classes, (batch,), device=device)
         optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(forward(x), y).backward()
+        with compat.backward_guard():
+            F.cross_entropy(forward(x), y).backward()
         optimizer.step()
 
     @torch.no_grad()

@@ -474,7 +474,8 @@ class Trainer:
                 target = lam * target + (1 - lam) * target[perm]
             logits = self.forward(x)
             loss = F.cross_entropy(logits, target, label_smoothing=s["label_smoothing"])
-            self.scaler.scale(loss * len(idx) / n_chunk).backward()
+            with compat.backward_guard():
+                self.scaler.scale(loss * len(idx) / n_chunk).backward()
             stats.losses.append(loss.detach())
             stats.sizes.append(len(idx))
         self.scaler.unscale_(self.optimizer)

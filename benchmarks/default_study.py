@@ -2,7 +2,8 @@
 
     python benchmarks/default_study.py [--cores N] [--experiment NAME] [--keep DIR]
 
-Target: the default study (six methods x 5 folds) in at most 5 minutes on a 2-core machine.
+Target: the default study (six methods x 5 folds) in at most 5 minutes on a 2-core machine; the
+same for `--experiment models` (three model kinds x three methods x 5 folds).
 Prints the wall time, the results table and the paired comparisons, and where the jobs' time
 went: every audiopetl process appends its start, its first training step and its end to
 $AUDIOPETL_TIMINGS (audiopetl.timings). Start-up is a training job's time from its process's
@@ -64,7 +65,7 @@ def main() -> int:
     experiment = args.experiment or "default"
     summary = folder / "results" / experiment / "table.md"
     print(
-        f"default study: {seconds:.1f} s wall time with --cores {args.cores} "
+        f"study {experiment!r}: {seconds:.1f} s wall time with --cores {args.cores} "
         f"on {os.cpu_count()} CPUs ({folder})"
     )
     print(summary.read_text())

@@ -91,14 +91,25 @@ def train(project: Path, model: str, strategy: str, out: Path, *sets: str) -> tu
     return code, err
 
 
-BITFIT = ("strategies.bitfit.kind=bitfit", "strategies.bitfit.lr=0.005")
+# Strategies the preset does not define, added on the command line.
+EXTRA = {
+    "bitfit": ("strategies.bitfit.kind=bitfit", "strategies.bitfit.lr=0.005"),
+    "ia3": (
+        "strategies.ia3.kind=peft",
+        "strategies.ia3.tuner=IA3",
+        "strategies.ia3.lr=0.01",
+        "strategies.ia3.targets=[k,v,ffn_out]",
+    ),
+}
+# Every strategy that applies to every kind but AST (prompt and prefix do not).
+OTHERS = ("bitfit", "adapter", "conformer", "ia3")
 
 
 @pytest.mark.parametrize("model", ["tiny-whisper", "tiny-wav2vec2"])
-@pytest.mark.parametrize("strategy", ["bitfit", "adapter", "conformer"])
+@pytest.mark.parametrize("strategy", OTHERS)
 def test_other_strategies_train_above_chance(project: Path, tmp_path: Path, model, strategy):
     out = tmp_path / "run"
-    code, err = train(project, model, strategy, out, *(BITFIT if strategy == "bitfit" else ()))
+    code, err = train(project, model, strategy, out, *EXTRA.get(strategy, ()))
     assert code == 0, err
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] > 1 / CLASSES + 0.3, metrics["test"]
@@ -176,8 +187,8 @@ def test_plan_measures_peak_memory_of_every_kind(project: Path) -> None:
 @pytest.mark.parametrize("model", ["tiny-hubert", "tiny-wavlm"])
 def test_hubert_and_wavlm_pretrain_and_transfer_above_chance(project: Path, tmp_path: Path, model):
     """The two waveform kinds outside the preset's study: pretrained on the source task (5
-    epochs), then LoRA and a linear probe on one fold, from the wav2vec2 model's cache (HuBERT
-    and WavLM share the unnormalised one)."""
+    epochs), then every applicable strategy on one fold (HuBERT and WavLM share the
+    unnormalised waveform cache)."""
     short = f"models.{model}.pretrain.epochs=5"
     for dataset in ("synthetic", "synthetic-source"):
         code, _, err = run_in(
@@ -189,9 +200,9 @@ def test_hubert_and_wavlm_pretrain_and_transfer_above_chance(project: Path, tmp_
                   "--set", short]
     )  # fmt: skip
     assert code == 0, err
-    for strategy in ("lora", "linear"):
+    for strategy in ("full", "linear", "lora", *OTHERS):
         out = tmp_path / strategy
-        code, err = train(project, model, strategy, out, short)
+        code, err = train(project, model, strategy, out, short, *EXTRA.get(strategy, ()))
         assert code == 0, err
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["test"]["accuracy"] > 1 / CLASSES + 0.3, (strategy, metrics["test"])

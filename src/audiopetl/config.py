@@ -95,6 +95,16 @@ def load_yaml_file(path: Path) -> dict[str, Any]:
     return data
 
 
+def _kind_schemas(folder: str) -> list[tuple[str, dict[str, Any]]]:
+    """(kind, its own schema) for every resources/FOLDER/KIND.yaml, by name."""
+    entries = sorted(resources.files("audiopetl").joinpath(folder).iterdir(), key=lambda e: e.name)
+    return [
+        (entry.name.removesuffix(".yaml"), yaml.safe_load(entry.read_text()) or {})
+        for entry in entries
+        if entry.name.endswith(".yaml")
+    ]
+
+
 @functools.lru_cache(maxsize=1)
 def _schema() -> dict[str, Any]:
     """The configuration schema, with every strategy kind's own settings composed in from
@@ -103,13 +113,8 @@ def _schema() -> dict[str, Any]:
     package = resources.files("audiopetl")
     composed = yaml.safe_load(package.joinpath("resources/config.schema.yaml").read_text())
     strategy = composed["$defs"]["strategy"]
-    kinds = []
-    for entry in sorted(package.joinpath("resources/strategies").iterdir(), key=lambda e: e.name):
-        if not entry.name.endswith(".yaml"):
-            continue
-        kind = entry.name.removesuffix(".yaml")
-        own = yaml.safe_load(entry.read_text()) or {}
-        kinds.append(kind)
+    strategies = _kind_schemas("resources/strategies")
+    for kind, own in strategies:
         strategy.setdefault("allOf", []).append(
             {
                 "if": {"properties": {"kind": {"const": kind}}},
@@ -119,16 +124,11 @@ def _schema() -> dict[str, Any]:
                 },
             }
         )
-    strategy["properties"]["kind"] = {"enum": kinds}
-    # Each model kind's architecture and front-end keys, from resources/backbones/KIND.yaml.
+    strategy["properties"]["kind"] = {"enum": [kind for kind, _ in strategies]}
+    # Each model kind's architecture and front-end keys.
     model = composed["$defs"]["model"]
-    model_kinds = []
-    for entry in sorted(package.joinpath("resources/backbones").iterdir(), key=lambda e: e.name):
-        if not entry.name.endswith(".yaml"):
-            continue
-        kind = entry.name.removesuffix(".yaml")
-        own = yaml.safe_load(entry.read_text()) or {}
-        model_kinds.append(kind)
+    backbones = _kind_schemas("resources/backbones")
+    for kind, own in backbones:
         named = {"required": ["kind"], "properties": {"kind": {"const": kind}}}
         # A model without `kind` is an AST.
         when = {"anyOf": [{"not": {"required": ["kind"]}}, named]} if kind == "ast" else named
@@ -147,7 +147,7 @@ def _schema() -> dict[str, Any]:
                 },
             }
         )
-    model["properties"]["kind"] = {"enum": model_kinds}
+    model["properties"]["kind"] = {"enum": [kind for kind, _ in backbones]}
     return composed
 
 

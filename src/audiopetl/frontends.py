@@ -28,6 +28,17 @@ def front_end_of(settings: Mapping[str, Any]) -> str:
     return str(settings.get("front_end", "fbank"))
 
 
+def mel_power(
+    batch: torch.Tensor, n_fft: int, hop: int, window: torch.Tensor, filters: torch.Tensor
+) -> torch.Tensor:
+    """Mel power spectra (batch, bins, frames) of waveforms (batch, samples): a centred STFT
+    (reflected at the edges, as transformers' extractors) and ``filters`` (freq, bins)."""
+    spectrum = torch.stft(
+        batch, n_fft, hop, window=window, center=True, pad_mode="reflect", return_complex=True
+    )
+    return torch.matmul(filters.T, spectrum.abs().square())
+
+
 class WhisperLogMel:
     """Whisper's log-mel, batched in torch, for clips cut to ``target_length`` frames.
 
@@ -68,17 +79,7 @@ class WhisperLogMel:
             n = min(len(wave), self.max_samples)
             batch[i, :n] = torch.from_numpy(np.asarray(wave[:n], dtype=np.float32))
             lengths.append(n)
-        spectrum = torch.stft(
-            batch,
-            self.n_fft,
-            self.hop,
-            window=self._window,
-            center=True,
-            pad_mode="reflect",
-            return_complex=True,
-        )
-        power = spectrum.abs().square()  # (B, freq, frames)
-        mel = torch.matmul(self._filters.T, power)  # (B, bins, frames)
+        mel = mel_power(batch, self.n_fft, self.hop, self._window, self._filters)
         log_spec = mel.clamp_min(1e-10).log10()
         peak = log_spec.amax(dim=(1, 2), keepdim=True)
         log_spec = torch.maximum(log_spec, peak - 8.0)
@@ -173,16 +174,7 @@ class ClapLogMel:
                 repeated = np.tile(clip, self.samples // len(clip))
                 batch[i, : len(repeated)] = torch.from_numpy(repeated)
             lengths.append(len(clip))
-        spectrum = torch.stft(
-            batch,
-            self.n_fft,
-            self.hop,
-            window=self._window,
-            center=True,
-            pad_mode="reflect",
-            return_complex=True,
-        )
-        mel = torch.matmul(self._filters.T, spectrum.abs().square())  # (B, bins, frames)
+        mel = mel_power(batch, self.n_fft, self.hop, self._window, self._filters)
         feats = 10.0 * mel.clamp_min(1e-10).log10()
         out = feats.transpose(1, 2).to(torch.float32).contiguous()
         return out, [self.num_frames(n) for n in lengths]

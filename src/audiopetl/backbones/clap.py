@@ -16,20 +16,19 @@ from typing import Any, ClassVar
 from audiopetl.backbones.base import Backbone, register
 from audiopetl.backbones.layout import ModuleLayout
 
-BLOCK = r"(^|\.)audio_encoder\.layers\.\d+\.blocks\.\d+"
-LAYOUT = ModuleLayout(
-    name="clap-audio",
-    targets={
-        "q": BLOCK + r"\.attention\.self\.query$",
-        "k": BLOCK + r"\.attention\.self\.key$",
-        "v": BLOCK + r"\.attention\.self\.value$",
-        "o": BLOCK + r"\.attention\.output\.dense$",
-        "ffn_in": BLOCK + r"\.intermediate\.dense$",
-        "ffn_out": BLOCK + r"\.output\.dense$",
+# The layers are the Swin blocks of every stage.
+LAYOUT = ModuleLayout.of_layers(
+    "clap-audio",
+    r"(^|\.)audio_encoder\.layers\.\d+\.blocks\.\d+",
+    {
+        "q": "attention.self.query",
+        "k": "attention.self.key",
+        "v": "attention.self.value",
+        "o": "attention.output.dense",
+        "ffn_in": "intermediate.dense",
+        "ffn_out": "output.dense",
     },
-    head=("classifier.layernorm", "classifier.dense"),
     final_norm="encoder.audio_encoder.norm",
-    layers=BLOCK + "$",
     norm_before_attention="layernorm_before",
     norm_before_ffn="layernorm_after",
 )

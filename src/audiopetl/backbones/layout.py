@@ -46,6 +46,14 @@ class ModuleLayout:
         names = set(self.modules_for(model, target))
         return [m for n, m in model.named_modules() if n in names]
 
+    @classmethod
+    def of_layers(cls, name: str, layer: str, leaves: dict[str, str], **rest: Any) -> ModuleLayout:
+        """A layout whose layers match the regex ``layer`` and whose logical targets are the
+        modules ``leaves[target]`` (dotted names) inside each layer."""
+        targets = {t: layer + r"\." + re.escape(leaves[t]) + "$" for t in TARGETS}
+        head = ("classifier.layernorm", "classifier.dense")  # the head of encoder.py
+        return cls(name=name, targets=targets, head=head, layers=layer + "$", **rest)
+
     def per_layer_norm(self, which: str) -> str | None:
         return {
             "before_attention": self.norm_before_attention,

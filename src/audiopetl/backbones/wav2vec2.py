@@ -24,20 +24,18 @@ DETERMINISTIC = {"mask_time_prob": 0.0, "mask_feature_prob": 0.0, "layerdrop": 0
 
 
 def waveform_layout(name: str) -> ModuleLayout:
-    layer = r"(^|\.)encoder\.encoder\.layers\.\d+"
-    return ModuleLayout(
-        name=name,
-        targets={
-            "q": layer + r"\.attention\.q_proj$",
-            "k": layer + r"\.attention\.k_proj$",
-            "v": layer + r"\.attention\.v_proj$",
-            "o": layer + r"\.attention\.out_proj$",
-            "ffn_in": layer + r"\.feed_forward\.intermediate_dense$",
-            "ffn_out": layer + r"\.feed_forward\.output_dense$",
+    return ModuleLayout.of_layers(
+        name,
+        r"(^|\.)encoder\.encoder\.layers\.\d+",
+        {
+            "q": "attention.q_proj",
+            "k": "attention.k_proj",
+            "v": "attention.v_proj",
+            "o": "attention.out_proj",
+            "ffn_in": "feed_forward.intermediate_dense",
+            "ffn_out": "feed_forward.output_dense",
         },
-        head=("classifier.layernorm", "classifier.dense"),
         final_norm="encoder.encoder.layer_norm",
-        layers=layer + "$",
         # Base models are post-norm: `layer_norm` follows self-attention and feeds the
         # feed-forward block; nothing normalises before self-attention.
         norm_before_attention=None,

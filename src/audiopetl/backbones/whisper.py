@@ -19,19 +19,18 @@ from typing import Any, ClassVar
 from audiopetl.backbones.base import Backbone, register
 from audiopetl.backbones.layout import ModuleLayout
 
-LAYOUT = ModuleLayout(
-    name="whisper-encoder",
-    targets={
-        "q": r"(^|\.)encoder\.layers\.\d+\.self_attn\.q_proj$",
-        "k": r"(^|\.)encoder\.layers\.\d+\.self_attn\.k_proj$",
-        "v": r"(^|\.)encoder\.layers\.\d+\.self_attn\.v_proj$",
-        "o": r"(^|\.)encoder\.layers\.\d+\.self_attn\.out_proj$",
-        "ffn_in": r"(^|\.)encoder\.layers\.\d+\.fc1$",
-        "ffn_out": r"(^|\.)encoder\.layers\.\d+\.fc2$",
+LAYOUT = ModuleLayout.of_layers(
+    "whisper-encoder",
+    r"(^|\.)encoder\.layers\.\d+",
+    {
+        "q": "self_attn.q_proj",
+        "k": "self_attn.k_proj",
+        "v": "self_attn.v_proj",
+        "o": "self_attn.out_proj",
+        "ffn_in": "fc1",
+        "ffn_out": "fc2",
     },
-    head=("classifier.layernorm", "classifier.dense"),
     final_norm="encoder.layer_norm",
-    layers=r"(^|\.)encoder\.layers\.\d+$",
     norm_before_attention="self_attn_layer_norm",
     norm_before_ffn="final_layer_norm",
 )

@@ -136,6 +136,17 @@ def checkpoint_config(source: str) -> dict[str, Any]:
     return PretrainedConfig.get_config_dict(str(source))[0]
 
 
+def part_from_pretrained(
+    part_class: Any, whole_class: Any, part: str, source: str, attn_implementation: str
+) -> nn.Module:
+    """A part of a model (Whisper's encoder, CLAP's audio tower) from a checkpoint of the part
+    alone (what a pretraining of ours saves) or of the whole model (what the hub holds)."""
+    architectures = checkpoint_config(source).get("architectures") or []
+    if part_class.__name__ in architectures:
+        return from_pretrained(part_class, source, attn_implementation)
+    return getattr(from_pretrained(whole_class, source, attn_implementation), part)
+
+
 def whisper_encoder_class() -> Any:
     """Whisper's encoder is not exported at the top of transformers in every version."""
     from transformers.models.whisper.modeling_whisper import WhisperEncoder

@@ -88,11 +88,9 @@ class ClapAudioKind(Backbone):
         def load(source: str) -> Any:
             from transformers import ClapModel
 
-            # A hub checkpoint holds text and audio towers; a pretraining of ours the audio one.
-            architectures = compat.checkpoint_config(source).get("architectures") or []
-            if "ClapAudioModel" in architectures:
-                return compat.from_pretrained(ClapAudioModel, source, attn)
-            return compat.from_pretrained(ClapModel, source, attn).audio_model
+            return compat.part_from_pretrained(
+                ClapAudioModel, ClapModel, "audio_model", source, attn
+            )
 
         check_preprocessor(pretrained)
         donor = models.load_donor(pretrained, load, self.kind)

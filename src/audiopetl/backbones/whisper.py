@@ -115,15 +115,12 @@ class WhisperEncoderKind(Backbone):
                 table = model.encoder.embed_positions.weight
                 table.copy_(sinusoids(positions, table.shape[1]))
         else:
+            from transformers import WhisperModel
 
             def load(source: str) -> Any:
-                from transformers import WhisperModel
-
-                # A hub checkpoint holds the whole model; a pretraining of ours the encoder.
-                architectures = compat.checkpoint_config(source).get("architectures") or []
-                if "WhisperEncoder" in architectures:
-                    return compat.from_pretrained(encoder_class, source, attn)
-                return compat.from_pretrained(WhisperModel, source, attn).encoder
+                return compat.part_from_pretrained(
+                    encoder_class, WhisperModel, "encoder", source, attn
+                )
 
             donor = models.load_donor(pretrained, load, self.kind)
             config = copy.deepcopy(donor.config)

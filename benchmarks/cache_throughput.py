@@ -34,11 +34,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from audiopetl.audio import read_audio
-from audiopetl.cache import read_folds
-from audiopetl.cli import main as cli_main
-from audiopetl.config import feature_settings, load_config
-from audiopetl.features import LogMelExtractor
+from audiopetl.cli.main import main as cli_main
+from audiopetl.core.config import feature_settings, load_config
+from audiopetl.data.audio import read_audio
+from audiopetl.features.cache import read_folds
+from audiopetl.features.fbank import LogMelExtractor
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("AUDIOPETL_SHARED_DATA") or REPO.parent / "shared" / "data")

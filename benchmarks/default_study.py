@@ -6,7 +6,7 @@ Target: the default study (six methods x 5 folds) in at most 5 minutes on a 2-co
 same for `--experiment models` (three model kinds x three methods x 5 folds).
 Prints the wall time, the results table and the paired comparisons, and where the jobs' time
 went: every audiopetl process appends its start, its first training step and its end to
-$AUDIOPETL_TIMINGS (audiopetl.timings). Start-up is a training job's time from its process's
+$AUDIOPETL_TIMINGS (audiopetl.process.timings). Start-up is a training job's time from its process's
 start to its first training step (Python, torch, transformers and peft imports, the config,
 the cache, building the model); the share is start-up over all jobs' process time (training
 and data jobs alike). Target: below 30%.

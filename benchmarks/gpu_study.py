@@ -5,7 +5,7 @@
                                    [--epochs E] [--precision auto|fp32|bf16|fp16] [--compile]
                                    [--peak-tflops X]
 
-What runs is the real training loop (audiopetl.train.Trainer: its precision, features on the
+What runs is the real training loop (audiopetl.training.trainer.Trainer: its precision, features on the
 device, fused AdamW, deferred loss reading, the resume state saved after every epoch) on the
 esc50-petl-ast preset's settings and methods, with AST-base's architecture built from its config
 (random weights: speed does not depend on them; nothing is downloaded) and random features of
@@ -81,7 +81,7 @@ TARGETS = {"lora_epoch_s": 3.0, "lora_study_min": 15.0, "petl_mem_gb": 12.0}
 
 
 def config(device: str, precision: str, compile_: bool, epochs: int, batch: int, frames: int):
-    from audiopetl.config import load_config
+    from audiopetl.core.config import load_config
 
     architecture = {  # AST-base (ASTConfig's defaults, written out): 12 x 768, patches 16/10/10
         "hidden_size": 768,
@@ -112,7 +112,7 @@ def feature_set(n: int, frames: int, fold: int, seed: int) -> Any:
     import numpy as np
     import torch
 
-    from audiopetl.cache import FeatureSet
+    from audiopetl.features.cache import FeatureSet
 
     generator = torch.Generator().manual_seed(seed)
     features = (torch.randn(n, frames, MEL_BINS, generator=generator) * 0.5).half()
@@ -151,7 +151,13 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
     import torch
 
-    from audiopetl.train import RunSpec, StopRequested, Trainer, TrainState, make_deterministic
+    from audiopetl.training.trainer import (
+        RunSpec,
+        StopRequested,
+        Trainer,
+        TrainState,
+        make_deterministic,
+    )
 
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = "cuda" if cuda else "cpu"

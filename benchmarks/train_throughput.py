@@ -39,7 +39,7 @@ DATASET, MODEL, TEST_FOLD, SEED = "synthetic", "tiny-ast", 1, 0
 
 def prepare(root: Path) -> None:
     """A project folder with the default synthetic dataset fetched and cached."""
-    from audiopetl.cli import main
+    from audiopetl.cli.main import main
 
     shutil.copytree(REPO / "config", root / "config")
     sink = io.StringIO()
@@ -55,8 +55,8 @@ def worker(root: Path, strategy: str, epochs: int, threads: int | None, device: 
     import pandas as pd
     import torch
 
-    from audiopetl.config import load_config
-    from audiopetl.train import RunSpec, run_trainer
+    from audiopetl.core.config import load_config
+    from audiopetl.training.trainer import RunSpec, run_trainer
 
     warnings.filterwarnings("ignore")
     os.chdir(root)

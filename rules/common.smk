@@ -1,5 +1,5 @@
 # Configuration and paths shared by every rule. The configuration is resolved and validated
-# by the same function the CLI uses, and every path comes from audiopetl.paths, so a rule and a
+# by the same function the CLI uses, and every path comes from audiopetl.core.paths, so a rule and a
 # person at the shell see the same settings and the same files.
 
 import json
@@ -8,12 +8,12 @@ import sys
 
 from snakemake.io import report as mark_for_report
 
-from audiopetl import cachefile as apcachefile
-from audiopetl import config as apconfig
-from audiopetl import hub as aphub
-from audiopetl import paths as appaths
-from audiopetl import plan as applan
-from audiopetl import warm as apwarm
+from audiopetl.features import cachefile as apcachefile
+from audiopetl.core import config as apconfig
+from audiopetl.models import hub as aphub
+from audiopetl.core import paths as appaths
+from audiopetl.study import plan as applan
+from audiopetl.process import warm as apwarm
 from audiopetl.report.build import expected_outputs
 
 ALLOWED_CONFIG_KEYS = {"experiment", "config_file"}
@@ -25,7 +25,7 @@ if _extra:
     )
 CONFIG_FILE = config.get("config_file", "config/config.yaml")
 # Validated by load_config against the schema with every strategy kind's settings composed
-# in (audiopetl.config.schema), the same check the CLI makes.
+# in (audiopetl.core.config.schema), the same check the CLI makes.
 CFG = apconfig.load_config(CONFIG_FILE, config.get("experiment"))
 EXPERIMENT = CFG["experiment"]
 STUDY = CFG["study"]
@@ -36,7 +36,7 @@ STUDY = CFG["study"]
 os.environ[apconfig.CONFIG_ENV] = CONFIG_FILE
 os.environ[apconfig.EXPERIMENT_ENV] = EXPERIMENT
 # Local jobs run in a fork of a process that imported torch, transformers and peft once
-# (audiopetl.warm): on a small study those imports were most of the jobs' time. Never inside a
+# (audiopetl.process.warm): on a small study those imports were most of the jobs' time. Never inside a
 # SLURM job; AUDIOPETL_WARM=0 in the environment switches it off.
 os.environ.setdefault(apwarm.ENV, "1")
 

@@ -1,6 +1,6 @@
 # Data: a verified dataset under data/raw, then one feature cache per front end its models read
 # (AST's fbank, Whisper's log-mel, the waveform), each computed once. Each folder and file name
-# carries a hash of the settings it is made from (audiopetl.paths), so presets and models that
+# carries a hash of the settings it is made from (audiopetl.core.paths), so presets and models that
 # share a dataset and a front end share its files, and those that differ keep their own.
 
 

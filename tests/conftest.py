@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from audiopetl.cli import main
+from audiopetl.cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "config"

@@ -14,11 +14,11 @@ import pytest
 import torch
 from conftest import CONFIG_DIR
 
-from audiopetl.backbones import TARGETS, get_backbone, kinds, layout_of
-from audiopetl.config import ConfigError, feature_settings, load_config
-from audiopetl.errors import TrainingError
-from audiopetl.models import build_model
-from audiopetl.strategies import count_parameters, get_strategy
+from audiopetl.core.config import ConfigError, feature_settings, load_config
+from audiopetl.core.errors import TrainingError
+from audiopetl.models.backbones import TARGETS, get_backbone, kinds, layout_of
+from audiopetl.models.build import build_model
+from audiopetl.models.strategies import count_parameters, get_strategy
 
 WAVEFORM_KINDS = ("wav2vec2", "hubert", "wavlm")
 TINY_WAVEFORM = {
@@ -233,7 +233,7 @@ def test_every_parameter_is_initialised_explicitly(kind):
 
 
 def test_whisper_positions_are_sinusoids_and_fixed():
-    from audiopetl.backbones.whisper import sinusoids
+    from audiopetl.models.backbones.whisper import sinusoids
 
     model = tiny("whisper-encoder")
     table = model.encoder.embed_positions.weight
@@ -407,7 +407,7 @@ APPLICABLE = {
 def test_every_applicable_strategy_applies_and_starts_at_the_backbone(kind, name):
     settings = APPLICABLE[name]
     if settings["kind"] == "peft":
-        from audiopetl import compat
+        from audiopetl.core import compat
 
         if compat.peft_config_class(settings["tuner"]) is None:
             pytest.skip(f"the installed peft has no {settings['tuner']}")  # the legacy 0.3
@@ -467,7 +467,7 @@ def test_houlsby_adapter_on_post_norm_layers_trains_the_norms_they_have():
 
 def test_models_preset_resolves_front_ends_and_shares_caches():
     cfg = load_config(CONFIG_DIR / "config.yaml", "models")
-    from audiopetl.config import feature_caches
+    from audiopetl.core.config import feature_caches
 
     caches = feature_caches(cfg, "synthetic")
     readers = set(caches.values())
@@ -509,7 +509,7 @@ def test_gradients_agree_with_float64(kind):
     """Every parameter's gradient in float32 (under the backward guard the trainer uses) agrees
     with float64's. torch 1.13's oneDNN backward gave Whisper's input convolutions gradients of
     1e6 to inf instead of 1e-2 (compat.ONEDNN_BACKWARD_BROKEN)."""
-    from audiopetl import compat
+    from audiopetl.core import compat
 
     grads = {}
     for dtype in (torch.float32, torch.float64):

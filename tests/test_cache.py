@@ -14,13 +14,13 @@ import soxr
 import torch
 from conftest import QUICK
 
-from audiopetl.audio import read_audio
-from audiopetl.cache import file_sha256, read_folds, read_metadata
-from audiopetl.config import FEATURE_VERSION, feature_settings, load_config
-from audiopetl.errors import DataError
-from audiopetl.features import LogMelExtractor
-from audiopetl.manifest import class_names, read_manifest
-from audiopetl.paths import cache_path
+from audiopetl.core.config import FEATURE_VERSION, feature_settings, load_config
+from audiopetl.core.errors import DataError
+from audiopetl.core.paths import cache_path
+from audiopetl.data.audio import read_audio
+from audiopetl.data.manifest import class_names, read_manifest
+from audiopetl.features.cache import file_sha256, read_folds, read_metadata
+from audiopetl.features.fbank import LogMelExtractor
 
 
 def quick_cfg(*overrides: str) -> dict:

@@ -15,11 +15,11 @@ import pytest
 import soundfile as sf
 from conftest import CONFIG_DIR, ESC50_SUBSET, FSDD, QUICK, needs_esc50, needs_fsdd
 
-from audiopetl.cache import read_folds, read_metadata
-from audiopetl.config import load_config
-from audiopetl.datasets.esc50 import esc50_manifest
-from audiopetl.errors import DataError
-from audiopetl.paths import cache_path, data_report_path, manifest_path
+from audiopetl.core.config import load_config
+from audiopetl.core.errors import DataError
+from audiopetl.core.paths import cache_path, data_report_path, manifest_path
+from audiopetl.data.datasets.esc50 import esc50_manifest
+from audiopetl.features.cache import read_folds, read_metadata
 
 # Relative to the project folder each test runs in, as the CLI sees them.
 QUICK_CFG = load_config(CONFIG_DIR / "config.yaml", "quick")

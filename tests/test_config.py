@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import CONFIG_DIR
 
-from audiopetl.config import ConfigError, available_presets, load_config
+from audiopetl.core.config import ConfigError, available_presets, load_config
 
 BASE = Path("config/config.yaml")
 PRESETS = sorted(p.stem for p in (CONFIG_DIR / "experiments").glob("*.yaml"))

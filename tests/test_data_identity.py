@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from conftest import CONFIG_DIR, QUICK, BuiltProject
 
-from audiopetl import atomic
-from audiopetl.atomic import atomic_dir
-from audiopetl.config import data_id, feature_id, load_config
-from audiopetl.paths import cache_path, manifest_path, raw_dir
+from audiopetl.core import atomic
+from audiopetl.core.atomic import atomic_dir
+from audiopetl.core.config import data_id, feature_id, load_config
+from audiopetl.core.paths import cache_path, manifest_path, raw_dir
 
 
 def quick(*sets: str) -> dict:

@@ -9,13 +9,13 @@ import pytest
 import soundfile as sf
 from conftest import FSDD, FSDD_PATTERN, make_project, needs_fsdd, tree_digest
 
-from audiopetl.config import data_id, load_config
-from audiopetl.datasets import fetch
-from audiopetl.datasets.esc50 import esc50_manifest
-from audiopetl.datasets.folder import folder_manifest
-from audiopetl.datasets.synthetic import generate
-from audiopetl.errors import DataError
-from audiopetl.manifest import COLUMNS, class_names, read_manifest
+from audiopetl.core.config import data_id, load_config
+from audiopetl.core.errors import DataError
+from audiopetl.data.datasets import fetch
+from audiopetl.data.datasets.esc50 import esc50_manifest
+from audiopetl.data.datasets.folder import folder_manifest
+from audiopetl.data.datasets.synthetic import generate
+from audiopetl.data.manifest import COLUMNS, class_names, read_manifest
 
 SPEAKERS = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
 

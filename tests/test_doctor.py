@@ -18,9 +18,7 @@ import torch
 import transformers
 from conftest import CONFIG_DIR, LEGACY_PYTHON, REPO, make_project
 
-from audiopetl.cli import build_parser
-from audiopetl.config import load_config
-from audiopetl.doctor import (
+from audiopetl.cli.doctor import (
     Disk,
     DriverGpu,
     Facts,
@@ -36,6 +34,8 @@ from audiopetl.doctor import (
     parse_version,
     study_needs,
 )
+from audiopetl.cli.main import build_parser
+from audiopetl.core.config import load_config
 
 needs_legacy = pytest.mark.legacy_env
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from http_server import ARCHIVE_PATH, Server, serving
 
-from audiopetl import download as download_mod
-from audiopetl.download import download
-from audiopetl.errors import DataError
+from audiopetl.core.errors import DataError
+from audiopetl.data import download as download_mod
+from audiopetl.data.download import download
 
 # Incompressible, reproducible bytes: big enough for several chunks and a cut in the middle.
 PAYLOAD = random.Random(20261130).randbytes(3_000_000)

@@ -102,13 +102,13 @@ def set_config(repo: Path, pattern: str, replacement: str) -> None:
 
 
 def quick_cfg(repo: Path) -> dict:
-    from audiopetl.config import load_config
+    from audiopetl.core.config import load_config
 
     return load_config(repo / "config" / "config.yaml", EXPERIMENT)
 
 
 def run_dirs(repo: Path) -> list[Path]:
-    from audiopetl.paths import study_runs
+    from audiopetl.core.paths import study_runs
 
     return study_runs(quick_cfg(repo))
 
@@ -450,8 +450,8 @@ def test_any_study_without_editing_dvc_yaml(repo: Path) -> None:
     """dvc.yaml names fixed folders, so a study on other datasets and models, without
     pretraining or hub checkpoints, is recorded and rerun as it stands; the folders it leaves
     empty still exist, as DVC requires of outputs."""
-    from audiopetl.config import load_config
-    from audiopetl.paths import run_dir
+    from audiopetl.core.config import load_config
+    from audiopetl.core.paths import run_dir
 
     (repo / "config" / "experiments" / "scratch.yaml").write_text(SCRATCH_PRESET)
     set_config(repo, r"^experiment: \S+", "experiment: scratch")

@@ -18,10 +18,10 @@ import pytest
 from conftest import ESC50_SUBSET, needs_esc50
 from http_server import ARCHIVE_PATH, Server, serving
 
-from audiopetl import download as download_mod
-from audiopetl.datasets.esc50 import SOURCE_RECORD, esc50_manifest, fetch_esc50, verify_esc50
-from audiopetl.errors import DataError
-from audiopetl.manifest import COLUMNS, read_manifest
+from audiopetl.core.errors import DataError
+from audiopetl.data import download as download_mod
+from audiopetl.data.datasets.esc50 import SOURCE_RECORD, esc50_manifest, fetch_esc50, verify_esc50
+from audiopetl.data.manifest import COLUMNS, read_manifest
 
 SUBSET = ESC50_SUBSET
 ROOT = "ESC-50-master"

@@ -19,10 +19,10 @@ import pytest
 import soundfile as sf
 from http_server import ARCHIVE_PATH, Server, serving
 
-from audiopetl.checksums import file_sha256
-from audiopetl.datasets import esc50
-from audiopetl.datasets.esc50 import SOURCE_RECORD, fetch_esc50
-from audiopetl.errors import DataError
+from audiopetl.core.checksums import file_sha256
+from audiopetl.core.errors import DataError
+from audiopetl.data.datasets import esc50
+from audiopetl.data.datasets.esc50 import SOURCE_RECORD, fetch_esc50
 
 ROOT = "ESC-50-master"
 

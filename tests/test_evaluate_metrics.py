@@ -18,8 +18,8 @@ from training_helpers import (  # noqa: F401
     run_main,
 )
 
-from audiopetl.metrics import classification_metrics, equal_error_rate
-from audiopetl.run_folder import write_sums
+from audiopetl.training.metrics import classification_metrics, equal_error_rate
+from audiopetl.training.run_folder import write_sums
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning"),

@@ -16,12 +16,12 @@ import soundfile as sf
 import torch
 from conftest import CONFIG_DIR, ESC50_SUBSET, FSDD, needs_esc50, needs_fsdd
 
-from audiopetl.audio import audio_info, read_audio
-from audiopetl.cache import build_cache, read_folds
-from audiopetl.config import feature_settings, load_config
-from audiopetl.errors import DataError
-from audiopetl.features import LogMelExtractor
-from audiopetl.manifest import read_manifest, write_manifest
+from audiopetl.core.config import feature_settings, load_config
+from audiopetl.core.errors import DataError
+from audiopetl.data.audio import audio_info, read_audio
+from audiopetl.data.manifest import read_manifest, write_manifest
+from audiopetl.features.cache import build_cache, read_folds
+from audiopetl.features.fbank import LogMelExtractor
 
 SR = 16000
 # Agreement with the reference, in normalised units ((x - mean) / (2 std)).

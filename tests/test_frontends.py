@@ -12,10 +12,16 @@ import numpy as np
 import pytest
 from conftest import CONFIG_DIR, ESC50_SUBSET, FSDD, needs_esc50, needs_fsdd
 
-from audiopetl.audio import read_audio
-from audiopetl.cache import build_cache, read_folds
-from audiopetl.config import feature_settings, load_config
-from audiopetl.frontends import ClapLogMel, Waveform, WhisperLogMel, input_shape, make_extractor
+from audiopetl.core.config import feature_settings, load_config
+from audiopetl.data.audio import read_audio
+from audiopetl.features.cache import build_cache, read_folds
+from audiopetl.features.frontends import (
+    ClapLogMel,
+    Waveform,
+    WhisperLogMel,
+    input_shape,
+    make_extractor,
+)
 
 SR = 16000
 # Agreement with the reference in the model's input units (Whisper: (log10 power + 4) / 4;
@@ -209,7 +215,7 @@ def cache_rows(cfg: dict, dataset: str, model: str, paths: list[Path], tmp_path:
     import soundfile as sf
     import torch
 
-    from audiopetl.manifest import read_manifest, write_manifest
+    from audiopetl.data.manifest import read_manifest, write_manifest
 
     manifest = pd.DataFrame(
         {

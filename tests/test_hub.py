@@ -17,13 +17,13 @@ from conftest import QUICK, BuiltProject
 from fake_hub import Hub, Repo, serving_hub
 from training_helpers import restore_torch_globals, run_main  # noqa: F401
 
-from audiopetl import compat
-from audiopetl.checksums import file_sha256
-from audiopetl.config import feature_settings, load_config
-from audiopetl.errors import TrainingError
-from audiopetl.hub import MIRROR_RECORD, resolve_pretrained
-from audiopetl.models import build_model
-from audiopetl.paths import mirror_dir
+from audiopetl.core import compat
+from audiopetl.core.checksums import file_sha256
+from audiopetl.core.config import feature_settings, load_config
+from audiopetl.core.errors import TrainingError
+from audiopetl.core.paths import mirror_dir
+from audiopetl.models.build import build_model
+from audiopetl.models.hub import MIRROR_RECORD, resolve_pretrained
 
 REPO_ID = "org/tiny-ast"
 V1, V2 = "a1" * 20, "b2" * 20  # commits: the tag v1 and, later, main

@@ -13,12 +13,12 @@ from packaging.version import Version
 from training_helpers import in_quick_project, quick_project, restore_torch_globals  # noqa: F401
 from transformers import ASTForAudioClassification
 
-from audiopetl import compat
-from audiopetl.cache import read_metadata
-from audiopetl.config import load_config, model_config
-from audiopetl.errors import TrainingError
-from audiopetl.models import adapt_position_embeddings, build_model, grid_shape
-from audiopetl.paths import cache_path
+from audiopetl.core import compat
+from audiopetl.core.config import load_config, model_config
+from audiopetl.core.errors import TrainingError
+from audiopetl.core.paths import cache_path
+from audiopetl.features.cache import read_metadata
+from audiopetl.models.build import adapt_position_embeddings, build_model, grid_shape
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
 

@@ -19,8 +19,8 @@ import pytest
 from project_copy import copy_workflow
 from training_helpers import assert_bitwise_equal, load_weights, run_in
 
-from audiopetl.config import feature_id, load_config
-from audiopetl.paths import study_runs
+from audiopetl.core.config import feature_id, load_config
+from audiopetl.core.paths import study_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = "models"
@@ -149,7 +149,7 @@ def test_a_run_repeats_to_identical_bytes(project: Path, tmp_path: Path, model: 
 def test_a_stopped_run_resumes_to_the_same_bytes(
     project: Path, tmp_path: Path, model: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from audiopetl import train as train_module
+    from audiopetl.training import trainer as train_module
 
     step = train_module.Trainer.train_step
     calls = {"n": 0}

@@ -22,10 +22,10 @@ from training_helpers import (  # noqa: F401
     train_args,
 )
 
-from audiopetl import compat
-from audiopetl.config import ConfigError
-from audiopetl.models import build_model
-from audiopetl.strategies import count_parameters, get_strategy
+from audiopetl.core import compat
+from audiopetl.core.config import ConfigError
+from audiopetl.models.build import build_model
+from audiopetl.models.strategies import count_parameters, get_strategy
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from audiopetl.config import ConfigError, load_config
-from audiopetl.plan import job_resources, snakemake_resources
+from audiopetl.core.config import ConfigError, load_config
+from audiopetl.study.plan import job_resources, snakemake_resources
 
 QUICK = ("--experiment", "quick")
 PROFILE = Path(__file__).resolve().parents[1] / "workflow" / "profiles" / "slurm" / "config.yaml"

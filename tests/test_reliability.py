@@ -32,10 +32,10 @@ from training_helpers import (  # noqa: F401
     train_args,
 )
 
-from audiopetl import cachefile
-from audiopetl.config import load_config
-from audiopetl.paths import cache_path, manifest_path
-from audiopetl.run_folder import write_sums
+from audiopetl.core.config import load_config
+from audiopetl.core.paths import cache_path, manifest_path
+from audiopetl.features import cachefile
+from audiopetl.training.run_folder import write_sums
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
 

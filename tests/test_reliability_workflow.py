@@ -180,7 +180,7 @@ def test_a_damaged_cache_is_rebuilt_by_its_rule(fresh: tuple[Path, Path], tmp_pa
     assert (cache.parent / f".{cache.name}.damaged").is_file()
     assert "rule cache:" in dry.stdout and cache.name in dry.stdout, dry.stdout[-3000:]
     snakemake(project, "--cores", "2", target)
-    from audiopetl.cachefile import damage
+    from audiopetl.features.cachefile import damage
 
     assert cache.is_file() and damage(cache) == ""
     assert (lost / "evaluation.json").is_file()

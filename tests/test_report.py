@@ -16,14 +16,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from audiopetl.config import load_config
-from audiopetl.errors import DataError
-from audiopetl.metrics import classification_metrics
-from audiopetl.paths import run_dir
+from audiopetl.core.config import load_config
+from audiopetl.core.errors import DataError
+from audiopetl.core.paths import run_dir
 from audiopetl.report.aggregate import collect_histories, collect_runs, summarize
 from audiopetl.report.build import build_report
 from audiopetl.report.dvc_views import dvc_view_outputs
 from audiopetl.report.figures import best_strategy, learning_curves, thesis_style
+from audiopetl.training.metrics import classification_metrics
 
 CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
 DATASET, MODEL = "synthetic", "tiny-ast"
@@ -265,7 +265,7 @@ def test_rebuild_gives_identical_bytes(experiment: dict[str, Any], tmp_path: Pat
 def test_compare_envs_fails_when_a_side_lacks_runs(
     experiment: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from audiopetl.cli import main
+    from audiopetl.cli.main import main
 
     results = Path(experiment["cfg"]["paths"]["results"]) / experiment["cfg"]["experiment"]
     other = tmp_path / "other"

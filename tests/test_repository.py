@@ -49,7 +49,7 @@ def test_lock_files_pin_third_party_packages_only() -> None:
 def test_dvc_yaml_versions_every_file_of_the_report() -> None:
     import yaml
 
-    from audiopetl.config import load_config
+    from audiopetl.core.config import load_config
     from audiopetl.report.build import FIGURES_DIR, expected_outputs
 
     cfg = load_config(ROOT / "config" / "config.yaml")

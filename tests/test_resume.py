@@ -30,11 +30,11 @@ from training_helpers import (  # noqa: F401
     train_args,
 )
 
-from audiopetl import checkpoint
-from audiopetl.config import load_config
-from audiopetl.errors import TrainingError
-from audiopetl.paths import manifest_path
-from audiopetl.train import EXIT_INTERRUPTED, RunSpec, Trainer, TrainState
+from audiopetl.core.config import load_config
+from audiopetl.core.errors import TrainingError
+from audiopetl.core.paths import manifest_path
+from audiopetl.training import checkpoint
+from audiopetl.training.trainer import EXIT_INTERRUPTED, RunSpec, Trainer, TrainState
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning"),

@@ -1,4 +1,4 @@
-"""How a run computes (audiopetl.runtime): precision, features on the device, the fused
+"""How a run computes (audiopetl.training.runtime): precision, features on the device, the fused
 optimizer, torch.compile, deferred reading of losses. What ran is recorded in run.json, and none
 of these choices changes what is learned beyond the tolerance stated here.
 
@@ -29,9 +29,10 @@ from training_helpers import (  # noqa: F401
     train_args,
 )
 
-from audiopetl import compat, runtime
-from audiopetl.errors import TrainingError
-from audiopetl.evaluate import _precision_of
+from audiopetl.core import compat
+from audiopetl.core.errors import TrainingError
+from audiopetl.training import runtime
+from audiopetl.training.evaluate import _precision_of
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
 

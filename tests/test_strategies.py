@@ -20,12 +20,12 @@ from training_helpers import (  # noqa: F401
     train_args,
 )
 
-from audiopetl import compat
-from audiopetl.config import load_config, strategy_config
-from audiopetl.errors import TrainingError
-from audiopetl.models import build_model
-from audiopetl.strategies import count_parameters, get_strategy
-from audiopetl.strategies.linear import LinearProbe
+from audiopetl.core import compat
+from audiopetl.core.config import load_config, strategy_config
+from audiopetl.core.errors import TrainingError
+from audiopetl.models.build import build_model
+from audiopetl.models.strategies import count_parameters, get_strategy
+from audiopetl.models.strategies.linear import LinearProbe
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
 
@@ -89,7 +89,7 @@ def test_other_generations_names_match_nothing() -> None:
 
 
 def test_lora_with_the_wrong_layout_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
-    from audiopetl.backbones.ast import AST
+    from audiopetl.models.backbones.ast import AST
 
     # The AST kind answering with the other transformers generation's names.
     monkeypatch.setattr(AST, "layout", lambda self: other_layout())

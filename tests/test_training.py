@@ -43,14 +43,14 @@ from training_helpers import (  # noqa: F401
     weights_differ,
 )
 
-from audiopetl import train as train_mod
-from audiopetl.cache import FeatureSet
-from audiopetl.checksums import file_sha256
-from audiopetl.config import load_config
-from audiopetl.errors import TrainingError
-from audiopetl.paths import cache_path, manifest_path
-from audiopetl.run_folder import read_sums, verify_run_folder
-from audiopetl.train import Trainer, epoch_order, spec_augment, split_folds
+from audiopetl.core.checksums import file_sha256
+from audiopetl.core.config import load_config
+from audiopetl.core.errors import TrainingError
+from audiopetl.core.paths import cache_path, manifest_path
+from audiopetl.features.cache import FeatureSet
+from audiopetl.training import trainer as train_mod
+from audiopetl.training.run_folder import read_sums, verify_run_folder
+from audiopetl.training.trainer import Trainer, epoch_order, spec_augment, split_folds
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
 

@@ -1,4 +1,4 @@
-"""Warm start (audiopetl.warm): a command run in a fork of a server that imported everything
+"""Warm start (audiopetl.process.warm): a command run in a fork of a server that imported everything
 already gives the same run as a cold process, gets the signals sent to the command, dies with
 it, and is not used where it must not be (a SLURM job, switched off)."""
 
@@ -27,7 +27,8 @@ from training_helpers import (  # noqa: F401
     wait_for_file,
 )
 
-from audiopetl import checksums, warm
+from audiopetl.core import checksums
+from audiopetl.process import warm
 
 pytestmark = pytest.mark.slow
 
@@ -137,7 +138,7 @@ def warm_children() -> set[int]:
         fields = stat.rsplit(")", 1)[1].split()
         if fields[0] == "Z":
             continue  # exited, not yet reaped
-        if b"audiopetl.warm" in cmdline:
+        if b"audiopetl.process.warm" in cmdline:
             servers.add(int(entry.name))
         children[int(entry.name)] = int(fields[1])
     return {pid for pid, parent in children.items() if parent in servers}

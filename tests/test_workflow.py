@@ -63,13 +63,13 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def quick_cfg() -> dict:
-    from audiopetl.config import load_config
+    from audiopetl.core.config import load_config
 
     return load_config(ROOT / "config" / "config.yaml", EXPERIMENT)
 
 
 def run_dirs(project: Path) -> list[Path]:
-    from audiopetl.paths import study_runs
+    from audiopetl.core.paths import study_runs
 
     return [project / run for run in study_runs(quick_cfg())]
 
@@ -119,7 +119,7 @@ def test_every_output_present_and_consistent(project: Path) -> None:
     assert "\\toprule" in (exp / "table.tex").read_text()
     resolved = yaml.safe_load((exp / "config.resolved.yaml").read_text())
     assert resolved["experiment"] == EXPERIMENT
-    from audiopetl.paths import data_report_path
+    from audiopetl.core.paths import data_report_path
 
     report = json.loads((project / data_report_path(cfg, "synthetic")).read_text())
     assert report["clips"] > 0
@@ -192,8 +192,8 @@ def data_files(project: Path) -> dict[str, int]:
 
 
 def test_presets_alternate_without_refetching_or_retraining(project: Path) -> None:
-    from audiopetl.config import load_config
-    from audiopetl.paths import cache_path, data_report_path
+    from audiopetl.core.config import load_config
+    from audiopetl.core.paths import cache_path, data_report_path
 
     quick_data = data_files(project)
     quick_runs = {r: (r / "metrics.json").stat().st_mtime_ns for r in run_dirs(project)}
@@ -244,7 +244,7 @@ def test_parsing_the_workflow_imports_neither_torch_nor_matplotlib() -> None:
             package, name = found.groups()
             # `from audiopetl import config` imports a module; `from x.y import f`, x.y.
             modules.add(f"{package}.{name}" if package == "audiopetl" else package)
-    assert {"audiopetl.config", "audiopetl.report.build"} <= modules, modules
+    assert {"audiopetl.core.config", "audiopetl.report.build"} <= modules, modules
     probe = (
         "import importlib, sys\n"
         f"for name in {sorted(modules)!r}:\n"

@@ -23,7 +23,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from audiopetl.cli import main
+from audiopetl.cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "config"
@@ -54,8 +54,8 @@ QUICK_BATCH = 8
 # interrupt a run part-way. The pause changes timing only, never a number.
 SLOW_CLI = """
 import sys, time
-from audiopetl import train
-from audiopetl.cli import main
+from audiopetl.training import trainer as train
+from audiopetl.cli.main import main
 _step = train.Trainer.train_step
 def _slow(self, chunk, state):
     time.sleep(float(sys.argv[1]))
@@ -306,7 +306,7 @@ _RUNS: SubprocessRuns | None = None
 
 
 def _stopped_at(state_file: Path) -> dict[str, int] | None:
-    from audiopetl.checkpoint import load_state
+    from audiopetl.training.checkpoint import load_state
 
     if not state_file.is_file():
         return None

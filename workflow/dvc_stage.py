@@ -71,8 +71,8 @@ def rules_without_records(command: list[str], rules: list[str]) -> list[str]:
 def check_paths(experiment: str, config_file: str = "config/config.yaml") -> None:
     """dvc.yaml names its outputs under data/ and results/; a configuration that writes
     elsewhere would leave DVC recording folders that the study never touched."""
-    from audiopetl.config import ConfigError, load_config
-    from audiopetl.errors import AudiopetlError
+    from audiopetl.core.config import ConfigError, load_config
+    from audiopetl.core.errors import AudiopetlError
 
     try:
         paths = load_config(config_file, experiment)["paths"]

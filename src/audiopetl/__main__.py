@@ -1,3 +1,3 @@
-from audiopetl.cli import entry
+from audiopetl.cli.main import entry
 
 entry()

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from audiopetl.atomic import write_json, write_text
-from audiopetl.errors import DataError
+from audiopetl.core.atomic import write_json, write_text
+from audiopetl.core.errors import DataError
 
 ID_COLUMNS = ("dataset", "model", "strategy", "seed", "fold")
 GROUP_COLUMNS = ("dataset", "model", "strategy")

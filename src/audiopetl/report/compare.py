@@ -23,8 +23,8 @@ from typing import Any
 
 import pandas as pd
 
-from audiopetl.atomic import write_json, write_text
-from audiopetl.errors import DataError
+from audiopetl.core.atomic import write_json, write_text
+from audiopetl.core.errors import DataError
 
 FIRST_LOSS_RTOL = 1e-3
 ACCURACY_ATOL = 0.10

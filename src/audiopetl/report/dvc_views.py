@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from audiopetl.atomic import write_json, write_text
+from audiopetl.core.atomic import write_json, write_text
 from audiopetl.report.aggregate import _json_value, summary_metrics
 
 METRICS_FILE = "metrics.json"

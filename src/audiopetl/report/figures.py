@@ -26,8 +26,8 @@ from matplotlib import ticker
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from audiopetl.atomic import atomic_path
-from audiopetl.errors import DataError
+from audiopetl.core.atomic import atomic_path
+from audiopetl.core.errors import DataError
 from audiopetl.report.aggregate import METRIC_NAMES, base_metric, is_fraction
 from audiopetl.report.defaults import DEFAULT_REPORT
 

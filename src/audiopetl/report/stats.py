@@ -179,7 +179,7 @@ def write_comparison_tables(
 ) -> list[Any]:
     from pathlib import Path
 
-    from audiopetl.atomic import write_text
+    from audiopetl.core.atomic import write_text
     from audiopetl.report.tables import latex_escape
 
     out_stem = Path(out_stem)

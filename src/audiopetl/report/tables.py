@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from audiopetl.atomic import write_text
+from audiopetl.core.atomic import write_text
 from audiopetl.report.aggregate import METRIC_NAMES, base_metric, is_fraction
 
 # The table shows the headline metric and macro F1 (accuracy when macro F1 is the headline):

@@ -1,0 +1,232 @@
+"""Subcommands for training and evaluation, registered by :mod:`audiopetl.cli.main`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from audiopetl.cli.common import config_of
+from audiopetl.core.paths import run_dir, study_runs
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from audiopetl.training.trainer import RunSpec, Trainer, default_pretrained, train_run
+
+    cfg = config_of(args)
+    out = (
+        Path(args.out)
+        if args.out
+        else run_dir(cfg, args.dataset, args.model, args.strategy, args.fold, args.seed)
+    )
+    pretrained = args.pretrained or default_pretrained(cfg, args.model)
+    spec = RunSpec(args.dataset, args.model, args.strategy, args.fold, args.seed, out, pretrained)
+
+    def evaluate(trainer: Trainer) -> None:
+        # A fresh model from the files just written, scored again: the run's own check.
+        from audiopetl.training.evaluate import evaluate_run
+
+        result = evaluate_run(out, cfg=cfg)
+        print(f"{out}: rebuilt from its files, {_matches(result)}")
+
+    metrics = train_run(
+        cfg,
+        spec,
+        progress=not args.quiet and sys.stderr.isatty(),
+        after=evaluate if args.evaluate else None,
+    )
+    test = metrics["test"]
+    print(
+        f"{out}: test accuracy {test['accuracy']:.4f} (best epoch {metrics['best_epoch']}, "
+        f"{metrics['trainable_params']:,} of {metrics['total_params']:,} parameters trained)"
+    )
+    return 0
+
+
+def _matches(result: dict) -> str:
+    return (
+        f"test accuracy {result['test']['accuracy']:.4f}, matches the stored run (max logit "
+        f"difference {result['max_abs_logit_difference']:.2g})"
+    )
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from audiopetl.core.paths import pretrain_dir
+    from audiopetl.training.trainer import pretrain
+
+    cfg = config_of(args)
+    out = Path(args.out) if args.out else pretrain_dir(cfg, args.model)
+    print(pretrain(cfg, args.model, out, progress=not args.quiet and sys.stderr.isatty()))
+    return 0
+
+
+def cmd_fetch_model(args: argparse.Namespace) -> int:
+    from audiopetl.models.hub import fetch_model
+
+    print(fetch_model(config_of(args), args.model, force=args.force))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from audiopetl.training.evaluate import evaluate_run
+
+    # The run's own recorded configuration (with --set), unless one is named: then it must
+    # agree with the record on everything the run computes.
+    cfg = config_of(args) if args.config_given else None
+    overrides = [] if args.config_given else args.overrides
+    result = evaluate_run(Path(args.run_dir), Path(args.out) if args.out else None, cfg, overrides)
+    print(f"{args.run_dir}: {_matches(result)}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import yaml
+
+    from audiopetl.core.atomic import write_text
+    from audiopetl.core.paths import experiment_dir
+    from audiopetl.report.build import build_report
+
+    cfg = config_of(args)
+    out = Path(args.out) if args.out else experiment_dir(cfg)
+    written = build_report(cfg, study_runs(cfg), out)
+    resolved = out / "config.resolved.yaml"
+    write_text(resolved, yaml.safe_dump(cfg, sort_keys=False))
+    for path in [*written, resolved]:
+        print(path)
+    return 0
+
+
+def cmd_compare_envs(args: argparse.Namespace) -> int:
+    from audiopetl.report.compare import ACCURACY_ATOL, FIRST_LOSS_RTOL, compare, write_comparison
+
+    settings = {
+        "first_loss_rtol": FIRST_LOSS_RTOL
+        if args.first_loss_rtol is None
+        else args.first_loss_rtol,
+        "accuracy_atol": ACCURACY_ATOL if args.accuracy_atol is None else args.accuracy_atol,
+    }
+    result = compare(Path(args.results_a), Path(args.results_b), **settings)
+    write_comparison(result, Path(args.out), settings)
+    missing = len(result.only_a) + len(result.only_b)
+    print(
+        f"{args.out}: {'PASS' if result.passed else 'FAIL'} "
+        f"({len(result.runs)} runs, {' vs '.join(result.environments)}"
+        f"{f'; {missing} finished on one side only' if missing else ''})"
+    )
+    return 0 if result.passed else 1
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from audiopetl.study.plan import format_plan, make_plan, profile_retries
+
+    cfg = config_of(args)
+    estimates = make_plan(cfg, args.samples_per_s, args.measure)
+    table, warnings = format_plan(cfg, estimates, profile_retries(args.profile), args.profile)
+    print(table)
+    for line in warnings:
+        print(f"WARNING: {line}", file=sys.stderr)
+    return 0
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of samples per second")
+    return value
+
+
+def register(add: Callable[..., argparse.ArgumentParser]) -> None:
+    p = add("train", cmd_train, "train one run: dataset x model x strategy x fold x seed")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--strategy", required=True)
+    p.add_argument("--fold", type=int, required=True, help="the test fold")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", help="run folder (default: results/EXPERIMENT/runs/D/M/S/seedN/foldF)")
+    p.add_argument(
+        "--pretrained",
+        help="start from this save_pretrained folder or hub id "
+        "instead of the model's configured `pretrained`",
+    )
+    p.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="then rebuild the run from its files and score it again (evaluation.json), as "
+        "`audiopetl evaluate` does, in the same process",
+    )
+
+    p = add(
+        "pretrain",
+        cmd_pretrain,
+        "train a model on its source task (models.M.pretrain) and save it in save_pretrained form",
+    )
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", help="folder (default: results/EXPERIMENT/pretrain/MODEL)")
+
+    p = add(
+        "fetch-model",
+        cmd_fetch_model,
+        "mirror a model's hub checkpoint (models.M.pretrained at models.M.revision) under "
+        "data/models/M, recording its commit and file hashes; an existing mirror is verified",
+    )
+    p.add_argument("--model", required=True)
+    p.add_argument(
+        "--force", action="store_true", help="mirror again, replacing the existing mirror"
+    )
+
+    p = add("report", cmd_report, "summary, tables and thesis figures of the study")
+    p.add_argument("--out", help="folder (default: results/EXPERIMENT)")
+
+    p = add(
+        "compare-envs",
+        cmd_compare_envs,
+        "compare an experiment's results from two "
+        "environments (e.g. modern vs legacy) and write a report",
+    )
+    p.add_argument("results_a", help="results/EXPERIMENT of the first environment")
+    p.add_argument("results_b", help="results/EXPERIMENT of the second environment")
+    p.add_argument("--out", required=True, help="Markdown report (a .json twin is written)")
+    p.add_argument("--first-loss-rtol", type=float, help="default: 1e-3 (see report/compare.py)")
+    p.add_argument("--accuracy-atol", type=float, help="default: 0.10 (see report/compare.py)")
+
+    p = add(
+        "plan",
+        cmd_plan,
+        "the study's training jobs with a runtime estimate each; warns where one will not fit "
+        "the SLURM time limit (resources.train.runtime) of one attempt",
+    )
+    how = p.add_mutually_exclusive_group()
+    how.add_argument(
+        "--samples-per-s",
+        type=_positive,
+        metavar="X",
+        help="training throughput to assume (e.g. samples_per_s of a run's execution.json)",
+    )
+    how.add_argument(
+        "--measure",
+        action="store_true",
+        help="time a few training steps of each model and strategy on random input on this "
+        "machine's device (run it where training runs, e.g. under srun --gpus=1)",
+    )
+    from audiopetl.study.plan import DEFAULT_PROFILE
+
+    p.add_argument(
+        "--profile",
+        type=Path,
+        default=DEFAULT_PROFILE,
+        help="the SLURM profile whose retries resume long jobs (default: %(default)s)",
+    )
+
+    p = add(
+        "evaluate",
+        cmd_evaluate,
+        "score a finished run folder again from its files, with the configuration it recorded "
+        "(--set changes where it runs, e.g. training.device=cpu) or a given one that agrees "
+        "with it",
+    )
+    p.add_argument("run_dir")
+    p.add_argument("--out", help="evaluation JSON (default: RUN_DIR/evaluation.json)")

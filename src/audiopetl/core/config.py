@@ -1,0 +1,634 @@
+"""Load, merge and validate the configuration.
+
+The same function serves the CLI, the Snakefile and DVC, so a setting is checked the same way
+whoever reads it. Layers, later ones winning: ``config/config.yaml`` -> the experiment preset
+``config/experiments/{name}.yaml`` -> ``--set key.path=value`` overrides. Every key remembers the
+layer it came from so an error can name the file as well as the key path.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import functools
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+DEFAULT_CONFIG = Path("config/config.yaml")
+PRESET_DIR_NAME = "experiments"
+# The workflow hands its configuration to every command through these variables; the CLI's
+# --config and --experiment default to them.
+CONFIG_ENV = "AUDIOPETL_CONFIG"
+EXPERIMENT_ENV = "AUDIOPETL_EXPERIMENT"
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the file and the key path."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML loader whose booleans are only true/false.
+
+    PyYAML follows YAML 1.1, where ``yes``, ``no``, ``on`` and ``off`` are booleans too; a
+    category called ``no`` or a flag written ``off`` would silently change type. Such words
+    stay strings here, and the schema then rejects them where a boolean is expected.
+    """
+
+
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+# YAML 1.1 floats need a dot ("1.0e-3"); accept the YAML 1.2 forms "1e-3" and "1e30" too, as
+# the --set help promises, rather than reading them as strings.
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _no_duplicate_keys(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicate_keys)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: not valid YAML: {err}") from err
+
+
+def load_yaml_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    data = parse_yaml(path.read_text(encoding="utf-8"), str(path))
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, not {type(data).__name__}")
+    return data
+
+
+def _kind_schemas(folder: str) -> list[tuple[str, dict[str, Any]]]:
+    """(kind, its own schema) for every resources/FOLDER/KIND.yaml, by name."""
+    entries = sorted(resources.files("audiopetl").joinpath(folder).iterdir(), key=lambda e: e.name)
+    return [
+        (entry.name.removesuffix(".yaml"), yaml.safe_load(entry.read_text()) or {})
+        for entry in entries
+        if entry.name.endswith(".yaml")
+    ]
+
+
+@functools.lru_cache(maxsize=1)
+def _schema() -> dict[str, Any]:
+    """The configuration schema, with every strategy kind's own settings composed in from
+    resources/strategies/KIND.yaml and every model kind's from resources/backbones/KIND.yaml
+    (a new strategy or model kind brings its schema file beside its code)."""
+    package = resources.files("audiopetl")
+    composed = yaml.safe_load(package.joinpath("resources/config.schema.yaml").read_text())
+    strategy = composed["$defs"]["strategy"]
+    strategies = _kind_schemas("resources/strategies")
+    for kind, own in strategies:
+        strategy.setdefault("allOf", []).append(
+            {
+                "if": {"properties": {"kind": {"const": kind}}},
+                "then": {
+                    "required": list(own.get("required", [])),
+                    "properties": dict(own.get("properties") or {}),
+                },
+            }
+        )
+    strategy["properties"]["kind"] = {"enum": [kind for kind, _ in strategies]}
+    # Each model kind's architecture and front-end keys.
+    model = composed["$defs"]["model"]
+    backbones = _kind_schemas("resources/backbones")
+    for kind, own in backbones:
+        named = {"required": ["kind"], "properties": {"kind": {"const": kind}}}
+        # A model without `kind` is an AST.
+        when = {"anyOf": [{"not": {"required": ["kind"]}}, named]} if kind == "ast" else named
+        model.setdefault("allOf", []).append(
+            {
+                "if": when,
+                "then": {
+                    "properties": {
+                        block: {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": dict(own.get(block) or {}),
+                        }
+                        for block in ("architecture", "front_end")
+                    }
+                },
+            }
+        )
+    model["properties"]["kind"] = {"enum": [kind for kind, _ in backbones]}
+    return composed
+
+
+def schema() -> dict[str, Any]:
+    return copy.deepcopy(_schema())
+
+
+@dataclass
+class _Layered:
+    """A merged mapping plus the source of each key path."""
+
+    data: dict[str, Any] = field(default_factory=dict)
+    origin: dict[tuple[str, ...], str] = field(default_factory=dict)
+
+    def merge(self, layer: Mapping[str, Any], source: str) -> None:
+        _merge_into(self.data, layer, (), source, self.origin)
+
+    def source_of(self, path: tuple[str | int, ...]) -> str:
+        keys = tuple(str(p) for p in path)
+        while keys:
+            if keys in self.origin:
+                return self.origin[keys]
+            keys = keys[:-1]
+        return self.origin.get((), "config")
+
+
+def _merge_into(
+    base: dict[str, Any],
+    layer: Mapping[str, Any],
+    prefix: tuple[str, ...],
+    source: str,
+    origin: dict[tuple[str, ...], str],
+) -> None:
+    for key, value in layer.items():
+        path = (*prefix, str(key))
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            origin.setdefault(path, source)
+            _merge_into(base[key], value, path, source, origin)
+        else:
+            base[key] = copy.deepcopy(value)
+            origin[path] = source
+            if isinstance(value, Mapping):
+                _record_origins(value, path, source, origin)
+
+
+def _record_origins(
+    value: Mapping[str, Any], prefix: tuple[str, ...], source: str, origin: dict
+) -> None:
+    for key, sub in value.items():
+        origin[(*prefix, str(key))] = source
+        if isinstance(sub, Mapping):
+            _record_origins(sub, (*prefix, str(key)), source, origin)
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """Turn ``a.b.c=value`` into ``{"a": {"b": {"c": value}}}``; the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY.PATH=VALUE")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".")]
+    if not all(parts):
+        raise ConfigError(f"--set {text!r}: empty key in {key!r}")
+    value = parse_yaml(raw, f"--set {key}") if raw.strip() else ""
+    nested: dict[str, Any] = {}
+    cursor = nested
+    for part in parts[:-1]:
+        cursor = cursor.setdefault(part, {})
+    cursor[parts[-1]] = value
+    return nested
+
+
+def preset_path(config_file: Path, experiment: str) -> Path:
+    return config_file.parent / PRESET_DIR_NAME / f"{experiment}.yaml"
+
+
+def available_presets(config_file: Path) -> list[str]:
+    folder = config_file.parent / PRESET_DIR_NAME
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def load_config(
+    config_file: Path | str = DEFAULT_CONFIG,
+    experiment: str | None = None,
+    overrides: Iterable[str] = (),
+    *,
+    training: bool = True,
+) -> dict[str, Any]:
+    """Return the resolved, validated configuration.
+
+    ``experiment`` names a preset; without one the base file's own ``experiment`` key decides,
+    and a preset of that name is applied when it exists (``default`` has none). With
+    ``training=False`` (the data commands) the checks of how the study splits its folds for
+    training are left out: a dataset can be fetched whatever study.folds says.
+    """
+    config_file = Path(config_file)
+    layered = _Layered()
+    layered.merge(load_yaml_file(config_file), str(config_file))
+    name = experiment or layered.data.get("experiment")
+    if experiment is not None or (isinstance(name, str) and name != "default"):
+        preset = preset_path(config_file, str(name))
+        if preset.is_file():
+            layered.merge(load_yaml_file(preset), str(preset))
+        elif experiment is not None and experiment != "default":
+            known = available_presets(config_file)
+            hint = _closest(experiment, known)
+            raise ConfigError(
+                f"{preset}: no preset named {experiment!r}{hint} (presets: {', '.join(known)})"
+            )
+        layered.data["experiment"] = name
+        layered.origin[("experiment",)] = str(preset) if preset.is_file() else "--experiment"
+    for text in overrides:
+        layered.merge(parse_override(text), "--set")
+    validate(layered, training=training)
+    return layered.data
+
+
+def apply_overrides(
+    config: Mapping[str, Any], overrides: Iterable[str], source: str
+) -> dict[str, Any]:
+    """A resolved configuration (a run's record, say) with ``--set`` overrides, validated."""
+    layered = _Layered(copy.deepcopy(dict(config)))
+    layered.origin[()] = source
+    for text in overrides:
+        layered.merge(parse_override(text), "--set")
+    validate(layered)
+    return layered.data
+
+
+def validate_dict(config: Mapping[str, Any], source: str = "config") -> None:
+    """Validate an already merged configuration (the Snakefile's path into the checks)."""
+    layered = _Layered(dict(config))
+    layered.origin[()] = source
+    validate(layered)
+
+
+def validate(layered: _Layered, *, training: bool = True) -> None:
+    validator_cls = jsonschema.validators.validator_for(schema())
+    validator = validator_cls(schema())
+    errors = sorted(validator.iter_errors(layered.data), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [_describe(err, layered) for err in _leaf_errors(errors)]
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(dict.fromkeys(lines)))
+    _check_references(layered, training=training)
+
+
+def _leaf_errors(errors: list[jsonschema.ValidationError]) -> list[jsonschema.ValidationError]:
+    # if/then and $ref wrap the helpful error in a context; report the innermost ones.
+    leaves: list[jsonschema.ValidationError] = []
+    for err in errors:
+        if err.context:
+            leaves.extend(_leaf_errors(list(err.context)))
+        else:
+            leaves.append(err)
+    return leaves
+
+
+def _key_path(path: Iterable[str | int]) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def _closest(word: str, candidates: Iterable[str]) -> str:
+    match = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _describe(err: jsonschema.ValidationError, layered: _Layered) -> str:
+    path = list(err.absolute_path)
+    if err.validator == "unevaluatedProperties" and isinstance(err.instance, dict):
+        # A key no schema part for this block knows (a strategy kind's own keys included).
+        allowed = _known_keys(err.schema, err.instance)
+        unknown = [k for k in err.instance if k not in allowed]
+        parts = [
+            f"{layered.source_of([*path, k])}: {_key_path([*path, k])}: unknown key"
+            f"{_closest(k, allowed)}"
+            for k in unknown
+        ]
+        return "\n  ".join(parts)
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        allowed = list(err.schema.get("properties", {}))
+        unknown = [k for k in err.instance if k not in allowed]
+        parts = []
+        for key in unknown:
+            full = [*path, key]
+            parts.append(
+                f"{layered.source_of(full)}: {_key_path(full)}: unknown key{_closest(key, allowed)}"
+            )
+        return "\n  ".join(parts)
+    where = layered.source_of(path)
+    if err.validator == "type":
+        return (
+            f"{where}: {_key_path(path)}: {err.instance!r} is a "
+            f"{type(err.instance).__name__}, expected {err.validator_value}"
+        )
+    if err.validator == "enum":
+        hint = _closest(str(err.instance), [str(v) for v in err.validator_value])
+        return (
+            f"{where}: {_key_path(path)}: {err.instance!r} is not one of "
+            f"{err.validator_value}{hint}"
+        )
+    if err.validator == "required":
+        return f"{where}: {_key_path(path)}: {err.message}"
+    return f"{where}: {_key_path(path)}: {err.message}"
+
+
+def _known_keys(block_schema: Mapping[str, Any], instance: Mapping[str, Any]) -> list[str]:
+    """The keys a composed block (a strategy) accepts for this instance's kind."""
+    keys = list(block_schema.get("properties", {}))
+    for part in block_schema.get("allOf", []):
+        kind = part.get("if", {}).get("properties", {}).get("kind", {}).get("const")
+        if kind is not None and instance.get("kind") == kind:
+            keys += list(part.get("then", {}).get("properties", {}))
+    return keys
+
+
+def _check_references(layered: _Layered, *, training: bool = True) -> None:
+    cfg = layered.data
+    problems: list[str] = []
+    for section, noun in (("datasets", "dataset"), ("models", "model"), ("strategies", "strategy")):
+        for i, name in enumerate(cfg["study"][section]):
+            if name not in cfg[section]:
+                path = ["study", section, i]
+                problems.append(
+                    f"{layered.source_of(path)}: {_key_path(path)}: {noun} {name!r} "
+                    f"is not defined under {section}{_closest(name, cfg[section])}"
+                )
+    for model_name, model in cfg["models"].items():
+        pretrain = model.get("pretrain")
+        if model.get("pretrained") is None and not model.get("architecture"):
+            path = ["models", model_name]
+            problems.append(
+                f"{layered.source_of(path)}: {_key_path(path)}: needs `pretrained` or "
+                "`architecture` (a random initialisation needs its shape)"
+            )
+        if pretrain:
+            for key, section in (("dataset", "datasets"), ("strategy", "strategies")):
+                if pretrain[key] not in cfg[section]:
+                    path = ["models", model_name, "pretrain", key]
+                    problems.append(
+                        f"{layered.source_of(path)}: {_key_path(path)}: {pretrain[key]!r} is "
+                        f"not defined under {section}{_closest(pretrain[key], cfg[section])}"
+                    )
+    problems += _strategy_model_problems(cfg, layered)
+    for model_name in cfg["resources"].get("models") or {}:
+        if model_name not in cfg["models"]:
+            path = ["resources", "models", model_name]
+            problems.append(
+                f"{layered.source_of(path)}: {_key_path(path)}: model {model_name!r} is not "
+                f"defined under models{_closest(model_name, cfg['models'])}"
+            )
+    for ds_name in cfg["study"]["datasets"] if training else []:
+        dataset = cfg["datasets"].get(ds_name)
+        if dataset is None:
+            continue
+        n_folds = dataset_folds(dataset)
+        for i, fold in enumerate(cfg["study"]["folds"]):
+            if n_folds is not None and fold > n_folds:
+                path = ["study", "folds", i]
+                problems.append(
+                    f"{layered.source_of(path)}: {_key_path(path)}: fold {fold} is outside "
+                    f"dataset {ds_name!r}'s folds 1..{n_folds}"
+                )
+    if (
+        training
+        and cfg["training"]["split"] == "train_val_test"
+        and len(cfg["study"]["folds"])
+        and any(
+            (dataset_folds(cfg["datasets"][d]) or 3) < 3
+            for d in cfg["study"]["datasets"]
+            if d in cfg["datasets"]
+        )
+    ):
+        problems.append(
+            f"{layered.source_of(['training', 'split'])}: training.split: train_val_test "
+            "needs at least 3 folds"
+        )
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def _strategy_model_problems(cfg: Mapping[str, Any], layered: _Layered) -> list[str]:
+    """Strategies that cannot apply to a model's architecture (prompt tokens where there is no
+    token sequence to insert them into), in the study or in a model's pretraining: found
+    before any job runs."""
+    from audiopetl.models.backbones import DEFAULT_KIND, get_backbone
+
+    pairs = [(m, s, ["study", "strategies"]) for m in cfg["study"]["models"]
+             for s in cfg["study"]["strategies"]]  # fmt: skip
+    pairs += [
+        (m, model["pretrain"]["strategy"], ["models", m, "pretrain", "strategy"])
+        for m, model in cfg["models"].items()
+        if model.get("pretrain")
+    ]
+    problems = []
+    for model_name, strategy_name, path in pairs:
+        model = cfg["models"].get(model_name)
+        strategy = cfg["strategies"].get(strategy_name)
+        if model is None or strategy is None:
+            continue  # reported above
+        kind = model.get("kind") or DEFAULT_KIND
+        why = get_backbone(kind).problem_with(strategy["kind"])
+        if why:
+            problems.append(
+                f"{layered.source_of(path)}: {_key_path(path)}: strategy {strategy_name!r} "
+                f"({strategy['kind']}) cannot apply to model {model_name!r} ({kind}): {why}"
+            )
+    return problems
+
+
+def dataset_folds(dataset: Mapping[str, Any]) -> int | None:
+    """The number of folds a dataset declares, or None when it follows from the data."""
+    kind = dataset["kind"]
+    if kind == "synthetic":
+        return int(dataset["synthetic"]["folds"])
+    if kind == "esc50":
+        return int(dataset["esc50"]["folds"])
+    folds = dataset["folder"]["folds"]
+    return None if folds is None else int(folds)
+
+
+def dataset_config(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
+    if name not in cfg["datasets"]:
+        raise ConfigError(
+            f"datasets.{name}: no dataset named {name!r}{_closest(name, cfg['datasets'])} "
+            f"(defined: {', '.join(cfg['datasets'])})"
+        )
+    return cfg["datasets"][name]
+
+
+def feature_settings(
+    cfg: Mapping[str, Any], dataset: str, model: str | None = None
+) -> dict[str, Any]:
+    """What a dataset's cache holds for ``model``: the front end of the model's kind, with
+    the dataset's clip length. AST's fbank (the global feature block with the dataset's own
+    overrides) when ``model`` is None or an AST; its settings keep the names of their caches."""
+    merged = dict(cfg["features"])
+    merged.update(dataset_config(cfg, dataset).get("features") or {})
+    if model is None:
+        return merged
+    from audiopetl.models.backbones import backbone_of
+
+    model_cfg = model_config(cfg, model)
+    backbone = backbone_of(model_cfg)
+    if backbone.front_end == "fbank":
+        return merged
+    return backbone.front_end_settings(merged, model_cfg)
+
+
+# Bump when the log-mel computation (audiopetl.features.fbank) changes in a way that alters cached
+# values: the cache file names change with it.
+FEATURE_VERSION = 2  # 2: the cache format with page checksums (audiopetl.features.cachefile)
+# Bump when a dataset kind writes other files for the same settings (the synthetic generator,
+# the manifest's columns): the raw folder names change with it.
+DATA_VERSION = 1
+# The settings of a dataset kind that decide which files its raw folder holds. The others
+# decide only how they get there (the URL, retries, a local copy of the archive: every clip of
+# ESC-50 is verified against its published md5 whatever the source).
+IDENTITY_KEYS = {
+    "synthetic": None,  # every setting shapes the generated audio
+    "esc50": ("folds", "subset"),
+    "folder": ("root", "manifest", "pattern", "folds", "labels"),
+}
+
+
+def dataset_identity(dataset: Mapping[str, Any]) -> dict[str, Any]:
+    """What a dataset's raw folder is made of: its kind and the settings that decide its files."""
+    kind = dataset["kind"]
+    block = dict(dataset[kind])
+    keys = IDENTITY_KEYS[kind]
+    settings = block if keys is None else {k: block.get(k) for k in keys}
+    return {"kind": kind, "version": DATA_VERSION, **settings}
+
+
+def data_id(cfg: Mapping[str, Any], dataset: str) -> str:
+    """Names a dataset's raw folder: a hash of :func:`dataset_identity`. Two presets that
+    define a dataset differently keep separate copies; switching between them costs nothing."""
+    settings = dataset_config(cfg, dataset)
+    identity = dataset_identity(settings)
+    if settings["kind"] == "folder":
+        # Skipping unreadable files decides which of a user's files the folder lists.
+        identity["skip_bad"] = cfg["data"]["skip_bad"]
+    return stable_hash(identity, 10)
+
+
+def feature_id(cfg: Mapping[str, Any], dataset: str, model: str | None = None) -> str:
+    """Names a dataset's feature cache: a hash of the data it is computed from, its feature
+    settings (the front end ``model`` reads) and FEATURE_VERSION. Models that read the same
+    front end with the same settings share one cache."""
+    return stable_hash(
+        {
+            "version": FEATURE_VERSION,
+            "data": data_id(cfg, dataset),
+            "clips": dict(cfg["data"]),  # which clips make it into the cache
+            **feature_settings(cfg, dataset, model),
+        },
+        10,
+    )
+
+
+def feature_caches(cfg: Mapping[str, Any], dataset: str) -> dict[str, str | None]:
+    """Every cache a configuration can ask of a dataset: its id -> a model that reads it (None
+    for AST's fbank). The workflow's cache rule knows a cache by its id alone."""
+    caches: dict[str, str | None] = {feature_id(cfg, dataset): None}
+    for model in cfg["models"]:
+        caches.setdefault(feature_id(cfg, dataset, model), model)
+    return caches
+
+
+def model_for_feature_id(cfg: Mapping[str, Any], dataset: str, fid: str) -> str | None:
+    caches = feature_caches(cfg, dataset)
+    if fid not in caches:
+        raise ConfigError(
+            f"no model of this configuration reads a cache {fid!r} of dataset {dataset!r} "
+            f"(known: {', '.join(caches)})"
+        )
+    return caches[fid]
+
+
+def training_settings(cfg: Mapping[str, Any], strategy: str) -> dict[str, Any]:
+    """The global training block with the strategy's own overrides applied."""
+    merged = copy.deepcopy(cfg["training"])
+    for key, value in (strategy_config(cfg, strategy).get("training") or {}).items():
+        merged[key] = copy.deepcopy(value)
+    return merged
+
+
+# Training settings that change how often a run reads its losses from the device or saves its
+# resume state, never what it computes: left out of what reruns a job (the rules' params) and
+# of what a resume must share, so changing them costs nothing.
+BOOKKEEPING = ("log_every_steps", "save_state_every_s")
+
+
+def computing_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``settings`` without the bookkeeping keys."""
+    return {k: v for k, v in settings.items() if k not in BOOKKEEPING}
+
+
+# Training settings that do not change what a pretraining computes: it has no validation
+# split (no model selection, no early stopping), and the guards only judge its result.
+NOT_IN_PRETRAINING = (
+    "select_metric",
+    "early_stopping_patience",
+    "min_accuracy_over_chance",
+    "max_trainable_fraction",
+)
+
+
+def pretraining_settings(
+    cfg: Mapping[str, Any], model: str, *, relevant_only: bool = False
+) -> dict[str, Any]:
+    """The training settings of a model's source-task pretraining: its strategy's, trained on
+    all but one fold (train_test) for `pretrain.epochs` when set."""
+    pretrain = model_config(cfg, model)["pretrain"]
+    settings = training_settings(cfg, pretrain["strategy"])
+    settings["split"] = "train_test"
+    if "epochs" in pretrain:
+        settings["epochs"] = pretrain["epochs"]
+    if relevant_only:
+        settings = {
+            k: v for k, v in computing_settings(settings).items() if k not in NOT_IN_PRETRAINING
+        }
+    return settings
+
+
+def strategy_config(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
+    if name not in cfg["strategies"]:
+        raise ConfigError(
+            f"strategies.{name}: no strategy named {name!r}{_closest(name, cfg['strategies'])}"
+        )
+    return cfg["strategies"][name]
+
+
+def model_config(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
+    if name not in cfg["models"]:
+        raise ConfigError(f"models.{name}: no model named {name!r}{_closest(name, cfg['models'])}")
+    return cfg["models"][name]
+
+
+def stable_hash(value: Any, length: int = 12) -> str:
+    """A short content hash of JSON-serialisable settings (key order does not matter)."""
+    blob = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]

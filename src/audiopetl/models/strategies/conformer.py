@@ -1,0 +1,53 @@
+"""The Conformer adapter (Cappellazzo et al., 2024): a Conformer convolution module as the
+adapter block, placed like the bottleneck adapter. LayerNorm -> pointwise convolution to twice
+the bottleneck size -> GLU -> depthwise convolution of kernel k -> BatchNorm -> SiLU ->
+pointwise convolution back; its last projection starts at zero, so the model is unchanged at
+step 0. Its BatchNorm and LayerNorm run in training mode while the backbone is frozen, as the
+reference's do."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from audiopetl.models.build import kaiming_uniform_init
+from audiopetl.models.strategies.adapter import AdapterStrategy, bottleneck_size
+from audiopetl.models.strategies.base import register
+
+
+class ConformerBlock(nn.Module):
+    def __init__(self, hidden: int, reduction: float, kernel: int) -> None:
+        super().__init__()
+        size = bottleneck_size(hidden, reduction)
+        self.norm = nn.LayerNorm(hidden)
+        self.pointwise_in = nn.Conv1d(hidden, 2 * size, 1)
+        self.glu = nn.GLU(dim=1)
+        self.depthwise = nn.Conv1d(size, size, kernel, groups=size, padding="same")
+        self.batch_norm = nn.BatchNorm1d(size)
+        self.act = nn.SiLU()
+        self.pointwise_out = nn.Conv1d(size, hidden, 1)
+
+    def reset(self, name: str) -> None:
+        with torch.no_grad():
+            self.norm.reset_parameters()
+            for part in ("pointwise_in", "depthwise"):
+                conv = getattr(self, part)
+                kaiming_uniform_init(conv.weight, f"{name}.{part}.weight")
+                conv.bias.zero_()
+            self.batch_norm.reset_parameters()  # weight 1, bias 0, fresh running statistics
+            self.pointwise_out.weight.zero_()  # the block adds nothing at first
+            self.pointwise_out.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (batch, tokens, hidden)
+        y = self.norm(x).transpose(1, 2)  # convolutions run over the tokens
+        y = self.glu(self.pointwise_in(y))
+        y = self.act(self.batch_norm(self.depthwise(y)))
+        return self.pointwise_out(y).transpose(1, 2)
+
+
+@register("conformer")
+class ConformerAdapter(AdapterStrategy):
+    def block(self, hidden: int) -> nn.Module:
+        return ConformerBlock(
+            hidden, float(self.settings["reduction"]), int(self.settings["kernel"])
+        )

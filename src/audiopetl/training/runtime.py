@@ -1,0 +1,114 @@
+"""How a run computes on its device: precision, where the features live, the optimizer's
+kernel, compilation. The config says what a user wants (``auto`` mostly); :func:`resolve`
+turns it into what this machine will do, once, before training, and run.json records it.
+
+Nothing here changes *what* is learned beyond rounding: a bf16 run and an fp32 run of the
+same settings agree within the tolerance the tests hold (tests/test_runtime.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from audiopetl.core import compat
+from audiopetl.core.errors import TrainingError
+
+log = logging.getLogger(__name__)
+
+AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Features on the device in float16: a fold set of ESC-50 (2000 clips x 512 x 128) is 262 MB.
+# auto keeps them on the host when they would take more than this share of the device.
+DEVICE_DATA_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The resolved choices; ``asdict`` of it is run.json's ``runtime``."""
+
+    precision: str  # what ran: fp32 | bf16 | fp16
+    precision_requested: str
+    grad_scaler: bool  # fp16 loss scaling
+    tf32: bool  # on CUDA only; False on the CPU whatever the config says
+    attention: str  # the attention implementation the model really uses
+    data_on_device: bool
+    fused_optimizer: bool
+    compile: bool
+    log_every_steps: int
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return AMP_DTYPES[self.precision]
+
+    def record(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    if requested == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if requested == "fp16" and device.type != "cuda":
+        raise TrainingError("training.precision fp16 needs a CUDA device; use bf16 or fp32")
+    return requested
+
+
+def resolve_fused(requested: str | bool, device: torch.device) -> bool:
+    supported = compat.fused_adamw_supported(device)
+    if requested == "auto":
+        return supported and device.type == "cuda"
+    if requested is True and not supported:
+        raise TrainingError(
+            f"training.fused_optimizer: torch {torch.__version__} has no fused AdamW on "
+            f"{device.type} (CUDA needs torch >= 2.0, the CPU >= 2.4); set it to auto"
+        )
+    return bool(requested)
+
+
+def resolve(
+    settings: Mapping[str, Any], device: torch.device, attention: str, feature_bytes: int
+) -> Runtime:
+    """What this run will do on ``device``; an impossible request is a TrainingError."""
+    if settings["compile"] and not compat.HAS_COMPILE:
+        raise TrainingError(
+            f"training.compile needs torch >= 2.0 (this environment has {torch.__version__}); "
+            "set it to false"
+        )
+    precision = resolve_precision(settings["precision"], device)
+    on_device = settings["data_on_device"]
+    if on_device == "auto":
+        on_device = device.type == "cuda" and feature_bytes <= DEVICE_DATA_SHARE * (
+            torch.cuda.get_device_properties(device).total_memory
+        )
+    return Runtime(
+        precision=precision,
+        precision_requested=settings["precision"],
+        grad_scaler=precision == "fp16",
+        tf32=bool(settings["tf32"]) and device.type == "cuda",
+        attention=attention,
+        data_on_device=bool(on_device),
+        fused_optimizer=resolve_fused(settings["fused_optimizer"], device),
+        compile=bool(settings["compile"]),
+        log_every_steps=int(settings["log_every_steps"]),
+    )
+
+
+def apply_matmul_settings(runtime: Runtime, device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = runtime.tf32
+        torch.backends.cudnn.allow_tf32 = runtime.tf32
+
+
+def compiled(model: nn.Module, runtime: Runtime) -> nn.Module:
+    """The module the loop calls: ``model`` itself, or a compiled wrapper of it that shares its
+    parameters (state dicts and strategies keep working on ``model``)."""
+    if not runtime.compile:
+        return model
+    log.info("compiling the model's forward pass (torch.compile); the first steps are slower")
+    return compat.compile_module(model)

@@ -8,13 +8,15 @@ import sys
 
 from snakemake.io import report as mark_for_report
 
-from audiopetl.features import cachefile as apcachefile
 from audiopetl.core import config as apconfig
-from audiopetl.models import hub as aphub
 from audiopetl.core import paths as appaths
-from audiopetl.study import plan as applan
+from audiopetl.core.settings import thaw
+from audiopetl.features import cachefile as apcachefile
+from audiopetl.models import hub as aphub
 from audiopetl.process import warm as apwarm
 from audiopetl.report.build import expected_outputs
+from audiopetl.study import load_study
+from audiopetl.study import resources as apresources
 
 ALLOWED_CONFIG_KEYS = {"experiment", "config_file"}
 _extra = set(config) - ALLOWED_CONFIG_KEYS
@@ -24,11 +26,14 @@ if _extra:
         "Put other settings in a preset under config/experiments/ so the CLI sees them too."
     )
 CONFIG_FILE = config.get("config_file", "config/config.yaml")
-# Validated by load_config against the schema with every strategy kind's settings composed
-# in (audiopetl.core.config.schema), the same check the CLI makes.
-CFG = apconfig.load_config(CONFIG_FILE, config.get("experiment"))
-EXPERIMENT = CFG["experiment"]
-STUDY = CFG["study"]
+# Validated and resolved by the same function the CLI uses (audiopetl.study.load_study: the
+# schema with every kind's settings composed in, and the kind-aware checks). The rules ask it
+# for settings (their params) and paths; none reads the configuration itself.
+STUDY = load_study(CONFIG_FILE, config.get("experiment"))
+CFG = STUDY.config
+LAYOUT = STUDY.layout
+EXPERIMENT = STUDY.name
+MATRIX = CFG["study"]
 # Every job's `audiopetl` command reads the configuration the workflow resolved from these two
 # variables (the CLI's --config and --experiment default to them; its log names them). They
 # stay off the command lines on purpose: Snakemake reruns a job whose command or params
@@ -47,20 +52,18 @@ envvars:
 
 
 # Path patterns, from the functions that give the CLI its paths.
-MANIFEST = str(appaths.manifest_path(CFG, "{dataset}", "{did}"))
-CACHE = str(appaths.cache_path(CFG, "{dataset}", "{fid}"))
-DATA_REPORT = str(appaths.data_report_path(CFG, "{dataset}", "{fid}"))
-MIRROR = str(appaths.mirror_dir(CFG, "{model}"))
-PRETRAIN = str(appaths.pretrain_dir(CFG, "{model}"))
-RUN = str(
-    appaths.run_dir(CFG, "{dataset}", "{model}", "{strategy}", "{fold}", "{seed}")
-)
+MANIFEST = str(LAYOUT.manifest("{dataset}", "{did}"))
+CACHE = str(LAYOUT.cache("{dataset}", "{fid}"))
+DATA_REPORT = str(LAYOUT.data_report("{dataset}", "{fid}"))
+MIRROR = str(LAYOUT.mirror("{model}"))
+PRETRAIN = str(LAYOUT.pretrain_dir("{model}"))
+RUN = str(LAYOUT.run_dir("{dataset}", "{model}", "{strategy}", "{fold}", "{seed}"))
 RUN_LOG = str(appaths.run_log("{dataset}", "{model}", "{strategy}", "{fold}", "{seed}"))
-LOGS = str(appaths.logs_dir(CFG))
+LOGS = str(LAYOUT.logs())
 # dvc.yaml names these folders as outputs, and a study may leave some of them empty (no hub
 # checkpoint, no pretraining): DVC refuses an output that does not exist. Made here, not in an
 # onsuccess handler, which Snakemake skips when it has nothing to do.
-for _folder in appaths.versioned_dirs(CFG):
+for _folder in LAYOUT.versioned_dirs():
     os.makedirs(_folder, exist_ok=True)
 # A damaged feature cache (failed page checksums, NaN features, unreadable) would fail every
 # job that reads it. The main Snakemake process checks the study's caches and moves a damaged
@@ -68,7 +71,7 @@ for _folder in appaths.versioned_dirs(CFG):
 # rebuilds it and the runs that read it train again. Reading a cache costs about 0.5 s per
 # 150 MB (ESC-50's).
 if workflow.is_main_process:
-    for _cache in appaths.study_caches(CFG):
+    for _cache in STUDY.caches():
         _moved = apcachefile.set_aside_if_damaged(_cache)
         if _moved is not None:
             print(
@@ -95,31 +98,31 @@ def settings_json(value):
 
 
 def manifest_file(dataset):
-    return str(appaths.manifest_path(CFG, dataset))
+    return str(STUDY.manifest_path(dataset))
 
 
 def cache_file(dataset, model=None):
     """The cache of the front end ``model`` reads (AST's fbank when None)."""
-    return str(appaths.cache_path(CFG, dataset, model=model))
+    return str(STUDY.cache_path(dataset, model))
 
 
 def pretrain_inputs(model):
     """What a run starts from when the workflow provides it: its own pretraining, or the local
     mirror of a hub checkpoint (fetched on the submitting machine)."""
-    model_cfg = apconfig.model_config(CFG, model)
-    if model_cfg.get("pretrain"):
-        return [str(appaths.pretrain_dir(CFG, model) / "metrics.json")]
-    if model_cfg.get("pretrained") and aphub.is_hub_id(model_cfg["pretrained"]):
-        return [str(appaths.mirror_dir(CFG, model) / aphub.MIRROR_RECORD)]
+    settings = STUDY.model(model)
+    if settings.pretrain is not None:
+        return [str(LAYOUT.pretrain_dir(model) / "metrics.json")]
+    if settings.pretrained and aphub.is_hub_id(settings.pretrained):
+        return [str(LAYOUT.mirror(model) / aphub.MIRROR_RECORD)]
     return []
 
 
 def all_runs():
-    return [str(run) for run in appaths.study_runs(CFG)]
+    return [str(run) for run in STUDY.runs()]
 
 
 def report_outputs():
-    return [str(p) for p in expected_outputs(CFG, appaths.experiment_dir(CFG))]
+    return [str(p) for p in expected_outputs(CFG, LAYOUT.experiment_dir())]
 
 
 def report_entries():
@@ -135,7 +138,7 @@ def report_entries():
 
 
 def data_reports():
-    return [str(appaths.data_report_path(CFG, d)) for d in STUDY["datasets"]]
+    return [str(STUDY.data_report_path(d)) for d in MATRIX["datasets"]]
 
 
 def resources_of(kind):
@@ -145,9 +148,9 @@ def resources_of(kind):
 
     def resource(name):
         def value(wildcards, threads, attempt):
-            settings = applan.job_resources(CFG, kind, wildcards.get("model"))
-            return applan.snakemake_resources(settings, threads, attempt)[name]
+            settings = apresources.job_resources(CFG["resources"], kind, wildcards.get("model"))
+            return apresources.snakemake_resources(settings, threads, attempt)[name]
 
         return value
 
-    return {name: resource(name) for name in applan.RESOURCE_NAMES}
+    return {name: resource(name) for name in apresources.RESOURCE_NAMES}

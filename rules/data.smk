@@ -16,9 +16,7 @@ rule fetch:
     resources:
         **resources_of("data"),
     params:
-        settings=lambda wc: settings_json(
-            apconfig.dataset_identity(apconfig.dataset_config(CFG, wc.dataset))
-        ),
+        settings=lambda wc: settings_json(thaw(STUDY.dataset(wc.dataset).identity)),
     shell:
         "audiopetl fetch {wildcards.dataset} --quiet --force --log {log}"
 
@@ -37,11 +35,9 @@ rule cache:
         **resources_of("data"),
     params:
         features=lambda wc: settings_json(
-            apconfig.feature_settings(
-                CFG,
-                wc.dataset,
-                apconfig.model_for_feature_id(CFG, wc.dataset, wc.fid),
-            )
+            STUDY.features(
+                wc.dataset, STUDY.model_for_feature_id(wc.dataset, wc.fid)
+            ).record()
         ),
     shell:
         "audiopetl cache {wildcards.dataset} --features-id {wildcards.fid} --quiet"
@@ -76,6 +72,6 @@ rule fetch_model:
     resources:
         **resources_of("data"),
     params:
-        source=lambda wc: settings_json(aphub.source_of(CFG, wc.model)),
+        source=lambda wc: settings_json(aphub.source_of(STUDY.model(wc.model))),
     shell:
         "audiopetl fetch-model --model {wildcards.model} --quiet --force --log {log}"

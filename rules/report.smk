@@ -11,11 +11,11 @@ rule report:
     output:
         report_entries(),
         resolved=report(
-            str(appaths.experiment_dir(CFG) / "config.resolved.yaml"),
+            str(LAYOUT.experiment_dir() / "config.resolved.yaml"),
             caption="../workflow/report/config.rst",
             category="Configuration",
         ),
-        dvc_views=[str(p) for p in dvc_view_outputs(CFG, appaths.experiment_dir(CFG))],
+        dvc_views=[str(p) for p in dvc_view_outputs(CFG, LAYOUT.experiment_dir())],
     log:
         f"{LOGS}/report.log",
     conda:
@@ -26,8 +26,8 @@ rule report:
         out=lambda wc, output: os.path.dirname(output.resolved),
         report=settings_json(CFG["report"]),
         # What the captions say each figure's statistics are over.
-        folds=len(STUDY["folds"]),
-        seeds=len(STUDY["seeds"]),
-        runs=len(STUDY["folds"]) * len(STUDY["seeds"]),
+        folds=len(MATRIX["folds"]),
+        seeds=len(MATRIX["seeds"]),
+        runs=len(MATRIX["folds"]) * len(MATRIX["seeds"]),
     shell:
         "audiopetl report --quiet --out {params.out} --log {log}"

@@ -15,9 +15,7 @@
 
 rule pretrain:
     input:
-        cache=lambda wc: cache_file(
-            apconfig.model_config(CFG, wc.model)["pretrain"]["dataset"], wc.model
-        ),
+        cache=lambda wc: cache_file(STUDY.model(wc.model).pretrain.dataset, wc.model),
     output:
         metrics=f"{PRETRAIN}/metrics.json",
     log:
@@ -31,17 +29,7 @@ rule pretrain:
         out=lambda wc, output: os.path.dirname(output.metrics),
         # What the pretraining computes with: a change elsewhere in `training` (the split,
         # model selection, the guards) reruns the runs, not the pretraining.
-        settings=lambda wc: settings_json(
-            {
-                "model": apconfig.model_config(CFG, wc.model),
-                "strategy": apconfig.strategy_config(
-                    CFG, apconfig.model_config(CFG, wc.model)["pretrain"]["strategy"]
-                ),
-                "training": apconfig.pretraining_settings(
-                    CFG, wc.model, relevant_only=True
-                ),
-            }
-        ),
+        settings=lambda wc: settings_json(STUDY.pretrain_params(wc.model)),
     shell:
         "HF_HUB_OFFLINE=1 exec audiopetl pretrain --model {wildcards.model} --quiet"
         " --out {params.out} --log {log}"
@@ -67,16 +55,9 @@ rule train:
         **resources_of("train"),
     params:
         out=lambda wc, output: os.path.dirname(output.metrics),
-        # Only the settings this run depends on: changing one strategy reruns only its jobs.
-        settings=lambda wc: settings_json(
-            {
-                "strategy": apconfig.strategy_config(CFG, wc.strategy),
-                "training": apconfig.computing_settings(
-                    apconfig.training_settings(CFG, wc.strategy)
-                ),
-                "model": apconfig.model_config(CFG, wc.model),
-            }
-        ),
+        # Only the settings this run depends on (RunSettings.params): changing one strategy
+        # reruns only its jobs.
+        settings=lambda wc: settings_json(STUDY.run_params(wc.model, wc.strategy)),
     shell:
         "HF_HUB_OFFLINE=1 exec audiopetl train --quiet --dataset {wildcards.dataset}"
         " --model {wildcards.model}"

@@ -71,11 +71,11 @@ def rules_without_records(command: list[str], rules: list[str]) -> list[str]:
 def check_paths(experiment: str, config_file: str = "config/config.yaml") -> None:
     """dvc.yaml names its outputs under data/ and results/; a configuration that writes
     elsewhere would leave DVC recording folders that the study never touched."""
-    from audiopetl.core.config import ConfigError, load_config
-    from audiopetl.core.errors import AudiopetlError
+    from audiopetl.core.errors import AudiopetlError, ConfigError
+    from audiopetl.study import load_study
 
     try:
-        paths = load_config(config_file, experiment)["paths"]
+        paths = load_study(config_file, experiment).config["paths"]
     except (ConfigError, AudiopetlError) as err:  # names its file and key: say just that
         raise SystemExit(f"dvc_stage: {err}") from None
     moved = {key: paths[key] for key, default in DVC_PATHS.items() if paths[key] != default}

@@ -8,9 +8,12 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from audiopetl.core.config import CONFIG_ENV, DEFAULT_CONFIG, EXPERIMENT_ENV, load_config
+from audiopetl.core.config import CONFIG_ENV, DEFAULT_CONFIG, EXPERIMENT_ENV
+
+if TYPE_CHECKING:
+    from audiopetl.study import Study
 
 log = logging.getLogger("audiopetl")
 
@@ -72,11 +75,15 @@ def resolve_config_args(args: argparse.Namespace) -> None:
 DATA_COMMANDS = {"fetch", "cache", "data-report", "fetch-model"}
 
 
-def config_of(args: argparse.Namespace) -> dict[str, Any]:
+def study_of(args: argparse.Namespace) -> Study:
+    """The command's configuration, validated and resolved (audiopetl.study): the one place a
+    command turns its options into settings."""
+    from audiopetl.study import load_study
+
     overrides = list(args.overrides)
     if getattr(args, "skip_bad", False):
         overrides.append("data.skip_bad=true")  # the flag is the setting, so it names the data
-    return load_config(
+    return load_study(
         args.config, args.experiment, overrides, training=args.command not in DATA_COMMANDS
     )
 

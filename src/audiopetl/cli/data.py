@@ -6,15 +6,18 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from audiopetl.cli.common import config_of, log, progress
+from audiopetl.cli.common import log, progress, study_of
+
+if TYPE_CHECKING:
+    from audiopetl.study import Study
 
 
-def _say_subset(cfg: dict[str, Any], dataset: str) -> None:
+def _say_subset(study: Study, dataset: str) -> None:
     from audiopetl.data.datasets import describe
 
-    line = describe(cfg, dataset)
+    line = describe(study.dataset(dataset), study.raw_dir(dataset))
     if line is not None:
         print(f"dataset {dataset}: {line}", file=sys.stderr)
 
@@ -22,29 +25,34 @@ def _say_subset(cfg: dict[str, Any], dataset: str) -> None:
 def cmd_fetch(args: argparse.Namespace) -> int:
     from audiopetl.data.datasets import fetch, skipped_files
 
-    cfg = config_of(args)
-    path = fetch(cfg, args.dataset, force=args.force, progress=progress(args))
-    _say_subset(cfg, args.dataset)
-    for item in skipped_files(cfg, args.dataset):
+    study = study_of(args)
+    path = fetch(
+        study.dataset(args.dataset),
+        study.raw_dir(args.dataset),
+        downloads=study.layout.downloads(),
+        skip_bad=study.clips.skip_bad,
+        force=args.force,
+        progress=progress(args),
+    )
+    _say_subset(study, args.dataset)
+    for item in skipped_files(study.raw_dir(args.dataset)):
         print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
     print(path)
     return 0
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from audiopetl.core.config import model_config, model_for_feature_id
-    from audiopetl.core.paths import cache_path, manifest_path
     from audiopetl.data.datasets import load_manifest
     from audiopetl.features.cache import build_cache, read_metadata
 
-    cfg = config_of(args)
+    study = study_of(args)
     model = args.model
     if args.features_id is not None:
-        model = model_for_feature_id(cfg, args.dataset, args.features_id)
+        model = study.model_for_feature_id(args.dataset, args.features_id)
     elif model is not None:
-        model_config(cfg, model)  # an unknown name is a config error naming the models
-    out = Path(args.out) if args.out else cache_path(cfg, args.dataset, model=model)
-    manifest_file = manifest_path(cfg, args.dataset)
+        study.model(model)  # an unknown name is a config error naming the models
+    out = Path(args.out) if args.out else study.cache_path(args.dataset, model)
+    manifest_file = study.manifest_path(args.dataset)
     # Without a manifest, load_manifest below says so (and how to make one).
     if out.is_file() and not args.force and manifest_file.is_file():
         from audiopetl.core.checksums import file_sha256
@@ -54,17 +62,16 @@ def cmd_cache(args: argparse.Namespace) -> int:
             print(out)
             return 0
         log.info("%s was built from another manifest; rebuilding", out)
-    manifest = load_manifest(cfg, args.dataset)
-    _say_subset(cfg, args.dataset)
+    manifest = load_manifest(study.dataset(args.dataset), study.raw_dir(args.dataset))
+    _say_subset(study, args.dataset)
     result = build_cache(
-        cfg,
-        args.dataset,
+        study.features(args.dataset, model),
         manifest,
         manifest_file,
         out,
-        skip_bad=cfg["data"]["skip_bad"],
+        cache=study.cache,
+        clips=study.clips,
         progress=progress(args),
-        model=model,
     )
     for item in result.skipped:
         print(f"skipped {item['path']}: {item['error']}", file=sys.stderr)
@@ -74,25 +81,25 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 def cmd_data_report(args: argparse.Namespace) -> int:
     from audiopetl.core.atomic import write_json
-    from audiopetl.core.paths import cache_path, data_report_path
     from audiopetl.data.datasets import describe, load_manifest, skipped_files
     from audiopetl.data.report import build_report, format_report
     from audiopetl.features.cachefile import verify
 
-    cfg = config_of(args)
-    manifest = load_manifest(cfg, args.dataset)
-    cache = cache_path(cfg, args.dataset)
+    study = study_of(args)
+    dataset, raw = study.dataset(args.dataset), study.raw_dir(args.dataset)
+    manifest = load_manifest(dataset, raw)
+    cache = study.cache_path(args.dataset)
     # The whole cache is read and its checksums verified: a damaged one stops the report.
     meta = verify(cache) if cache.is_file() else None
     report = build_report(
-        cfg,
-        args.dataset,
+        dataset,
+        study.features(args.dataset),
         manifest,
         meta,
-        describe(cfg, args.dataset),
-        skipped_files(cfg, args.dataset),
+        describe(dataset, raw),
+        skipped_files(raw),
     )
-    out = Path(args.out) if args.out else data_report_path(cfg, args.dataset)
+    out = Path(args.out) if args.out else study.data_report_path(args.dataset)
     write_json(out, report)
     print(format_report(report, out))
     return 0

@@ -25,6 +25,18 @@ log = logging.getLogger("audiopetl")
 
 EXIT_ERROR = 1
 EXIT_CONFIG = 2
+# What a warm server imports before it forks: every command's heavy dependencies.
+WARM_PRELOAD = (
+    "audiopetl.cli.train",
+    "audiopetl.cli.data",
+    "audiopetl.training.run",
+    "audiopetl.training.evaluate",
+    "audiopetl.features.cache",
+    "audiopetl.study",
+    "audiopetl.report",
+    "peft",
+    "transformers.models.audio_spectrogram_transformer.modeling_audio_spectrogram_transformer",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,10 +126,15 @@ def entry() -> NoReturn:
     """
     code: int | str | None = None
     if warm.wanted():  # in a fork of a process that imported everything already
-        code = warm.run(sys.argv[1:])
+        code = warm.run(sys.argv[1:], f"{__name__}:served", WARM_PRELOAD)
     if code is None:
         code = status()
     os._exit(finish(code))
+
+
+def served(argv: Sequence[str]) -> int:
+    """A command run in a warm server's child (audiopetl.process.warm): its exit status."""
+    return finish(status(argv))
 
 
 def status(argv: Sequence[str] | None = None) -> int | str | None:

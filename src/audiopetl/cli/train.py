@@ -4,38 +4,39 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from audiopetl.cli.common import config_of
-from audiopetl.core.paths import run_dir, study_runs
+if TYPE_CHECKING:
+    from audiopetl.study import Study
+
+from audiopetl.cli.common import progress, study_of
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from audiopetl.training.trainer import RunSpec, Trainer, default_pretrained, train_run
+    from audiopetl.study import RESOLVE
+    from audiopetl.training.run import train_run
+    from audiopetl.training.trainer import Trainer
 
-    cfg = config_of(args)
-    out = (
-        Path(args.out)
-        if args.out
-        else run_dir(cfg, args.dataset, args.model, args.strategy, args.fold, args.seed)
+    study = study_of(args)
+    run = study.run(
+        args.dataset,
+        args.model,
+        args.strategy,
+        args.fold,
+        args.seed,
+        out=Path(args.out) if args.out else None,
+        pretrained=args.pretrained or RESOLVE,
     )
-    pretrained = args.pretrained or default_pretrained(cfg, args.model)
-    spec = RunSpec(args.dataset, args.model, args.strategy, args.fold, args.seed, out, pretrained)
+    out = run.out
 
     def evaluate(trainer: Trainer) -> None:
         # A fresh model from the files just written, scored again: the run's own check.
-        from audiopetl.training.evaluate import evaluate_run
-
-        result = evaluate_run(out, cfg=cfg)
+        result = _evaluate(out, study)
         print(f"{out}: rebuilt from its files, {_matches(result)}")
 
-    metrics = train_run(
-        cfg,
-        spec,
-        progress=not args.quiet and sys.stderr.isatty(),
-        after=evaluate if args.evaluate else None,
-    )
+    metrics = train_run(run, progress=progress(args), after=evaluate if args.evaluate else None)
     test = metrics["test"]
     print(
         f"{out}: test accuracy {test['accuracy']:.4f} (best epoch {metrics['best_epoch']}, "
@@ -51,31 +52,39 @@ def _matches(result: dict) -> str:
     )
 
 
-def cmd_pretrain(args: argparse.Namespace) -> int:
-    from audiopetl.core.paths import pretrain_dir
-    from audiopetl.training.trainer import pretrain
+def _evaluate(
+    run_dir: Path, given: Study | None, overrides: Sequence[str] = (), out: Path | None = None
+) -> dict:
+    from audiopetl.study.study import recorded_run
+    from audiopetl.training.evaluate import evaluate_run, read_run_info
 
-    cfg = config_of(args)
-    out = Path(args.out) if args.out else pretrain_dir(cfg, args.model)
-    print(pretrain(cfg, args.model, out, progress=not args.quiet and sys.stderr.isatty()))
+    info = read_run_info(run_dir)
+    return evaluate_run(run_dir, recorded_run(run_dir, info, given, overrides), info, out)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from audiopetl.training.run import pretrain
+
+    run = study_of(args).pretrain_run(args.model, Path(args.out) if args.out else None)
+    print(pretrain(run, progress=progress(args)))
     return 0
 
 
 def cmd_fetch_model(args: argparse.Namespace) -> int:
     from audiopetl.models.hub import fetch_model
 
-    print(fetch_model(config_of(args), args.model, force=args.force))
+    study = study_of(args)
+    print(fetch_model(study.model(args.model), study.layout.mirror(args.model), force=args.force))
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from audiopetl.training.evaluate import evaluate_run
-
     # The run's own recorded configuration (with --set), unless one is named: then it must
     # agree with the record on everything the run computes.
-    cfg = config_of(args) if args.config_given else None
+    given = study_of(args) if args.config_given else None
     overrides = [] if args.config_given else args.overrides
-    result = evaluate_run(Path(args.run_dir), Path(args.out) if args.out else None, cfg, overrides)
+    out = Path(args.out) if args.out else None
+    result = _evaluate(Path(args.run_dir), given, overrides, out)
     print(f"{args.run_dir}: {_matches(result)}")
     return 0
 
@@ -84,12 +93,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     import yaml
 
     from audiopetl.core.atomic import write_text
-    from audiopetl.core.paths import experiment_dir
     from audiopetl.report.build import build_report
 
-    cfg = config_of(args)
-    out = Path(args.out) if args.out else experiment_dir(cfg)
-    written = build_report(cfg, study_runs(cfg), out)
+    study = study_of(args)
+    cfg = study.config
+    out = Path(args.out) if args.out else study.layout.experiment_dir()
+    written = build_report(cfg, study.runs(), out)
     resolved = out / "config.resolved.yaml"
     write_text(resolved, yaml.safe_dump(cfg, sort_keys=False))
     for path in [*written, resolved]:
@@ -120,9 +129,9 @@ def cmd_compare_envs(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from audiopetl.study.plan import format_plan, make_plan, profile_retries
 
-    cfg = config_of(args)
-    estimates = make_plan(cfg, args.samples_per_s, args.measure)
-    table, warnings = format_plan(cfg, estimates, profile_retries(args.profile), args.profile)
+    study = study_of(args)
+    estimates = make_plan(study, args.samples_per_s, args.measure)
+    table, warnings = format_plan(study, estimates, profile_retries(args.profile), args.profile)
     print(table)
     for line in warnings:
         print(f"WARNING: {line}", file=sys.stderr)

@@ -1,10 +1,13 @@
-"""Content hashes of files: the identity of data, caches and weights in every record."""
+"""Content hashes: of files (the identity of data, caches and weights in every record) and of
+settings (the names of raw folders and caches, the identities of runs)."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 _CHUNK = 1 << 20
 
@@ -30,9 +33,15 @@ def files_sha256(root: Path, names: Iterable[str]) -> dict[str, str]:
 def code_fingerprint() -> str:
     """A hash of audiopetl's own source: a change to the code makes another run of it. Here,
     not in provenance, so a light process (the warm-start client) can compute it cheaply."""
-    code_dir = Path(__file__).resolve().parent
+    code_dir = Path(__file__).resolve().parents[1]  # the audiopetl package
     digest = hashlib.sha256()
     for path in sorted(code_dir.rglob("*.py")):
         digest.update(path.relative_to(code_dir).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def stable_hash(value: Any, length: int = 12) -> str:
+    """A short content hash of JSON-serialisable settings (key order does not matter)."""
+    blob = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]

@@ -18,57 +18,17 @@ import transformers
 from packaging.version import Version
 from torch import nn
 
-from audiopetl.models.backbones.layout import ModuleLayout
-
 log = logging.getLogger(__name__)
 
 TORCH_VERSION = Version(torch.__version__)
 TRANSFORMERS_VERSION = Version(transformers.__version__)
 
 
-# AST's module names. transformers 5.x renamed them (``layers.N.attention.q_proj``, ``mlp.fc1``);
-# 4.x used ``encoder.layer.N.attention.attention.query`` and friends. Old checkpoints convert on
-# load, but peft target names do not: 4.x names on 5.x silently match only the head.
-LAYOUT_V5 = ModuleLayout(
-    name="transformers>=5",
-    targets={
-        "q": r"\.layers\.\d+\.attention\.q_proj$",
-        "k": r"\.layers\.\d+\.attention\.k_proj$",
-        "v": r"\.layers\.\d+\.attention\.v_proj$",
-        "o": r"\.layers\.\d+\.attention\.o_proj$",
-        "ffn_in": r"\.layers\.\d+\.mlp\.fc1$",
-        "ffn_out": r"\.layers\.\d+\.mlp\.fc2$",
-    },
-    head=("classifier.layernorm", "classifier.dense"),
-    final_norm="audio_spectrogram_transformer.layernorm",
-    layers=r"\.layers\.\d+$",
-    embeddings="audio_spectrogram_transformer.embeddings",
-    norm_before_attention="layernorm_before",
-    norm_before_ffn="layernorm_after",
-)
-
-LAYOUT_V4 = ModuleLayout(
-    name="transformers<5",
-    targets={
-        "q": r"\.layer\.\d+\.attention\.attention\.query$",
-        "k": r"\.layer\.\d+\.attention\.attention\.key$",
-        "v": r"\.layer\.\d+\.attention\.attention\.value$",
-        "o": r"\.layer\.\d+\.attention\.output\.dense$",
-        "ffn_in": r"\.layer\.\d+\.intermediate\.dense$",
-        # Anchored on the layer so it cannot also match attention.output.dense.
-        "ffn_out": r"\.layer\.\d+\.output\.dense$",
-    },
-    head=("classifier.layernorm", "classifier.dense"),
-    final_norm="audio_spectrogram_transformer.layernorm",
-    layers=r"\.encoder\.layer\.\d+$",
-    embeddings="audio_spectrogram_transformer.embeddings",
-    norm_before_attention="layernorm_before",
-    norm_before_ffn="layernorm_after",
-)
-
-
-def module_layout() -> ModuleLayout:
-    return LAYOUT_V5 if Version("5") <= TRANSFORMERS_VERSION else LAYOUT_V4
+def transformers_5() -> bool:
+    """transformers 5.x renamed AST's modules (``layers.N.attention.q_proj``, ``mlp.fc1``;
+    4.x: ``encoder.layer.N.attention.attention.query``); old checkpoints convert on load, but
+    peft target names do not (audiopetl.models.backbones.ast keeps both layouts)."""
+    return Version("5") <= TRANSFORMERS_VERSION
 
 
 def attention_implementation(requested: str) -> str:

@@ -11,10 +11,8 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
-import hashlib
-import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -23,16 +21,14 @@ from typing import Any
 import jsonschema
 import yaml
 
+from audiopetl.core.errors import ConfigError
+
 DEFAULT_CONFIG = Path("config/config.yaml")
 PRESET_DIR_NAME = "experiments"
 # The workflow hands its configuration to every command through these variables; the CLI's
 # --config and --experiment default to them.
 CONFIG_ENV = "AUDIOPETL_CONFIG"
 EXPERIMENT_ENV = "AUDIOPETL_EXPERIMENT"
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message names the file and the key path."""
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -108,8 +104,9 @@ def _kind_schemas(folder: str) -> list[tuple[str, dict[str, Any]]]:
 @functools.lru_cache(maxsize=1)
 def _schema() -> dict[str, Any]:
     """The configuration schema, with every strategy kind's own settings composed in from
-    resources/strategies/KIND.yaml and every model kind's from resources/backbones/KIND.yaml
-    (a new strategy or model kind brings its schema file beside its code)."""
+    resources/strategies/KIND.yaml, every model kind's from resources/backbones/KIND.yaml and
+    every dataset kind's from resources/datasets/KIND.yaml (a new kind brings its schema file
+    beside its code)."""
     package = resources.files("audiopetl")
     composed = yaml.safe_load(package.joinpath("resources/config.schema.yaml").read_text())
     strategy = composed["$defs"]["strategy"]
@@ -148,6 +145,15 @@ def _schema() -> dict[str, Any]:
             }
         )
     model["properties"]["kind"] = {"enum": [kind for kind, _ in backbones]}
+    # Each dataset kind's own block, required when the dataset is of that kind.
+    dataset = composed["$defs"]["dataset"]
+    datasets = _kind_schemas("resources/datasets")
+    for kind, own in datasets:
+        dataset["properties"][kind] = own
+        dataset.setdefault("allOf", []).append(
+            {"if": {"properties": {"kind": {"const": kind}}}, "then": {"required": [kind]}}
+        )
+    dataset["properties"]["kind"] = {"enum": [kind for kind, _ in datasets]}
     return composed
 
 
@@ -234,6 +240,7 @@ def load_config(
     overrides: Iterable[str] = (),
     *,
     training: bool = True,
+    checks: Iterable[Check] = (),
 ) -> dict[str, Any]:
     """Return the resolved, validated configuration.
 
@@ -252,7 +259,7 @@ def load_config(
             layered.merge(load_yaml_file(preset), str(preset))
         elif experiment is not None and experiment != "default":
             known = available_presets(config_file)
-            hint = _closest(experiment, known)
+            hint = closest(experiment, known)
             raise ConfigError(
                 f"{preset}: no preset named {experiment!r}{hint} (presets: {', '.join(known)})"
             )
@@ -260,37 +267,42 @@ def load_config(
         layered.origin[("experiment",)] = str(preset) if preset.is_file() else "--experiment"
     for text in overrides:
         layered.merge(parse_override(text), "--set")
-    validate(layered, training=training)
+    validate(layered, training=training, checks=checks)
     return layered.data
 
 
 def apply_overrides(
-    config: Mapping[str, Any], overrides: Iterable[str], source: str
+    config: Mapping[str, Any],
+    overrides: Iterable[str],
+    source: str,
+    checks: Iterable[Check] = (),
 ) -> dict[str, Any]:
     """A resolved configuration (a run's record, say) with ``--set`` overrides, validated."""
     layered = _Layered(copy.deepcopy(dict(config)))
     layered.origin[()] = source
     for text in overrides:
         layered.merge(parse_override(text), "--set")
-    validate(layered)
+    validate(layered, checks=checks)
     return layered.data
 
 
-def validate_dict(config: Mapping[str, Any], source: str = "config") -> None:
-    """Validate an already merged configuration (the Snakefile's path into the checks)."""
+def validate_dict(
+    config: Mapping[str, Any], source: str = "config", checks: Iterable[Check] = ()
+) -> None:
+    """Validate an already merged configuration."""
     layered = _Layered(dict(config))
     layered.origin[()] = source
-    validate(layered)
+    validate(layered, checks=checks)
 
 
-def validate(layered: _Layered, *, training: bool = True) -> None:
+def validate(layered: _Layered, *, training: bool = True, checks: Iterable[Check] = ()) -> None:
     validator_cls = jsonschema.validators.validator_for(schema())
     validator = validator_cls(schema())
     errors = sorted(validator.iter_errors(layered.data), key=lambda e: list(e.absolute_path))
     if errors:
         lines = [_describe(err, layered) for err in _leaf_errors(errors)]
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(dict.fromkeys(lines)))
-    _check_references(layered, training=training)
+    _check_references(layered, training=training, checks=checks)
 
 
 def _leaf_errors(errors: list[jsonschema.ValidationError]) -> list[jsonschema.ValidationError]:
@@ -311,7 +323,7 @@ def _key_path(path: Iterable[str | int]) -> str:
     return text or "(top level)"
 
 
-def _closest(word: str, candidates: Iterable[str]) -> str:
+def closest(word: str, candidates: Iterable[str]) -> str:
     match = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return f" (did you mean {match[0]!r}?)" if match else ""
 
@@ -324,7 +336,7 @@ def _describe(err: jsonschema.ValidationError, layered: _Layered) -> str:
         unknown = [k for k in err.instance if k not in allowed]
         parts = [
             f"{layered.source_of([*path, k])}: {_key_path([*path, k])}: unknown key"
-            f"{_closest(k, allowed)}"
+            f"{closest(k, allowed)}"
             for k in unknown
         ]
         return "\n  ".join(parts)
@@ -335,7 +347,7 @@ def _describe(err: jsonschema.ValidationError, layered: _Layered) -> str:
         for key in unknown:
             full = [*path, key]
             parts.append(
-                f"{layered.source_of(full)}: {_key_path(full)}: unknown key{_closest(key, allowed)}"
+                f"{layered.source_of(full)}: {_key_path(full)}: unknown key{closest(key, allowed)}"
             )
         return "\n  ".join(parts)
     where = layered.source_of(path)
@@ -345,7 +357,7 @@ def _describe(err: jsonschema.ValidationError, layered: _Layered) -> str:
             f"{type(err.instance).__name__}, expected {err.validator_value}"
         )
     if err.validator == "enum":
-        hint = _closest(str(err.instance), [str(v) for v in err.validator_value])
+        hint = closest(str(err.instance), [str(v) for v in err.validator_value])
         return (
             f"{where}: {_key_path(path)}: {err.instance!r} is not one of "
             f"{err.validator_value}{hint}"
@@ -365,7 +377,17 @@ def _known_keys(block_schema: Mapping[str, Any], instance: Mapping[str, Any]) ->
     return keys
 
 
-def _check_references(layered: _Layered, *, training: bool = True) -> None:
+# A check that needs to know the kinds behind the names (which strategies a model kind
+# takes, how many folds a dataset kind declares): given the configuration, a function that
+# names a key path's file and path, and whether training settings are checked; returns one
+# line per problem. The study layer (audiopetl.study) passes its registries' checks in, so this
+# module imports none of them.
+Check = Callable[[Mapping[str, Any], Callable[[list[str | int]], str], bool], list[str]]
+
+
+def _check_references(
+    layered: _Layered, *, training: bool = True, checks: Iterable[Check] = ()
+) -> None:
     cfg = layered.data
     problems: list[str] = []
     for section, noun in (("datasets", "dataset"), ("models", "model"), ("strategies", "strategy")):
@@ -374,7 +396,7 @@ def _check_references(layered: _Layered, *, training: bool = True) -> None:
                 path = ["study", section, i]
                 problems.append(
                     f"{layered.source_of(path)}: {_key_path(path)}: {noun} {name!r} "
-                    f"is not defined under {section}{_closest(name, cfg[section])}"
+                    f"is not defined under {section}{closest(name, cfg[section])}"
                 )
     for model_name, model in cfg["models"].items():
         pretrain = model.get("pretrain")
@@ -390,245 +412,20 @@ def _check_references(layered: _Layered, *, training: bool = True) -> None:
                     path = ["models", model_name, "pretrain", key]
                     problems.append(
                         f"{layered.source_of(path)}: {_key_path(path)}: {pretrain[key]!r} is "
-                        f"not defined under {section}{_closest(pretrain[key], cfg[section])}"
+                        f"not defined under {section}{closest(pretrain[key], cfg[section])}"
                     )
-    problems += _strategy_model_problems(cfg, layered)
     for model_name in cfg["resources"].get("models") or {}:
         if model_name not in cfg["models"]:
             path = ["resources", "models", model_name]
             problems.append(
                 f"{layered.source_of(path)}: {_key_path(path)}: model {model_name!r} is not "
-                f"defined under models{_closest(model_name, cfg['models'])}"
+                f"defined under models{closest(model_name, cfg['models'])}"
             )
-    for ds_name in cfg["study"]["datasets"] if training else []:
-        dataset = cfg["datasets"].get(ds_name)
-        if dataset is None:
-            continue
-        n_folds = dataset_folds(dataset)
-        for i, fold in enumerate(cfg["study"]["folds"]):
-            if n_folds is not None and fold > n_folds:
-                path = ["study", "folds", i]
-                problems.append(
-                    f"{layered.source_of(path)}: {_key_path(path)}: fold {fold} is outside "
-                    f"dataset {ds_name!r}'s folds 1..{n_folds}"
-                )
-    if (
-        training
-        and cfg["training"]["split"] == "train_val_test"
-        and len(cfg["study"]["folds"])
-        and any(
-            (dataset_folds(cfg["datasets"][d]) or 3) < 3
-            for d in cfg["study"]["datasets"]
-            if d in cfg["datasets"]
-        )
-    ):
-        problems.append(
-            f"{layered.source_of(['training', 'split'])}: training.split: train_val_test "
-            "needs at least 3 folds"
-        )
+
+    def where(path: list[str | int]) -> str:
+        return f"{layered.source_of(path)}: {_key_path(path)}"
+
+    for check in checks if not problems else ():
+        problems += check(cfg, where, training)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
-
-
-def _strategy_model_problems(cfg: Mapping[str, Any], layered: _Layered) -> list[str]:
-    """Strategies that cannot apply to a model's architecture (prompt tokens where there is no
-    token sequence to insert them into), in the study or in a model's pretraining: found
-    before any job runs."""
-    from audiopetl.models.backbones import DEFAULT_KIND, get_backbone
-
-    pairs = [(m, s, ["study", "strategies"]) for m in cfg["study"]["models"]
-             for s in cfg["study"]["strategies"]]  # fmt: skip
-    pairs += [
-        (m, model["pretrain"]["strategy"], ["models", m, "pretrain", "strategy"])
-        for m, model in cfg["models"].items()
-        if model.get("pretrain")
-    ]
-    problems = []
-    for model_name, strategy_name, path in pairs:
-        model = cfg["models"].get(model_name)
-        strategy = cfg["strategies"].get(strategy_name)
-        if model is None or strategy is None:
-            continue  # reported above
-        kind = model.get("kind") or DEFAULT_KIND
-        why = get_backbone(kind).problem_with(strategy["kind"])
-        if why:
-            problems.append(
-                f"{layered.source_of(path)}: {_key_path(path)}: strategy {strategy_name!r} "
-                f"({strategy['kind']}) cannot apply to model {model_name!r} ({kind}): {why}"
-            )
-    return problems
-
-
-def dataset_folds(dataset: Mapping[str, Any]) -> int | None:
-    """The number of folds a dataset declares, or None when it follows from the data."""
-    kind = dataset["kind"]
-    if kind == "synthetic":
-        return int(dataset["synthetic"]["folds"])
-    if kind == "esc50":
-        return int(dataset["esc50"]["folds"])
-    folds = dataset["folder"]["folds"]
-    return None if folds is None else int(folds)
-
-
-def dataset_config(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
-    if name not in cfg["datasets"]:
-        raise ConfigError(
-            f"datasets.{name}: no dataset named {name!r}{_closest(name, cfg['datasets'])} "
-            f"(defined: {', '.join(cfg['datasets'])})"
-        )
-    return cfg["datasets"][name]
-
-
-def feature_settings(
-    cfg: Mapping[str, Any], dataset: str, model: str | None = None
-) -> dict[str, Any]:
-    """What a dataset's cache holds for ``model``: the front end of the model's kind, with
-    the dataset's clip length. AST's fbank (the global feature block with the dataset's own
-    overrides) when ``model`` is None or an AST; its settings keep the names of their caches."""
-    merged = dict(cfg["features"])
-    merged.update(dataset_config(cfg, dataset).get("features") or {})
-    if model is None:
-        return merged
-    from audiopetl.models.backbones import backbone_of
-
-    model_cfg = model_config(cfg, model)
-    backbone = backbone_of(model_cfg)
-    if backbone.front_end == "fbank":
-        return merged
-    return backbone.front_end_settings(merged, model_cfg)
-
-
-# Bump when the log-mel computation (audiopetl.features.fbank) changes in a way that alters cached
-# values: the cache file names change with it.
-FEATURE_VERSION = 2  # 2: the cache format with page checksums (audiopetl.features.cachefile)
-# Bump when a dataset kind writes other files for the same settings (the synthetic generator,
-# the manifest's columns): the raw folder names change with it.
-DATA_VERSION = 1
-# The settings of a dataset kind that decide which files its raw folder holds. The others
-# decide only how they get there (the URL, retries, a local copy of the archive: every clip of
-# ESC-50 is verified against its published md5 whatever the source).
-IDENTITY_KEYS = {
-    "synthetic": None,  # every setting shapes the generated audio
-    "esc50": ("folds", "subset"),
-    "folder": ("root", "manifest", "pattern", "folds", "labels"),
-}
-
-
-def dataset_identity(dataset: Mapping[str, Any]) -> dict[str, Any]:
-    """What a dataset's raw folder is made of: its kind and the settings that decide its files."""
-    kind = dataset["kind"]
-    block = dict(dataset[kind])
-    keys = IDENTITY_KEYS[kind]
-    settings = block if keys is None else {k: block.get(k) for k in keys}
-    return {"kind": kind, "version": DATA_VERSION, **settings}
-
-
-def data_id(cfg: Mapping[str, Any], dataset: str) -> str:
-    """Names a dataset's raw folder: a hash of :func:`dataset_identity`. Two presets that
-    define a dataset differently keep separate copies; switching between them costs nothing."""
-    settings = dataset_config(cfg, dataset)
-    identity = dataset_identity(settings)
-    if settings["kind"] == "folder":
-        # Skipping unreadable files decides which of a user's files the folder lists.
-        identity["skip_bad"] = cfg["data"]["skip_bad"]
-    return stable_hash(identity, 10)
-
-
-def feature_id(cfg: Mapping[str, Any], dataset: str, model: str | None = None) -> str:
-    """Names a dataset's feature cache: a hash of the data it is computed from, its feature
-    settings (the front end ``model`` reads) and FEATURE_VERSION. Models that read the same
-    front end with the same settings share one cache."""
-    return stable_hash(
-        {
-            "version": FEATURE_VERSION,
-            "data": data_id(cfg, dataset),
-            "clips": dict(cfg["data"]),  # which clips make it into the cache
-            **feature_settings(cfg, dataset, model),
-        },
-        10,
-    )
-
-
-def feature_caches(cfg: Mapping[str, Any], dataset: str) -> dict[str, str | None]:
-    """Every cache a configuration can ask of a dataset: its id -> a model that reads it (None
-    for AST's fbank). The workflow's cache rule knows a cache by its id alone."""
-    caches: dict[str, str | None] = {feature_id(cfg, dataset): None}
-    for model in cfg["models"]:
-        caches.setdefault(feature_id(cfg, dataset, model), model)
-    return caches
-
-
-def model_for_feature_id(cfg: Mapping[str, Any], dataset: str, fid: str) -> str | None:
-    caches = feature_caches(cfg, dataset)
-    if fid not in caches:
-        raise ConfigError(
-            f"no model of this configuration reads a cache {fid!r} of dataset {dataset!r} "
-            f"(known: {', '.join(caches)})"
-        )
-    return caches[fid]
-
-
-def training_settings(cfg: Mapping[str, Any], strategy: str) -> dict[str, Any]:
-    """The global training block with the strategy's own overrides applied."""
-    merged = copy.deepcopy(cfg["training"])
-    for key, value in (strategy_config(cfg, strategy).get("training") or {}).items():
-        merged[key] = copy.deepcopy(value)
-    return merged
-
-
-# Training settings that change how often a run reads its losses from the device or saves its
-# resume state, never what it computes: left out of what reruns a job (the rules' params) and
-# of what a resume must share, so changing them costs nothing.
-BOOKKEEPING = ("log_every_steps", "save_state_every_s")
-
-
-def computing_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """``settings`` without the bookkeeping keys."""
-    return {k: v for k, v in settings.items() if k not in BOOKKEEPING}
-
-
-# Training settings that do not change what a pretraining computes: it has no validation
-# split (no model selection, no early stopping), and the guards only judge its result.
-NOT_IN_PRETRAINING = (
-    "select_metric",
-    "early_stopping_patience",
-    "min_accuracy_over_chance",
-    "max_trainable_fraction",
-)
-
-
-def pretraining_settings(
-    cfg: Mapping[str, Any], model: str, *, relevant_only: bool = False
-) -> dict[str, Any]:
-    """The training settings of a model's source-task pretraining: its strategy's, trained on
-    all but one fold (train_test) for `pretrain.epochs` when set."""
-    pretrain = model_config(cfg, model)["pretrain"]
-    settings = training_settings(cfg, pretrain["strategy"])
-    settings["split"] = "train_test"
-    if "epochs" in pretrain:
-        settings["epochs"] = pretrain["epochs"]
-    if relevant_only:
-        settings = {
-            k: v for k, v in computing_settings(settings).items() if k not in NOT_IN_PRETRAINING
-        }
-    return settings
-
-
-def strategy_config(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
-    if name not in cfg["strategies"]:
-        raise ConfigError(
-            f"strategies.{name}: no strategy named {name!r}{_closest(name, cfg['strategies'])}"
-        )
-    return cfg["strategies"][name]
-
-
-def model_config(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
-    if name not in cfg["models"]:
-        raise ConfigError(f"models.{name}: no model named {name!r}{_closest(name, cfg['models'])}")
-    return cfg["models"][name]
-
-
-def stable_hash(value: Any, length: int = 12) -> str:
-    """A short content hash of JSON-serialisable settings (key order does not matter)."""
-    blob = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:length]

@@ -1,6 +1,10 @@
 """Errors the CLI turns into a one-line message and a non-zero exit instead of a traceback."""
 
 
+class ConfigError(ValueError):
+    """A configuration problem; the message names the file and the key path."""
+
+
 class AudiopetlError(RuntimeError):
     """Base class: the message is for the user and names the file, key or step."""
 

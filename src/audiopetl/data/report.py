@@ -8,22 +8,23 @@ from typing import Any
 
 import pandas as pd
 
-from audiopetl.core.config import dataset_config, dataset_folds, feature_settings
+from audiopetl.core.settings import DatasetSettings, FeatureSettings
 
 
 def build_report(
-    cfg: Mapping[str, Any],
-    dataset: str,
+    dataset: DatasetSettings,
+    features: FeatureSettings,
     manifest: pd.DataFrame,
     cache_meta: dict | None,
     partial: str | None = None,
     fetch_skipped: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """The report; ``partial`` says how much of a dataset is there ("subset: 83 of 2000 clips"),
-    ``fetch_skipped`` which files the fetch left out and why."""
-    settings = feature_settings(cfg, dataset)
+    ``fetch_skipped`` which files the fetch left out and why. ``features`` are AST's fbank
+    settings for the dataset (their clip length and normalisation are judged)."""
+    settings = features.values
     counts = pd.crosstab(manifest["label_name"], manifest["fold"])
-    declared = dataset_folds(dataset_config(cfg, dataset))
+    declared = dataset.folds
     if declared is not None:  # folds the dataset declares but no clip fills stay visible
         counts = counts.reindex(columns=range(1, declared + 1), fill_value=0)
     target_s = (
@@ -58,7 +59,7 @@ def build_report(
             f"{len(leaks)} group(s) span several folds (possible leakage), e.g. {leaks.index[0]}"
         )
     report: dict[str, Any] = {
-        "dataset": dataset,
+        "dataset": dataset.name,
         "partial": partial,
         "clips": len(manifest),
         "classes": int(manifest["label"].nunique()),

@@ -9,7 +9,7 @@ source manifest and the library versions, so a stale or foreign cache is recogni
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +24,11 @@ from tqdm import tqdm
 
 from audiopetl.core.atomic import atomic_path
 from audiopetl.core.checksums import file_sha256
-from audiopetl.core.config import FEATURE_VERSION, feature_settings
 from audiopetl.core.errors import DataError
+from audiopetl.core.settings import CacheSettings, ClipSettings, FeatureSettings
 from audiopetl.data.audio import read_audio
 from audiopetl.data.manifest import class_names
-from audiopetl.features import cachefile
+from audiopetl.features import FEATURE_VERSION, cachefile
 from audiopetl.features.frontends import make_extractor
 
 
@@ -59,30 +59,29 @@ def _batches(df: pd.DataFrame, size: int) -> Iterator[pd.DataFrame]:
 
 
 def build_cache(
-    cfg: Mapping[str, Any],
-    dataset: str,
+    features: FeatureSettings,
     manifest: pd.DataFrame,
     manifest_file: Path,
     out: Path,
     *,
-    skip_bad: bool = False,
+    cache: CacheSettings,
+    clips: ClipSettings,
     progress: bool = True,
-    model: str | None = None,
 ) -> BuildResult:
-    """Compute features for every clip of ``manifest`` and write them to ``out`` atomically.
+    """Compute ``features`` for every clip of ``manifest`` and write them to ``out`` atomically.
 
-    The front end is the one ``model`` reads (AST's fbank when None). Memory stays bounded by
-    one row group. Bad clips raise DataError naming the file and the
-    manifest row, unless ``skip_bad``: then they are left out and listed in the metadata.
+    Memory stays bounded by one row group of ``cache.row_group_size`` rows. Bad clips raise
+    DataError naming the file and the manifest row, unless ``clips.skip_bad``: then they are
+    left out and listed in the metadata.
     """
-    settings = feature_settings(cfg, dataset, model)
-    extractor = make_extractor(settings)
-    cache_cfg = cfg["cache"]
+    dataset = features.dataset
+    skip_bad = clips.skip_bad
+    extractor = make_extractor(features.values)
     n_values = extractor.target_length * extractor.num_mel_bins
     metadata = {
         "dataset": dataset,
         "feature_version": FEATURE_VERSION,
-        "features": settings,
+        "features": features.record(),
         "shape": [extractor.target_length, extractor.num_mel_bins],
         "dtype": "float16",
         "manifest_sha256": file_sha256(manifest_file),
@@ -97,7 +96,7 @@ def build_cache(
     pending_rows = 0
     rows_written = 0
 
-    min_frames = int(cfg["data"]["min_frames"])
+    min_frames = clips.min_frames
 
     def load(item: tuple[int, str]) -> np.ndarray | DataError:
         row, path = item
@@ -117,7 +116,7 @@ def build_cache(
 
     with (
         atomic_path(out, ".parquet") as tmp,
-        ThreadPoolExecutor(max_workers=int(cache_cfg["workers"])) as pool,
+        ThreadPoolExecutor(max_workers=cache.workers) as pool,
         tqdm(
             total=len(manifest), desc=f"cache {dataset}", unit="clip", disable=not progress
         ) as bar,
@@ -126,7 +125,7 @@ def build_cache(
             tmp,
             cachefile.schema(n_values),
             compression="zstd",
-            compression_level=int(cache_cfg["compression_level"]),
+            compression_level=cache.compression_level,
             # A CRC32 per data page, verified on every read: damage cannot pass for features.
             write_page_checksum=True,
             # Every clip's features are unique: a dictionary of them would only cost time.
@@ -141,7 +140,7 @@ def build_cache(
                     for c, p in zip(batch["clip_id"], batch["path"], strict=True)
                 ]
 
-            batches = list(_batches(manifest, int(cache_cfg["batch_size"])))
+            batches = list(_batches(manifest, cache.batch_size))
             pending_loads = submit(batches[0]) if batches else []
             for k, batch in enumerate(batches):
                 loaded = [f.result() for f in pending_loads]
@@ -168,10 +167,10 @@ def build_cache(
                 _accumulate(stats, feats, n_frames, extractor)
                 pending.append(_record_batch(kept, feats, n_frames, n_values))
                 pending_rows += len(kept)
-                if pending_rows >= int(cache_cfg["row_group_size"]):
-                    rows_written += _flush(writer, pending, int(cache_cfg["row_group_size"]))
+                if pending_rows >= cache.row_group_size:
+                    rows_written += _flush(writer, pending, cache.row_group_size)
                     pending_rows = 0
-            rows_written += _flush(writer, pending, int(cache_cfg["row_group_size"]))
+            rows_written += _flush(writer, pending, cache.row_group_size)
             if rows_written == 0:
                 raise DataError(f"{manifest_file}: no clip could be read; no cache written")
             mean = stats[1] / stats[0]

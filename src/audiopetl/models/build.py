@@ -1,4 +1,6 @@
-"""Building AST for a dataset: pretrained or random, position embeddings adapted, a new head.
+"""Building a model for a dataset: the model kind's build (pretrained or random) with a new
+head, loading a donor checkpoint without silent re-initialisation, and AST's position
+embeddings fitted to the clip length.
 
 Never ``ignore_mismatched_sizes``: for position embeddings it silently re-initialises them
 (the reference study's models had no positional information at all). We load the checkpoint
@@ -7,9 +9,7 @@ at its own length, then crop or interpolate the time axis of the embedding grid 
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +20,7 @@ from torch import nn
 from audiopetl.core import compat
 from audiopetl.core.errors import TrainingError
 from audiopetl.core.failures import reading
+from audiopetl.core.settings import FeatureSettings, ModelSettings
 
 log = logging.getLogger(__name__)
 
@@ -56,81 +57,24 @@ def adapt_position_embeddings(
     return torch.cat([special, grid], dim=1).contiguous()
 
 
-def parameter_generator(name: str) -> torch.Generator:
-    """A generator seeded by the run's seed and the parameter's canonical name.
-
-    Why not the global RNG: transformers versions create and initialise modules in different
-    orders, so the same seed gave different weights in the legacy and modern stacks. Seeding
-    per parameter name makes a random initialisation identical across versions (and
-    independent of module order).
-    """
-    digest = hashlib.sha256(
-        f"{torch.initial_seed()}:{compat.canonical_parameter_name(name)}".encode()
-    ).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
-
-
-def _trunc_normal(shape: torch.Size, std: float, generator: torch.Generator) -> torch.Tensor:
-    """Normal(0, std) truncated at two standard deviations by redrawing, as timm/DeiT do.
-
-    Hand-written because ``nn.init.trunc_normal_`` takes a generator only from torch 2.3.
-    """
-    values = torch.randn(shape, generator=generator)
-    outside = values.abs() > 2.0
-    while outside.any():
-        values[outside] = torch.randn(int(outside.sum()), generator=generator)
-        outside = values.abs() > 2.0
-    return values * std
-
-
-@torch.no_grad()
-def init_parameters(model: nn.Module, prefix: str = "") -> None:
-    """Initialise every parameter under ``prefix`` explicitly, as the original AST/DeiT do:
-    truncated normal (std = initializer_range, or init_std, else 0.02) for weights, tokens and
-    position embeddings, zeros for biases, ones for the scales of layer, group and batch norms.
-
-    transformers' AST initialises [CLS]/[DIST] and the position embeddings to zero (it expects
-    pretrained weights): trained from zero, that is the reference study's defect 1.
-    """
-    config = model.config
-    std = float(getattr(config, "initializer_range", getattr(config, "init_std", 0.02)))
-    norm_types = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
-    norms = {n for n, m in model.named_modules() if isinstance(m, norm_types)}
-    for name, param in model.named_parameters():
-        if not name.startswith(prefix):
-            continue
-        module, _, kind = name.rpartition(".")
-        if module in norms:
-            param.fill_(1.0 if kind == "weight" else 0.0)
-        elif kind == "bias":
-            param.zero_()
-        else:
-            param.copy_(_trunc_normal(param.shape, std, parameter_generator(name)))
-
-
-def init_head(model: nn.Module) -> None:
-    """A new classification head, initialised explicitly (transformers >= 4.36 may skip
-    ``_init_weights`` on modules created while loading)."""
-    init_parameters(model, prefix="classifier.")
-
-
 def build_model(
-    model_cfg: Mapping[str, Any],
-    features: Mapping[str, Any],
+    settings: ModelSettings,
+    features: FeatureSettings,
     num_classes: int,
     pretrained: str | None = None,
 ) -> nn.Module:
-    """The model of ``model_cfg``'s kind (audiopetl.models.backbones) for inputs of ``features`` with
-    ``num_classes`` outputs, tagged with its kind so strategies find its layout.
+    """The model of ``settings``' kind (audiopetl.models.backbones) for inputs of ``features``
+    with ``num_classes`` outputs, tagged with its kind so strategies find its layout.
 
-    ``pretrained`` overrides ``model_cfg['pretrained']`` (the workflow's pretrain rule uses it).
+    ``pretrained`` overrides ``settings.pretrained`` (a run's resolved source: its own
+    pretraining or a hub mirror).
     Seed the global torch RNG before calling: a random initialisation depends on it.
     """
     from audiopetl.models.backbones import KIND_ATTRIBUTE, backbone_of
 
-    backbone = backbone_of(model_cfg)
-    source = pretrained if pretrained is not None else model_cfg.get("pretrained")
-    model = backbone.build(model_cfg, features, num_classes, source)
+    backbone = backbone_of(settings)
+    source = pretrained if pretrained is not None else settings.pretrained
+    model = backbone.build(settings, features, num_classes, source)
     setattr(model, KIND_ATTRIBUTE, backbone.kind)
     return model
 
@@ -171,15 +115,14 @@ def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], source: st
 POOLINGS = ("cls-dist", "mean")
 
 
-def finish_model(model: nn.Module, model_cfg: Mapping[str, Any]) -> nn.Module:
+def finish_model(model: nn.Module, settings: ModelSettings) -> nn.Module:
     """The model settings that change how a built model computes: its pooling, and the
     reference study's position-embedding defect when asked to reproduce it."""
-    pooling = model_cfg.get("pooling", "cls-dist")
-    if pooling == "mean":
+    if settings.pooling == "mean":
         # The reference's pooling: the mean of all output tokens (after the final LayerNorm)
         # instead of transformers' mean of [CLS] and [DIST].
         model.audio_spectrogram_transformer.register_forward_hook(_mean_pooling)
-    if model_cfg.get("zero_position_embeddings", False):
+    if settings.zero_position_embeddings:
         # Faithful reproduction only: the reference loaded AST at another length with
         # ignore_mismatched_sizes=True, which left every position embedding at zero.
         with torch.no_grad():
@@ -190,17 +133,3 @@ def finish_model(model: nn.Module, model_cfg: Mapping[str, Any]) -> nn.Module:
 def _mean_pooling(module: nn.Module, args: Any, output: Any) -> Any:
     output.pooler_output = output.last_hidden_state.mean(dim=1)
     return output
-
-
-def uniform_init(tensor: torch.Tensor, bound: float, name: str) -> None:
-    """Uniform(-bound, bound) from the parameter's own generator (see parameter_generator)."""
-    with torch.no_grad():
-        values = torch.rand(tensor.shape, generator=parameter_generator(name)) * 2 - 1
-        tensor.copy_(values * bound)
-
-
-def kaiming_uniform_init(tensor: torch.Tensor, name: str) -> None:
-    """torch's default for Linear and Conv weights (kaiming_uniform_ with a=sqrt(5): bound
-    1/sqrt(fan_in)), drawn from the parameter's own generator."""
-    fan_in = tensor[0].numel() if tensor.dim() > 1 else tensor.numel()
-    uniform_init(tensor, 1.0 / math.sqrt(fan_in), name)

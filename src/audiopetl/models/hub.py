@@ -20,9 +20,8 @@ from typing import Any
 
 from audiopetl.core.atomic import atomic_dir, write_json
 from audiopetl.core.checksums import file_sha256
-from audiopetl.core.config import model_config
 from audiopetl.core.errors import DataError, TrainingError
-from audiopetl.core.paths import mirror_dir
+from audiopetl.core.settings import ModelSettings
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +38,9 @@ def is_hub_id(source: str) -> bool:
     return not Path(source).exists() and source.count("/") == 1 and not source.startswith(".")
 
 
-def source_of(cfg: Mapping[str, Any], model: str) -> dict[str, Any]:
-    """Where a model's weights come from: ``pretrained`` and ``revision`` of its config."""
-    settings = model_config(cfg, model)
-    return {"pretrained": settings.get("pretrained"), "revision": settings.get("revision")}
+def source_of(model: ModelSettings) -> dict[str, Any]:
+    """Where a model's weights come from: ``pretrained`` and ``revision`` of its settings."""
+    return {"pretrained": model.pretrained, "revision": model.revision}
 
 
 def _fix(model: str) -> str:
@@ -59,11 +57,12 @@ def _checkpoint_files(folder: Path) -> list[str]:
     )
 
 
-def fetch_model(cfg: Mapping[str, Any], model: str, *, force: bool = False) -> Path:
-    """Mirror ``models.M.pretrained`` at ``models.M.revision`` under data/models/M; a local
-    folder is used as it is. An existing mirror is verified, not fetched again (``force``
-    replaces it, once the new one is complete)."""
-    source = source_of(cfg, model)
+def fetch_model(settings: ModelSettings, target: Path, *, force: bool = False) -> Path:
+    """Mirror ``models.M.pretrained`` at ``models.M.revision`` into ``target`` (data/models/M);
+    a local folder is used as it is. An existing mirror is verified, not fetched again
+    (``force`` replaces it, once the new one is complete)."""
+    model = settings.name
+    source = source_of(settings)
     repo_id, revision = source["pretrained"], source["revision"]
     if repo_id is None:
         raise DataError(f"models.{model}.pretrained: nothing to fetch (random initialisation)")
@@ -73,9 +72,8 @@ def fetch_model(cfg: Mapping[str, Any], model: str, *, force: bool = False) -> P
                 f"models.{model}.pretrained: {repo_id} is neither a folder nor a hub id"
             )
         return Path(repo_id)
-    target = mirror_dir(cfg, model)
     if (target / MIRROR_RECORD).is_file() and not force:
-        verify_mirror(cfg, model)
+        verify_mirror(settings, target)
         return target
     from huggingface_hub import HfApi, snapshot_download
 
@@ -129,11 +127,11 @@ def read_mirror_record(folder: Path) -> dict[str, Any] | None:
         raise TrainingError(f"{path}: unreadable mirror record ({err})") from err
 
 
-def verify_mirror(cfg: Mapping[str, Any], model: str) -> dict[str, Any]:
+def verify_mirror(settings: ModelSettings, folder: Path) -> dict[str, Any]:
     """The mirror's record, after checking that it holds the configured repo and revision and
     that every file still has the hash recorded when it was fetched."""
-    source = source_of(cfg, model)
-    folder = mirror_dir(cfg, model)
+    model = settings.name
+    source = source_of(settings)
     record = read_mirror_record(folder)
     if record is None:
         raise TrainingError(
@@ -188,15 +186,15 @@ def offline() -> bool:
     )
 
 
-def resolve_pretrained(cfg: Mapping[str, Any], model: str) -> str | None:
-    """The configured source, replaced by its verified local mirror when one exists. Offline, a
-    hub id without a mirror fails at once, saying what to run where, instead of deep inside a
-    download that cannot work."""
-    source = source_of(cfg, model)["pretrained"]
+def resolve_pretrained(settings: ModelSettings, mirror: Path) -> str | None:
+    """The configured source, replaced by its verified local mirror (in ``mirror``) when one
+    exists. Offline, a hub id without a mirror fails at once, saying what to run where, instead
+    of deep inside a download that cannot work."""
+    model = settings.name
+    source = settings.pretrained
     if source is not None and is_hub_id(source):
-        mirror = mirror_dir(cfg, model)
         if (mirror / MIRROR_RECORD).is_file() or (mirror / "config.json").is_file():
-            verify_mirror(cfg, model)
+            verify_mirror(settings, mirror)
             return str(mirror)
         if offline():
             raise TrainingError(

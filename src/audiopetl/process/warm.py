@@ -52,18 +52,6 @@ FORWARDED = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT, signal.SIGHUP)
 # Variables that differ between jobs of one study and that no import reads: left out of the
 # server's identity (the child gets the job's own values all the same).
 PER_JOB = ("PWD", "OLDPWD", "SHLVL", "_", "AUDIOPETL_TIMINGS")
-# What the server imports: every command's heavy dependencies.
-PRELOAD = (
-    "audiopetl.cli.main",
-    "audiopetl.cli.train",
-    "audiopetl.cli.data",
-    "audiopetl.training.trainer",
-    "audiopetl.training.evaluate",
-    "audiopetl.features.cache",
-    "audiopetl.report",
-    "peft",
-    "transformers.models.audio_spectrogram_transformer.modeling_audio_spectrogram_transformer",
-)
 
 
 def wanted() -> bool:
@@ -111,13 +99,16 @@ def _address(key: str) -> str:
 # -- the client: `audiopetl COMMAND` ----------------------------------------------------------
 
 
-def run(argv: Sequence[str]) -> int | None:
-    """Run ``audiopetl argv`` in a warm server's child; its exit status, or None when no server
-    could be used (the caller then runs the command itself)."""
+def run(argv: Sequence[str], runner: str, preload: Sequence[str]) -> int | None:
+    """Run a command in a warm server's child: ``runner`` ("module:function", given ``argv``
+    and returning the exit status) is what the child calls; ``preload``, the modules a server
+    imports before it forks (the callers' heavy dependencies: this module knows none of them).
+    The command's exit status, or None when no server could be used (the caller then runs the
+    command itself)."""
     from audiopetl.process import timings
 
     key = server_key()
-    conn = _connect(key)
+    conn = _connect(key, preload)
     if conn is None:
         return None
     request = {
@@ -127,6 +118,7 @@ def run(argv: Sequence[str]) -> int | None:
         "umask": _umask(),
         "path": sys.path,
         "started": timings.process_started(),
+        "runner": runner,
     }
     payload = json.dumps(request).encode()
     try:
@@ -159,7 +151,7 @@ def _umask() -> int:
     return mask
 
 
-def _connect(key: str) -> socket.socket | None:
+def _connect(key: str, preload: Sequence[str]) -> socket.socket | None:
     deadline = time.monotonic() + CONNECT_S
     started: subprocess.Popen[bytes] | None = None
     while True:
@@ -171,7 +163,7 @@ def _connect(key: str) -> socket.socket | None:
             conn.close()
         if started is None:
             started = subprocess.Popen(
-                [sys.executable, "-m", "audiopetl.process.warm", key],
+                [sys.executable, "-m", "audiopetl.process.warm", key, *preload],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -188,7 +180,7 @@ def _connect(key: str) -> socket.socket | None:
 # -- the server -------------------------------------------------------------------------------
 
 
-def serve(key: str) -> None:
+def serve(key: str, preload: Sequence[str]) -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         listener.bind(_address(key))
@@ -196,7 +188,7 @@ def serve(key: str) -> None:
         return  # another server of this key is starting or running: the client will find it
     import importlib
 
-    for name in PRELOAD:
+    for name in preload:
         importlib.import_module(name)
     listener.listen(64)
     listener.settimeout(0.5)
@@ -286,11 +278,13 @@ def _child(conn: socket.socket) -> None:
             signal.signal(sig, default)
         threading.Thread(target=_watch, args=(conn,), daemon=True).start()
         os.environ[SERVER_ENV] = str(os.getppid())
-        from audiopetl.cli.main import finish, status
+        import importlib
+
         from audiopetl.process import timings
 
         timings.adopt_start(request["started"])
-        code = finish(status(sys.argv[1:]))
+        module, _, function = request["runner"].partition(":")
+        code = getattr(importlib.import_module(module), function)(sys.argv[1:])
     except BaseException:  # a bug: its traceback goes where a cold run's would
         traceback.print_exc()
         code = 1
@@ -315,4 +309,4 @@ def _watch(conn: socket.socket) -> None:
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1])
+    serve(sys.argv[1], sys.argv[2:])

@@ -41,7 +41,7 @@ def _class_figures(
     are ``confusion_matrix``/``per_class_f1``; with several each gets a ``-{dataset}-{model}``
     suffix.
     """
-    from audiopetl.report import figures  # see build_report
+    from audiopetl.report import class_figures, figures  # see build_report
 
     combos = list(dict.fromkeys(zip(summary["dataset"], summary["model"], strict=True)))
     keys = group_columns(runs)
@@ -54,7 +54,7 @@ def _class_figures(
         # As strings: a missing environment is None, and None == None is False in pandas.
         chosen = in_combo & (runs[keys].astype(str) == best[keys].astype(str)).all(axis=1)
         best_metrics = [read_metrics(Path(d)) for d in runs.loc[chosen, "run_dir"]]
-        written += figures.confusion_matrix(
+        written += class_figures.confusion_matrix(
             best_metrics,
             fig_dir / f"confusion_matrix{suffix}",
             report_cfg,
@@ -64,7 +64,9 @@ def _class_figures(
         labels = figures.config_labels(runs[in_combo])
         for label, run_dir in zip(labels, runs.loc[in_combo, "run_dir"], strict=True):
             per_strategy.setdefault(label, []).append(read_metrics(Path(run_dir)))
-        written += figures.per_class_f1(per_strategy, fig_dir / f"per_class_f1{suffix}", report_cfg)
+        written += class_figures.per_class_f1(
+            per_strategy, fig_dir / f"per_class_f1{suffix}", report_cfg
+        )
     return written
 
 

@@ -7,7 +7,7 @@ were reported.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +16,11 @@ import pyarrow.parquet as pq
 import torch
 
 from audiopetl.core.atomic import write_json
-from audiopetl.core.config import (
-    ConfigError,
-    apply_overrides,
-    dataset_config,
-    dataset_identity,
-    feature_settings,
-    model_config,
-    strategy_config,
-    training_settings,
-)
 from audiopetl.core.errors import DataError, TrainingError
+from audiopetl.core.settings import RunSettings
+from audiopetl.training.determinism import make_deterministic, select_device
 from audiopetl.training.run_folder import verify_run_folder
-from audiopetl.training.trainer import RunSpec, Trainer, make_deterministic, select_device
+from audiopetl.training.trainer import Trainer
 
 # Same code, same device and thread count: the logits should agree exactly; the tolerance
 # only absorbs a different thread count or device on re-evaluation.
@@ -37,20 +29,6 @@ LOGIT_TOLERANCE = 1e-4
 # another order (AdaLoRA's adapter comes back resized to its pruned ranks): a broken export
 # is off by far more.
 EXPORT_TOLERANCE = 1e-3
-# Training settings that decide where and how fast a run is scored, not what it computes: a
-# GPU run may be scored again on a CPU (`--set training.device=cpu`).
-EXECUTION_KEYS = (
-    "device",
-    "threads",
-    "eval_batch_size",
-    "deterministic",
-    "tf32",
-    "data_on_device",
-    "fused_optimizer",
-    "compile",
-    "log_every_steps",
-    "save_state_every_s",
-)
 
 
 def read_run_info(run_dir: Path) -> dict[str, Any]:
@@ -63,89 +41,33 @@ def read_run_info(run_dir: Path) -> dict[str, Any]:
         raise DataError(f"{run_file}: unreadable ({err})") from err
 
 
-def _run_settings(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
-    """Everything that decides what a run computes."""
-    training = training_settings(cfg, run["strategy"])
-    return {
-        "dataset": dataset_identity(dataset_config(cfg, run["dataset"])),
-        "features": feature_settings(cfg, run["dataset"], run["model"]),
-        "model": model_config(cfg, run["model"]),
-        "strategy": strategy_config(cfg, run["strategy"]),
-        "training": {k: v for k, v in training.items() if k not in EXECUTION_KEYS},
-    }
-
-
-def evaluation_config(
-    info: Mapping[str, Any],
-    cfg: Mapping[str, Any] | None = None,
-    overrides: Iterable[str] = (),
-) -> dict[str, Any]:
-    """The configuration a run is scored with: the one it recorded, with ``overrides``; or a
-    given one (the workflow's, a preset), which must agree with the record on everything that
-    decides what the run computes and may differ in where it runs (EXECUTION_KEYS, paths)."""
-    stored, run = info["config"], info["run"]
-    if cfg is None:
-        cfg = apply_overrides(stored, overrides, "run.json")
-    try:
-        ours, theirs = _run_settings(cfg, run), _run_settings(stored, run)
-    except ConfigError as err:
-        raise ConfigError(f"{err} (the run needs it)") from err
-    differ = [
-        f"{part}.{key}"
-        for part in ours
-        for key in sorted(set(ours[part]) | set(theirs[part]))
-        if ours[part].get(key) != theirs[part].get(key)
-    ]
-    if differ:
-        raise ConfigError(
-            f"the configuration differs from the one the run was trained with in "
-            f"{', '.join(differ)}: scoring it with these settings would not test its weights; "
-            "use the run's own (no --config/--experiment) and --set only where it runs: "
-            f"training.{{{','.join(EXECUTION_KEYS)}}} and paths"
-        )
-    return dict(cfg)
-
-
 def _check_finite(model: torch.nn.Module, folder: Path) -> None:
     for name, param in model.named_parameters():
         if not torch.isfinite(param).all():
             raise DataError(f"{folder}: weight {name} holds NaN or Inf; rerun the run")
 
 
-def _precision_of(info: Mapping[str, Any], cfg: Mapping[str, Any]) -> dict[str, str]:
+def precision_of(info: Mapping[str, Any], run: RunSettings) -> str | None:
     """Score in the precision the run trained in (what `auto` became there), where this
     device has it: fp16 autocast needs CUDA, so a fp16 GPU run is scored in fp32 on a CPU."""
     used = (info.get("runtime") or {}).get("precision")
-    if used is None:
-        return {}
-    device = select_device(training_settings(cfg, info["run"]["strategy"])["device"])
-    if used == "fp16" and device.type != "cuda":
-        return {"precision": "fp32"}
-    return {"precision": used}
+    if used == "fp16" and select_device(run.training.device).type != "cuda":
+        return "fp32"
+    return used
 
 
 def evaluate_run(
-    run_dir: Path,
-    out: Path | None = None,
-    cfg: Mapping[str, Any] | None = None,
-    overrides: Iterable[str] = (),
+    run_dir: Path, run: RunSettings, info: Mapping[str, Any], out: Path | None = None
 ) -> dict[str, Any]:
-    info = read_run_info(run_dir)
-    cfg = evaluation_config(info, cfg, overrides)
+    """Rebuild the run of ``run_dir`` (``run``: its settings, resolved from its run.json
+    ``info`` at the edge) from its files and score it again; writes evaluation.json."""
     verify_run_folder(run_dir)
-    run = info["run"]
-    spec = RunSpec(
-        run["dataset"],
-        run["model"],
-        run["strategy"],
-        int(run["fold"]),
-        int(run["seed"]),
-        run_dir,
-        run.get("pretrained"),
-    )
-    trainer = Trainer(cfg, spec, overrides=_precision_of(info, cfg))
-    s = trainer.settings
-    make_deterministic(spec.seed, s["threads"], s["deterministic"], trainer.device)
+    precision = precision_of(info, run)
+    if precision is not None:
+        run = run.with_training(precision=precision)
+    trainer = Trainer(run)
+    t = run.training
+    make_deterministic(run.seed, t.threads, t.deterministic, trainer.device)
     trainer.load_data()
     trainer.build()
     model_dir = run_dir / "model"

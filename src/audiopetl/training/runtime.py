@@ -9,7 +9,6 @@ same settings agree within the tolerance the tests hold (tests/test_runtime.py).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -18,6 +17,7 @@ from torch import nn
 
 from audiopetl.core import compat
 from audiopetl.core.errors import TrainingError
+from audiopetl.core.settings import TrainingSettings
 
 log = logging.getLogger(__name__)
 
@@ -72,30 +72,30 @@ def resolve_fused(requested: str | bool, device: torch.device) -> bool:
 
 
 def resolve(
-    settings: Mapping[str, Any], device: torch.device, attention: str, feature_bytes: int
+    settings: TrainingSettings, device: torch.device, attention: str, feature_bytes: int
 ) -> Runtime:
     """What this run will do on ``device``; an impossible request is a TrainingError."""
-    if settings["compile"] and not compat.HAS_COMPILE:
+    if settings.compile and not compat.HAS_COMPILE:
         raise TrainingError(
             f"training.compile needs torch >= 2.0 (this environment has {torch.__version__}); "
             "set it to false"
         )
-    precision = resolve_precision(settings["precision"], device)
-    on_device = settings["data_on_device"]
+    precision = resolve_precision(settings.precision, device)
+    on_device = settings.data_on_device
     if on_device == "auto":
         on_device = device.type == "cuda" and feature_bytes <= DEVICE_DATA_SHARE * (
             torch.cuda.get_device_properties(device).total_memory
         )
     return Runtime(
         precision=precision,
-        precision_requested=settings["precision"],
+        precision_requested=settings.precision,
         grad_scaler=precision == "fp16",
-        tf32=bool(settings["tf32"]) and device.type == "cuda",
+        tf32=bool(settings.tf32) and device.type == "cuda",
         attention=attention,
         data_on_device=bool(on_device),
-        fused_optimizer=resolve_fused(settings["fused_optimizer"], device),
-        compile=bool(settings["compile"]),
-        log_every_steps=int(settings["log_every_steps"]),
+        fused_optimizer=resolve_fused(settings.fused_optimizer, device),
+        compile=bool(settings.compile),
+        log_every_steps=int(settings.log_every_steps),
     )
 
 

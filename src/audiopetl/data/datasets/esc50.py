@@ -9,41 +9,35 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import os
-import re
-import tarfile
-import urllib.parse
-import zipfile
-import zlib
-from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from importlib import resources
-from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from audiopetl.core.atomic import atomic_dir, write_json, write_text
-from audiopetl.data.audio import audio_info
-from audiopetl.core.checksums import file_digest, file_sha256
-from audiopetl.data.download import download
+from audiopetl.core.atomic import atomic_dir, write_json
+from audiopetl.core.checksums import file_sha256
 from audiopetl.core.errors import DataError
+from audiopetl.core.settings import DatasetSettings
+from audiopetl.data.archive import (
+    BrokenArchive,
+    archive_name,
+    open_archive,
+    safe_name,
+    write_member,
+)
+from audiopetl.data.audio import audio_info
+from audiopetl.data.datasets.base import RECORD, DatasetKind, register
+from audiopetl.data.download import download
 from audiopetl.data.manifest import COLUMNS, check_manifest, write_manifest
+from audiopetl.data.verify import hash_all, problems_file, raise_problems
 
 META = "meta/esc50.csv"
 # Where the archive came from and its sha256 (audiopetl.data.datasets.esc50._check_archive_hash).
 SOURCE_RECORD = "source.json"
 REQUIRED_COLUMNS = ("filename", "fold", "target", "category")
 MAX_SHOWN = 20
-_CHUNK = 1 << 20
-# Errors that mean the archive itself is damaged (a truncated download, a bad resume).
-_ARCHIVE_READ_ERRORS = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error)
-
-
-class _BrokenArchive(DataError):
-    """The archive cannot be read: a cached download of it is worth throwing away."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -71,13 +65,13 @@ def fetch_esc50(
     list of problems is written to ``dest.problems.txt``. Returns the source record.
     """
     dest = Path(dest)
-    problems_file = _problems_file(dest)
+    listing = problems_file(dest)
     archive, cached = _obtain_archive(settings, dest, progress, downloads)
     source = _check_archive_hash(settings, archive, dest, cached)
     with atomic_dir(dest) as tmp:
         try:
             prefix = _extract_esc50(archive, tmp)
-        except _BrokenArchive as err:
+        except BrokenArchive as err:
             if cached:
                 # A damaged download would fail the same way forever; the next call fetches anew.
                 archive.unlink(missing_ok=True)
@@ -92,7 +86,7 @@ def fetch_esc50(
             problems = _problems(
                 tmp, _shipped_md5_index(), lambda rel: prefix + rel, meta_source, subset
             )
-            _raise_problems(str(archive), problems, problems_file)
+            raise_problems(str(archive), "ESC-50", problems, PROBLEM_ORDER, listing)
         except DataError as err:
             if cached:
                 raise DataError(f"{err}\n(the downloaded archive is kept at {archive})") from err
@@ -104,16 +98,12 @@ def fetch_esc50(
         write_json(tmp / SOURCE_RECORD, source)
         if finish is not None:
             finish(tmp, source)
-    problems_file.unlink(missing_ok=True)
+    listing.unlink(missing_ok=True)
     if cached:
         archive.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             archive.parent.rmdir()  # only when empty: another dataset may be downloading there
     return source
-
-
-def _problems_file(dest: Path) -> Path:
-    return dest.with_name(dest.name + ".problems.txt")
 
 
 def _check_archive_hash(
@@ -158,7 +148,7 @@ def _obtain_archive(
             raise DataError(f"{archive}: ESC-50 archive not found (esc50.archive)")
         return archive, False
     url = str(settings["url"])
-    cached = (downloads or dest.parent / ".downloads") / _archive_name(url)
+    cached = (downloads or dest.parent / ".downloads") / archive_name(url, "esc50-archive")
     # Only a complete download is ever renamed to this name, so an existing one is reusable.
     if not cached.is_file():
         download(
@@ -169,63 +159,6 @@ def _obtain_archive(
             progress=progress,
         )
     return cached, True
-
-
-def _archive_name(url: str) -> str:
-    name = PurePosixPath(urllib.parse.urlsplit(url).path).name
-    return name or "esc50-archive"
-
-
-# ---------------------------------------------------------------------------------------------
-# archives
-
-
-@dataclass(frozen=True)
-class _Member:
-    name: str
-    kind: str  # "file", "dir" or "other" (links, devices)
-    open: Callable[[], IO[bytes] | None]
-
-
-@contextlib.contextmanager
-def _open_archive(path: Path) -> Iterator[list[_Member]]:
-    # Detect the format from the content: GitHub's archive is called "master.zip" but a user's
-    # copy may be named anything.
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as zf:
-                yield [
-                    _Member(
-                        i.filename, "dir" if i.is_dir() else "file", functools.partial(zf.open, i)
-                    )
-                    for i in zf.infolist()
-                ]
-            return
-        if tarfile.is_tarfile(path):
-            with tarfile.open(path, "r:*") as tf:
-                yield [
-                    _Member(m.name, _tar_kind(m), functools.partial(tf.extractfile, m))
-                    for m in tf.getmembers()
-                ]
-            return
-    except _ARCHIVE_READ_ERRORS as err:
-        raise _BrokenArchive(f"{path}: cannot read archive: {err}") from err
-    raise _BrokenArchive(f"{path}: not a zip or tar archive")
-
-
-def _tar_kind(member: tarfile.TarInfo) -> str:
-    if member.isfile():
-        return "file"
-    return "dir" if member.isdir() else "other"
-
-
-def _safe_name(archive: Path, name: str) -> str:
-    """The member's name as a relative posix path; refuse anything that could escape."""
-    norm = name.replace("\\", "/")
-    parts = PurePosixPath(norm).parts
-    if norm.startswith("/") or re.match(r"^[A-Za-z]:", norm) or ".." in parts:
-        raise DataError(f"{archive}: refusing archive member {name!r} (absolute path or '..')")
-    return "/".join(p for p in parts if p != ".")
 
 
 def _find_root(archive: Path, names: list[str], kinds: list[str]) -> str:
@@ -254,8 +187,8 @@ def _extract_esc50(archive: Path, target: Path) -> str:
     Only those two folders are written (the official archive also carries notebooks and images),
     straight into the final layout, so no second move is needed.
     """
-    with _open_archive(archive) as members:
-        names = [_safe_name(archive, m.name) for m in members]
+    with open_archive(archive) as members:
+        names = [safe_name(archive, m.name) for m in members]
         root = _find_root(archive, names, [m.kind for m in members])
         for name, member in zip(names, members, strict=True):
             rel = name[len(root) :]
@@ -266,31 +199,10 @@ def _extract_esc50(archive: Path, target: Path) -> str:
                 out.mkdir(parents=True, exist_ok=True)
             elif member.kind == "file":
                 out.parent.mkdir(parents=True, exist_ok=True)
-                _write_member(archive, name, member, out)
+                write_member(archive, name, member, out)
             else:
                 raise DataError(f"{archive}: refusing archive member {name!r} (not a regular file)")
     return root
-
-
-def _write_member(archive: Path, name: str, member: _Member, out: Path) -> None:
-    with open(out, "wb") as dst:
-        try:
-            src = member.open()
-            if src is None:
-                raise _BrokenArchive(f"{archive}: {name}: cannot read archive member")
-            with src:
-                # Read errors (a bad CRC, a truncated stream) mean a damaged archive; write
-                # errors (a full disk) must not be mistaken for one.
-                while True:
-                    try:
-                        chunk = src.read(_CHUNK)
-                    except (*_ARCHIVE_READ_ERRORS, OSError) as err:
-                        raise _BrokenArchive(f"{archive}: {name}: cannot read: {err}") from err
-                    if not chunk:
-                        break
-                    dst.write(chunk)
-        except _ARCHIVE_READ_ERRORS as err:
-            raise _BrokenArchive(f"{archive}: {name}: cannot read: {err}") from err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,7 +233,7 @@ def verify_esc50(root: Path, md5_index: dict | None = None, *, subset: bool = Fa
     root = Path(root)
     index = _shipped_md5_index() if md5_index is None else md5_index
     problems = _problems(root, index, lambda rel: str(root / rel), str(root / META), subset)
-    _raise_problems(str(root), problems, _problems_file(root))
+    raise_problems(str(root), "ESC-50", problems, PROBLEM_ORDER, problems_file(root))
 
 
 # The order problems are listed in: a wrong clip first, whatever else is wrong.
@@ -334,27 +246,6 @@ PROBLEM_ORDER = (
     "bad filename",
     "metadata",
 )
-
-
-def _raise_problems(where: str, problems: list[tuple[str, str]], listing: Path) -> None:
-    """One DataError for all ``(kind, line)`` problems: counts per kind, md5 mismatches first,
-    the first lines shown and the complete list written to ``listing``."""
-    if not problems:
-        return
-    problems = sorted(problems, key=lambda p: PROBLEM_ORDER.index(p[0]))
-    counts = Counter(kind for kind, _ in problems)
-    summary = ", ".join(f"{counts[kind]} {kind}" for kind in PROBLEM_ORDER if counts[kind])
-    lines = [line for _, line in problems]
-    write_text(listing, "\n".join(lines) + "\n")
-    shown = lines[:MAX_SHOWN]
-    if len(lines) > MAX_SHOWN:
-        shown.append(f"(the first {MAX_SHOWN} of {len(lines)}; all of them are in {listing})")
-    else:
-        shown.append(f"(also written to {listing})")
-    raise DataError(
-        f"{where}: ESC-50 verification failed, {len(problems)} problem(s) ({summary}):\n  "
-        + "\n  ".join(shown)
-    )
 
 
 def _problems(
@@ -407,20 +298,13 @@ def _problems(
         for rel in _audio_files(root)
         if rel not in listed_files
     ]
-    hashes = _hash_all(root, [rel for rel, _ in to_hash])
+    hashes = hash_all(root, [rel for rel, _ in to_hash], "md5")
     problems += [
         ("md5 mismatch", f"md5 mismatch: {show(rel)}: expected {want}, got {got}")
         for (rel, want), got in zip(to_hash, hashes, strict=True)
         if got != want
     ]
     return problems
-
-
-def _hash_all(root: Path, rels: list[str]) -> list[str]:
-    # hashlib releases the GIL on large buffers, so threads overlap reading and hashing.
-    workers = min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda rel: file_digest(root / rel, "md5"), rels))
 
 
 def _audio_files(root: Path) -> list[str]:
@@ -542,3 +426,47 @@ def _manifest(
         columns=COLUMNS,
     )
     return check_manifest(df, source, n_folds)
+
+
+# ESC-50 v2.0.0: 40 clips per class and fold, 50 classes, 5 folds.
+ESC50_CLASSES, ESC50_CLIPS_PER_FOLD = 50, 400
+
+
+@register("esc50")
+class ESC50(DatasetKind):
+    """ESC-50, downloaded (or from a local archive) and verified clip by clip. Where it comes
+    from does not change what it is: the URL, a local `archive`, retries and timeouts are not
+    part of its identity (every clip is verified by md5 anyway)."""
+
+    identity_keys = ("folds", "subset")
+
+    def folds(self, options: Mapping[str, Any]) -> int | None:
+        return int(options["folds"])
+
+    def planned_sizes(self, options: Mapping[str, Any]) -> tuple[dict[int, int], int]:
+        return {f: ESC50_CLIPS_PER_FOLD for f in range(1, 6)}, ESC50_CLASSES
+
+    def make(
+        self,
+        dataset: DatasetSettings,
+        dest: Path,
+        record: Mapping[str, Any],
+        *,
+        downloads: Path,
+        skip_bad: bool,
+        progress: bool,
+    ) -> None:
+        def finish(tmp: Path, source: Mapping[str, Any]) -> None:
+            write_json(tmp / RECORD, {**record, "clips": source["clips"]})
+
+        # Replaces an existing copy only once the new one is complete and verified.
+        fetch_esc50(dataset.options, dest, progress=progress, downloads=downloads, finish=finish)
+
+    def describe(self, options: Mapping[str, Any], raw_dir: Path) -> str | None:
+        if not options.get("subset"):
+            return None
+        try:
+            source = json.loads((raw_dir / SOURCE_RECORD).read_text())
+        except (OSError, ValueError):
+            return "subset"
+        return f"subset: {source['clips']} of {source['index_clips']} clips"

@@ -20,8 +20,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from audiopetl.data.audio import audio_info
+from audiopetl.core.atomic import atomic_dir, write_json
 from audiopetl.core.errors import DataError
+from audiopetl.core.settings import DatasetSettings
+from audiopetl.data.audio import audio_info
+from audiopetl.data.datasets.base import RECORD, DatasetKind, register
+from audiopetl.data.manifest import check_manifest, write_manifest
 
 
 @dataclass
@@ -196,3 +200,35 @@ def folder_manifest(
         for p in df["path"]
     ]
     return FolderScan(df, skipped)
+
+
+@register("folder")
+class Folder(DatasetKind):
+    """A user's own folder: the audio stays where it is; the raw folder holds the manifest."""
+
+    identity_keys = ("root", "manifest", "pattern", "folds", "labels")
+    # Skipping unreadable files decides which of a user's files the folder lists.
+    skip_bad_decides_files = True
+
+    def folds(self, options: Mapping[str, Any]) -> int | None:
+        return None if options["folds"] is None else int(options["folds"])
+
+    def make(
+        self,
+        dataset: DatasetSettings,
+        dest: Path,
+        record: Mapping[str, Any],
+        *,
+        downloads: Path,
+        skip_bad: bool,
+        progress: bool,
+    ) -> None:
+        with atomic_dir(dest) as tmp:
+            scan = folder_manifest(dataset.options, skip_bad=skip_bad)
+            manifest = check_manifest(scan.manifest, "folder", dataset.folds)
+            write_manifest(manifest, tmp / "manifest.csv")
+            write_json(tmp / RECORD, {**record, "clips": len(manifest), "skipped": scan.skipped})
+
+    def manifest_base(self, options: Mapping[str, Any]) -> Path | None:
+        # The audio stays where the user keeps it; manifest paths are relative to its root.
+        return folder_root(options)

@@ -21,6 +21,11 @@ import pandas as pd
 import soundfile as sf
 from tqdm import tqdm
 
+from audiopetl.core.atomic import atomic_dir, write_json
+from audiopetl.core.settings import DatasetSettings
+from audiopetl.data.datasets.base import RECORD, DatasetKind, register
+from audiopetl.data.manifest import write_manifest
+
 SoundFn = Callable[[np.random.Generator, np.ndarray, int, float], np.ndarray]
 
 # Per-family parameter variants; variant v of every family comes before variant v + 1 in the
@@ -207,3 +212,35 @@ def generate(settings: Mapping[str, Any], root: Path, progress: bool = True) -> 
         rows.append((filename, fold, target, name, False, src, "A"))
     columns = ["filename", "fold", "target", "category", "esc10", "src_file", "take"]
     pd.DataFrame(rows, columns=columns).to_csv(root / "meta" / "esc50.csv", index=False)
+
+
+@register("synthetic")
+class Synthetic(DatasetKind):
+    """The embedded synthetic sounds, written in ESC-50's layout (every setting shapes them)."""
+
+    identity_keys = None
+
+    def folds(self, options: Mapping[str, Any]) -> int | None:
+        return int(options["folds"])
+
+    def planned_sizes(self, options: Mapping[str, Any]) -> tuple[dict[int, int], int]:
+        per_fold = int(options["classes"]) * int(options["clips_per_class_per_fold"])
+        return {f: per_fold for f in range(1, int(options["folds"]) + 1)}, int(options["classes"])
+
+    def make(
+        self,
+        dataset: DatasetSettings,
+        dest: Path,
+        record: Mapping[str, Any],
+        *,
+        downloads: Path,
+        skip_bad: bool,
+        progress: bool,
+    ) -> None:
+        from audiopetl.data.datasets.esc50 import esc50_manifest
+
+        with atomic_dir(dest) as tmp:
+            generate(dataset.options, tmp, progress=progress)
+            manifest = esc50_manifest(tmp, dataset.folds)
+            write_manifest(manifest, tmp / "manifest.csv")
+            write_json(tmp / RECORD, {**record, "clips": len(manifest), "skipped": []})

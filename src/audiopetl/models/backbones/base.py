@@ -17,7 +17,8 @@ import pkgutil
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
-from audiopetl.core.config import ConfigError
+from audiopetl.core.errors import ConfigError
+from audiopetl.core.settings import FeatureSettings, ModelSettings
 from audiopetl.models.backbones.layout import ModuleLayout
 
 _REGISTRY: dict[str, type[Backbone]] = {}
@@ -55,8 +56,8 @@ def get_backbone(kind: str) -> Backbone:
     return _REGISTRY[kind]()
 
 
-def backbone_of(model_cfg: Mapping[str, Any]) -> Backbone:
-    return get_backbone(model_cfg.get("kind") or DEFAULT_KIND)
+def backbone_of(settings: ModelSettings) -> Backbone:
+    return get_backbone(settings.kind)
 
 
 def layout_of(model: Any) -> ModuleLayout:
@@ -79,7 +80,7 @@ class Backbone:
         raise NotImplementedError
 
     def front_end_settings(
-        self, fbank: Mapping[str, Any], model_cfg: Mapping[str, Any]
+        self, fbank: Mapping[str, Any], settings: ModelSettings
     ) -> dict[str, Any]:
         """The settings of this kind's front end for a dataset whose AST (fbank) settings are
         ``fbank``: the dataset's clip length carries over, the rest is the kind's own."""
@@ -87,8 +88,8 @@ class Backbone:
 
     def build(
         self,
-        model_cfg: Mapping[str, Any],
-        features: Mapping[str, Any],
+        settings: ModelSettings,
+        features: FeatureSettings,
         num_classes: int,
         pretrained: str | None,
     ) -> Any:

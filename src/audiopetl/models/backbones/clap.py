@@ -13,6 +13,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from audiopetl.core.settings import FeatureSettings, ModelSettings, thaw
 from audiopetl.models.backbones.base import Backbone, register
 from audiopetl.models.backbones.layout import ModuleLayout
 
@@ -49,7 +50,7 @@ class ClapAudioKind(Backbone):
         return LAYOUT
 
     def front_end_settings(
-        self, fbank: Mapping[str, Any], model_cfg: Mapping[str, Any]
+        self, fbank: Mapping[str, Any], settings: ModelSettings
     ) -> dict[str, Any]:
         # The clip's own length does not enter: every clip is repeated to CLAP's 10 s.
         return {
@@ -66,8 +67,8 @@ class ClapAudioKind(Backbone):
 
     def build(
         self,
-        model_cfg: Mapping[str, Any],
-        features: Mapping[str, Any],
+        settings: ModelSettings,
+        features: FeatureSettings,
         num_classes: int,
         pretrained: str | None,
     ) -> Any:
@@ -76,14 +77,15 @@ class ClapAudioKind(Backbone):
         from audiopetl.core import compat
         from audiopetl.core.errors import TrainingError
         from audiopetl.models import build as models
+        from audiopetl.models import init as inits
         from audiopetl.models.backbones.encoder import ClapClassifier
 
-        attn = model_cfg["attn_implementation"]
-        arch = dict(model_cfg.get("architecture") or {})
+        attn = settings.attn_implementation
+        arch = thaw(settings.architecture)
         if pretrained is None:
             config = ClapAudioConfig(**arch, num_mel_bins=MEL_BINS, enable_fusion=False)
             model = ClapClassifier(compat.from_config(ClapAudioModel, config, attn), num_classes)
-            models.init_parameters(model)
+            inits.init_parameters(model)
             return model
 
         def load(source: str) -> Any:
@@ -106,7 +108,7 @@ class ClapAudioKind(Backbone):
         model = ClapClassifier(compat.from_config(ClapAudioModel, config, attn), num_classes)
         state = {f"encoder.{k}": v for k, v in donor.state_dict().items()}
         models.load_weights(model, state, pretrained)
-        models.init_head(model)
+        inits.init_head(model)
         return model
 
 

@@ -15,6 +15,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from audiopetl.core.settings import FeatureSettings, ModelSettings, thaw
 from audiopetl.models.backbones.base import Backbone, register
 from audiopetl.models.backbones.layout import ModuleLayout
 
@@ -63,9 +64,9 @@ class Wav2Vec2Kind(Backbone):
         return Wav2Vec2Config, Wav2Vec2Model
 
     def front_end_settings(
-        self, fbank: Mapping[str, Any], model_cfg: Mapping[str, Any]
+        self, fbank: Mapping[str, Any], settings: ModelSettings
     ) -> dict[str, Any]:
-        own = dict(model_cfg.get("front_end") or {})
+        own = dict(settings.front_end)
         seconds = fbank["target_length"] * fbank["frame_shift_ms"] / 1000.0
         return {
             "front_end": "waveform",
@@ -76,26 +77,27 @@ class Wav2Vec2Kind(Backbone):
 
     def build(
         self,
-        model_cfg: Mapping[str, Any],
-        features: Mapping[str, Any],
+        settings: ModelSettings,
+        features: FeatureSettings,
         num_classes: int,
         pretrained: str | None,
     ) -> Any:
         from audiopetl.core import compat
         from audiopetl.models import build as models
+        from audiopetl.models import init as inits
         from audiopetl.models.backbones.encoder import WaveformClassifier
 
         config_class, model_class = self.classes()
-        attn = model_cfg["attn_implementation"]
-        arch = {**DETERMINISTIC, **dict(model_cfg.get("architecture") or {})}
+        attn = settings.attn_implementation
+        arch = {**DETERMINISTIC, **thaw(settings.architecture)}
         if pretrained is None:
             config = config_class(**arch)
             encoder = compat.from_config(model_class, config, attn)
             model = WaveformClassifier(encoder, num_classes, float(config.layer_norm_eps))
-            models.init_parameters(model)
+            inits.init_parameters(model)
             init_positional_convolution(model)
             return model
-        check_normalisation(pretrained, bool(features["normalize"]))
+        check_normalisation(pretrained, bool(features.values["normalize"]))
         donor = models.load_donor(
             pretrained, lambda s: compat.from_pretrained(model_class, s, attn), self.kind
         )
@@ -112,7 +114,7 @@ class Wav2Vec2Kind(Backbone):
             if k in own or k != "masked_spec_embed"
         }
         models.load_weights(model, state, pretrained)
-        models.init_head(model)
+        inits.init_head(model)
         return model
 
 
@@ -123,7 +125,7 @@ def init_positional_convolution(model: Any) -> None:
     each parameter's own generator, under the name both torch versions agree on."""
     import torch
 
-    from audiopetl.models.build import parameter_generator
+    from audiopetl.models.init import parameter_generator
 
     conv = model.encoder.encoder.pos_conv_embed.conv
     params = dict(conv.named_parameters())

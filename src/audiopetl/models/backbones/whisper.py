@@ -16,6 +16,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from audiopetl.core.settings import FeatureSettings, ModelSettings, thaw
 from audiopetl.models.backbones.base import Backbone, register
 from audiopetl.models.backbones.layout import ModuleLayout
 
@@ -64,9 +65,9 @@ class WhisperEncoderKind(Backbone):
         return LAYOUT
 
     def front_end_settings(
-        self, fbank: Mapping[str, Any], model_cfg: Mapping[str, Any]
+        self, fbank: Mapping[str, Any], settings: ModelSettings
     ) -> dict[str, Any]:
-        own = dict(model_cfg.get("front_end") or {})
+        own = dict(settings.front_end)
         # The dataset's clip length in 10 ms frames, even (the encoder's convolution halves it).
         frames = math.ceil(fbank["target_length"] * fbank["frame_shift_ms"] / 10.0)
         frames += frames % 2
@@ -81,8 +82,8 @@ class WhisperEncoderKind(Backbone):
 
     def build(
         self,
-        model_cfg: Mapping[str, Any],
-        features: Mapping[str, Any],
+        settings: ModelSettings,
+        features: FeatureSettings,
         num_classes: int,
         pretrained: str | None,
     ) -> Any:
@@ -92,26 +93,29 @@ class WhisperEncoderKind(Backbone):
         from audiopetl.core import compat
         from audiopetl.core.errors import TrainingError
         from audiopetl.models import build as models
+        from audiopetl.models import init as inits
         from audiopetl.models.backbones.encoder import SpectrogramClassifier
 
-        attn = model_cfg["attn_implementation"]
-        frames = int(features["target_length"])
+        attn = settings.attn_implementation
+        frames = int(features.values["target_length"])
         if frames > MAX_FRAMES:
             raise TrainingError(
                 f"whisper-encoder: {frames} frames are longer than the 30 s ({MAX_FRAMES} "
                 "frames) its position table covers; cut the clips (the dataset's target_length)"
             )
         positions = frames // 2
-        arch = dict(model_cfg.get("architecture") or {})
+        arch = thaw(settings.architecture)
         encoder_class = compat.whisper_encoder_class()
         if pretrained is None:
             config = WhisperConfig(
-                **arch, num_mel_bins=int(features["num_mel_bins"]), max_source_positions=positions
+                **arch,
+                num_mel_bins=int(features.values["num_mel_bins"]),
+                max_source_positions=positions,
             )
             model = SpectrogramClassifier(
                 compat.from_config(encoder_class, config, attn), num_classes
             )
-            models.init_parameters(model)
+            inits.init_parameters(model)
             with torch.no_grad():
                 table = model.encoder.embed_positions.weight
                 table.copy_(sinusoids(positions, table.shape[1]))
@@ -125,10 +129,10 @@ class WhisperEncoderKind(Backbone):
 
             donor = models.load_donor(pretrained, load, self.kind)
             config = copy.deepcopy(donor.config)
-            if int(config.num_mel_bins) != int(features["num_mel_bins"]):
+            if int(config.num_mel_bins) != int(features.values["num_mel_bins"]):
                 raise TrainingError(
                     f"{pretrained}: the checkpoint reads {config.num_mel_bins} mel bins, the "
-                    f"front end gives {features['num_mel_bins']}: set the model's "
+                    f"front end gives {features.values['num_mel_bins']}: set the model's "
                     f"front_end.num_mel_bins to {config.num_mel_bins}"
                 )
             if positions > int(config.max_source_positions):
@@ -148,7 +152,7 @@ class WhisperEncoderKind(Backbone):
                 :positions
             ].clone()
             models.load_weights(model, state, pretrained)
-            models.init_head(model)
+            inits.init_head(model)
         # Fixed, as in Whisper (transformers 4.28 left the table trainable).
         model.encoder.embed_positions.weight.requires_grad_(False)
         return model

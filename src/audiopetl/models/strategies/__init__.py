@@ -1,4 +1,5 @@
-"""Transfer strategies, one module each, found through a registry (audiopetl.models.strategies.base).
+"""Transfer strategies, one module each, found through a registry
+(audiopetl.models.strategies.base).
 
 full, linear, lora, bitfit, prompt, prefix, adapter (bottleneck), conformer, and peft (any
 tuner of the installed peft). A new strategy is a module here registering its class, its

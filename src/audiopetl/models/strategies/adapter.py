@@ -11,12 +11,13 @@ final one.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from audiopetl.models.build import kaiming_uniform_init
+from audiopetl.models.init import kaiming_uniform_init
 from audiopetl.models.strategies.base import Strategy, register
 
 # Where an adapter sits: the logical targets whose input it reads (parallel) and whose output
@@ -51,18 +52,27 @@ class Bottleneck(nn.Module):
         return self.up(self.act(self.down(x)))
 
 
+@dataclass(frozen=True)
+class AdapterOptions:
+    placement: str  # pfeiffer | houlsby
+    mode: str  # sequential | parallel
+    reduction: float  # hidden size / bottleneck size
+
+
 class AdapterStrategy(Strategy):
     """Adapters of a block type (`block`), placed by the settings `placement`, `mode` and
     `reduction`."""
+
+    Options: ClassVar[type] = AdapterOptions
 
     def block(self, hidden: int) -> nn.Module:
         raise NotImplementedError
 
     def places(self) -> tuple[str, ...]:
-        return PLACEMENTS[self.settings["placement"]]
+        return PLACEMENTS[self.options.placement]
 
     def layernorms(self) -> tuple[str, ...]:
-        chosen = self.settings.get("layernorms")
+        chosen = self.settings.layernorms
         if chosen is not None:
             return tuple(chosen)
         # The reference's choice where the layers have such a LayerNorm (post-norm layers, as
@@ -87,7 +97,7 @@ class AdapterStrategy(Strategy):
             for index, block in enumerate(blocks):
                 block.reset(f"petl.{place}.{index}")
         self.attach(model, container)
-        parallel = self.settings["mode"] == "parallel"
+        parallel = self.options.mode == "parallel"
         for place, blocks in container.items():
             source, target = PLACES[place]
             inputs = self.layout.target_modules(model, source)
@@ -128,4 +138,4 @@ class BottleneckAdapter(AdapterStrategy):
     default_layernorms: ClassVar[tuple[str, ...]] = ("final", "before_ffn")
 
     def block(self, hidden: int) -> nn.Module:
-        return Bottleneck(hidden, float(self.settings["reduction"]))
+        return Bottleneck(hidden, float(self.options.reduction))

@@ -24,9 +24,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from audiopetl.core import compat
 from audiopetl.core.errors import TrainingError
 from audiopetl.core.failures import reading, writing
+from audiopetl.core.settings import StrategySettings
+from audiopetl.models.backbones.ast import module_layout as ast_layout
 from audiopetl.models.backbones.layout import ModuleLayout
 
 WEIGHTS_FILE = "trainable.safetensors"
@@ -58,9 +59,9 @@ def kinds() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_strategy(settings: Mapping[str, Any]) -> Strategy:
+def get_strategy(settings: StrategySettings) -> Strategy:
     _discover()
-    kind = settings["kind"]
+    kind = settings.kind
     if kind not in _REGISTRY:
         raise TrainingError(f"strategy kind {kind!r} is not registered ({', '.join(kinds())})")
     return _REGISTRY[kind](settings)
@@ -96,17 +97,28 @@ def _canonical(name: str) -> str:
     return name.removeprefix("base_model.model.")
 
 
+@dataclass(frozen=True)
+class NoOptions:
+    """A strategy kind without settings of its own."""
+
+
 class Strategy:
-    """Base class. ``apply`` returns the model to train (possibly wrapped)."""
+    """Base class. ``apply`` returns the model to train (possibly wrapped).
+
+    A strategy receives its resolved :class:`StrategySettings`; its kind's own keys (checked by
+    resources/strategies/KIND.yaml) arrive typed as ``self.options``, an instance of the
+    class's ``Options`` dataclass: one class and one settings type per method."""
 
     kind: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
     is_petl: ClassVar[bool] = True
     # The reference study trains the backbone's final LayerNorm with every PETL method.
     default_layernorms: ClassVar[tuple[str, ...]] = ("final",)
 
-    def __init__(self, settings: Mapping[str, Any]) -> None:
-        self.settings = dict(settings)
-        self.layout: ModuleLayout = compat.module_layout()  # the model's, once applied
+    def __init__(self, settings: StrategySettings) -> None:
+        self.settings = settings
+        self.options: Any = self.Options(**settings.options)
+        self.layout: ModuleLayout = ast_layout()  # the model's, once applied
         self.added: nn.Module | None = None  # what the strategy adds, once applied
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -140,7 +152,7 @@ class Strategy:
         raise NotImplementedError
 
     def layernorms(self) -> tuple[str, ...]:
-        chosen = self.settings.get("layernorms")
+        chosen = self.settings.layernorms
         return self.default_layernorms if chosen is None else tuple(chosen)
 
     @staticmethod
@@ -190,7 +202,7 @@ class Strategy:
 
     # -- modes ----------------------------------------------------------------------------
     def frozen_eval(self) -> bool:
-        setting = self.settings.get("frozen_eval")
+        setting = self.settings.frozen_eval
         return self.is_petl if setting is None else bool(setting)
 
     def own_modules(self, model: nn.Module) -> list[nn.Module]:

@@ -7,10 +7,13 @@ reference's do."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 from torch import nn
 
-from audiopetl.models.build import kaiming_uniform_init
+from audiopetl.models.init import kaiming_uniform_init
 from audiopetl.models.strategies.adapter import AdapterStrategy, bottleneck_size
 from audiopetl.models.strategies.base import register
 
@@ -45,9 +48,17 @@ class ConformerBlock(nn.Module):
         return self.pointwise_out(y).transpose(1, 2)
 
 
+@dataclass(frozen=True)
+class ConformerOptions:
+    placement: str  # pfeiffer | houlsby
+    mode: str  # sequential | parallel
+    reduction: float  # hidden size / bottleneck size
+    kernel: int  # the depthwise convolution's kernel
+
+
 @register("conformer")
 class ConformerAdapter(AdapterStrategy):
+    Options: ClassVar[type] = ConformerOptions
+
     def block(self, hidden: int) -> nn.Module:
-        return ConformerBlock(
-            hidden, float(self.settings["reduction"]), int(self.settings["kernel"])
-        )
+        return ConformerBlock(hidden, float(self.options.reduction), int(self.options.kernel))

@@ -3,7 +3,9 @@ settings name) train in full, saved in peft's adapter beside our own weights fil
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from torch import nn
 
@@ -20,7 +22,7 @@ class PeftStrategy(Strategy):
 
     def target_modules(self, model: nn.Module) -> list[str]:
         names: list[str] = []
-        for target in self.settings["targets"]:
+        for target in self.options.targets:
             found = self.layout.modules_for(model, target)
             if not found:
                 raise TrainingError(
@@ -52,21 +54,31 @@ class PeftStrategy(Strategy):
             return compat.load_peft_adapter(base, adapter)
 
 
+@dataclass(frozen=True)
+class LoraOptions:
+    rank: int
+    alpha: float
+    dropout: float
+    targets: tuple[str, ...]  # logical targets (q, k, v, o, ffn_in, ffn_out)
+
+
 @register("lora")
 class LoRA(PeftStrategy):
+    Options: ClassVar[type] = LoraOptions
+
     def apply(self, model: nn.Module) -> nn.Module:
         from peft import get_peft_model
 
         config = compat.lora_config(
-            rank=int(self.settings["rank"]),
-            alpha=float(self.settings["alpha"]),
-            dropout=float(self.settings["dropout"]),
+            rank=int(self.options.rank),
+            alpha=float(self.options.alpha),
+            dropout=float(self.options.dropout),
             targets=self.target_modules(model),
             modules_to_save=self.modules_to_save(model),
         )
         wrapped = get_peft_model(model, config)
         compat.freeze_saved_module_originals(wrapped)
-        from audiopetl.models.build import parameter_generator
+        from audiopetl.models.init import parameter_generator
 
         for name, module in wrapped.named_modules():
             if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):

@@ -7,24 +7,36 @@ requires. A tuner the installed peft lacks is a config error naming the release 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
 from torch import nn
 
 from audiopetl.core import compat
-from audiopetl.core.config import ConfigError
-from audiopetl.core.errors import TrainingError
+from audiopetl.core.errors import ConfigError, TrainingError
+from audiopetl.core.settings import Frozen, thaw
 from audiopetl.models.strategies.base import register
 from audiopetl.models.strategies.lora import PeftStrategy
 
 FEEDFORWARD = ("ffn_in", "ffn_out")
 
 
+@dataclass(frozen=True)
+class PeftOptions:
+    tuner: str  # peft's name for it, without "Config" (AdaLoRA, IA3, LoHa, ...)
+    targets: tuple[str, ...]  # logical targets
+    options: Any = field(default_factory=Frozen)  # keyword arguments of its config class
+
+
 @register("peft")
 class PeftTuner(PeftStrategy):
+    Options: ClassVar[type] = PeftOptions
+
     # Set by the Trainer before `apply`: AdaLoRA plans its rank budget over all steps.
     total_steps: int | None = None
 
     def config_class(self) -> type:
-        tuner = self.settings["tuner"]
+        tuner = self.options.tuner
         found = compat.peft_config_class(tuner)
         if found is None:
             since = compat.PEFT_TUNERS.get(tuner)
@@ -40,14 +52,14 @@ class PeftTuner(PeftStrategy):
 
         config_class = self.config_class()
         targets = self.target_modules(model)
-        options = dict(self.settings.get("options") or {})
+        options = thaw(self.options.options)
         kwargs = {
             **compat.peft_config_defaults(config_class),
             "target_modules": targets,
             "modules_to_save": self.modules_to_save(model),
             **options,
         }
-        tuner = self.settings["tuner"]
+        tuner = self.options.tuner
         if tuner == "IA3" and "feedforward_modules" not in options:
             feedforward = {n for t in FEEDFORWARD for n in self.layout.modules_for(model, t)}
             kwargs["feedforward_modules"] = [n for n in targets if n in feedforward]
@@ -67,5 +79,5 @@ class PeftTuner(PeftStrategy):
         return wrapped
 
     def after_step(self, model: nn.Module, step: int) -> None:
-        if self.settings["tuner"] == "AdaLoRA":
+        if self.options.tuner == "AdaLoRA":
             model.base_model.update_and_allocate(step)

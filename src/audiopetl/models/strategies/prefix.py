@@ -6,20 +6,29 @@ each, inserted after the [CLS] position. Initialised uniformly within the refere
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from audiopetl.core import compat
 from audiopetl.core.errors import TrainingError
-from audiopetl.models.build import uniform_init
+from audiopetl.models.init import uniform_init
 from audiopetl.models.strategies.base import Strategy, register
+
+
+@dataclass(frozen=True)
+class PrefixOptions:
+    tokens: int  # even: half keys, half values
 
 
 @register("prefix")
 class PrefixTuning(Strategy):
+    Options: ClassVar[type] = PrefixOptions
+
     def apply(self, model: nn.Module) -> nn.Module:
-        tokens = int(self.settings["tokens"])
+        tokens = int(self.options.tokens)
         if tokens % 2:
             raise TrainingError(
                 f"strategy prefix: tokens {tokens} must be even: half are keys, half values"

@@ -10,24 +10,33 @@ The tokens follow [CLS] and [DIST]: the reference dropped [DIST] for them, which
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from audiopetl.models.build import uniform_init
+from audiopetl.models.init import uniform_init
 from audiopetl.models.strategies.base import Strategy, register
 
 SPECIAL = 2  # [CLS] and [DIST]
 
 
+@dataclass(frozen=True)
+class PromptOptions:
+    tokens: int  # prompt tokens per layer
+    deep: bool  # False: at the input only; True: a fresh set before every layer
+
+
 @register("prompt")
 class PromptTuning(Strategy):
+    Options: ClassVar[type] = PromptOptions
+
     def apply(self, model: nn.Module) -> nn.Module:
         self.freeze_all(model)
         config = model.config
         layers = self.layout.layer_modules(model)
-        n, deep = int(self.settings["tokens"]), bool(self.settings["deep"])
+        n, deep = int(self.options.tokens), bool(self.options.deep)
         prompts = nn.Parameter(torch.zeros(len(layers) if deep else 1, n, config.hidden_size))
         bound = math.sqrt(6.0 / (3 * config.patch_size**2 + config.hidden_size))
         uniform_init(prompts, bound, "petl.prompts")

@@ -1,0 +1,381 @@
+"""The typed, frozen settings every stage receives.
+
+The configuration is read, merged and validated once (:mod:`audiopetl.core.config`), then
+turned into these objects at the edge (the CLI and the workflow's rules, through
+:mod:`audiopetl.study`). From there on the stages see only them: a training run gets one
+:class:`RunSettings` (its dataset, features, model, strategy and training settings, its fold
+and seed, its files) and never the configuration dict, so what a run depends on is written in
+one place: :meth:`RunSettings.identity` (its resume identity) and :meth:`RunSettings.params`
+(the workflow's rerun trigger) are computed from the same object.
+
+Settings of one kind whose keys vary with a kind (a strategy's own keys, a front end's values,
+a model's architecture block) are kept as a :class:`Frozen` mapping, validated by the kind's
+schema; everything the code reads by name is a typed field. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class Frozen(Mapping[str, Any]):
+    """A read-only mapping (nested mappings frozen too, lists as tuples). :func:`thaw` gives the
+    plain JSON-able value back, for records and hashes."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
+        object.__setattr__(self, "_data", {str(k): freeze(v) for k, v in (data or {}).items()})
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Frozen settings cannot change")
+
+    def __repr__(self) -> str:
+        return f"Frozen({thaw(self)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return thaw(self) == thaw(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickle and deepcopy (no setattr on restore)
+        return (Frozen, (thaw(self),))
+
+
+def freeze(value: Any) -> Any:
+    if isinstance(value, Frozen):
+        return value
+    if isinstance(value, Mapping):
+        return Frozen(value)
+    if isinstance(value, (list, tuple)):
+        return tuple(freeze(v) for v in value)
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """The plain value: dicts and lists, as the configuration holds them."""
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [thaw(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: thaw(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _typed(cls: type, block: Mapping[str, Any]) -> Any:
+    """``cls`` from the keys of ``block`` it has fields for (nested dataclasses included)."""
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in block:
+            continue
+        value = block[f.name]
+        nested = _NESTED.get((cls.__name__, f.name))
+        if nested is not None and isinstance(value, Mapping):
+            value = _typed(nested, value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        values[f.name] = value
+    return cls(**values)
+
+
+# -- what counts as data, how caches are written ------------------------------------------------
+@dataclass(frozen=True)
+class ClipSettings:
+    """The `data` block: what counts as a usable clip, and what happens to the others."""
+
+    min_frames: int
+    skip_bad: bool
+
+    @classmethod
+    def of(cls, block: Mapping[str, Any]) -> ClipSettings:
+        return _typed(cls, block)
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The `cache` block: how a feature cache is written (not what it holds)."""
+
+    batch_size: int
+    row_group_size: int
+    compression_level: int
+    workers: int
+
+    @classmethod
+    def of(cls, block: Mapping[str, Any]) -> CacheSettings:
+        return _typed(cls, block)
+
+
+# -- a dataset and the features of it a model reads ---------------------------------------------
+@dataclass(frozen=True)
+class DatasetSettings:
+    """One dataset: its kind, the kind's own settings, and what names its raw folder."""
+
+    name: str
+    kind: str
+    options: Frozen  # the kind's own block (datasets.NAME.KIND)
+    features: Frozen  # its overrides of the global feature block
+    identity: Frozen  # the settings that decide its raw folder's files
+    data_id: str  # a hash of the identity: the raw folder's name
+    folds: int | None  # the folds it declares; None when they follow from its files
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """What a feature cache holds: a front end and every value of its settings (the cache
+    records ``values`` and training refuses a cache that holds other ones)."""
+
+    dataset: str
+    front_end: str  # fbank | whisper | waveform | clap
+    values: Frozen
+    feature_id: str  # a hash of the data, the clips kept and the values: the cache's name
+
+    def record(self) -> dict[str, Any]:
+        return thaw(self.values)
+
+
+# -- a model and a strategy ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class PretrainSettings:
+    """A model's source-task pretraining (models.NAME.pretrain)."""
+
+    dataset: str
+    strategy: str
+    epochs: int | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """One model: its kind and how it is built. ``block`` is the validated configuration block
+    as written, for records, rerun triggers and resume identities."""
+
+    name: str
+    kind: str
+    pretrained: str | None
+    revision: str | None
+    attn_implementation: str
+    pooling: str
+    zero_position_embeddings: bool
+    architecture: Frozen
+    front_end: Frozen
+    pretrain: PretrainSettings | None
+    block: Frozen = field(repr=False)
+
+    def record(self) -> dict[str, Any]:
+        return thaw(self.block)
+
+    def without_pretrain(self) -> ModelSettings:
+        """The model as its own source task trains it: from its configured weights."""
+        block = {k: v for k, v in self.block.items() if k != "pretrain"}
+        return dataclasses.replace(self, pretrain=None, block=Frozen(block))
+
+
+@dataclass(frozen=True)
+class StrategySettings:
+    """One strategy: its kind, what every kind shares, and its kind's own keys (``options``,
+    checked by resources/strategies/KIND.yaml; each strategy class types them)."""
+
+    name: str
+    kind: str
+    lr: float
+    layernorms: tuple[str, ...] | None
+    frozen_eval: bool | None
+    options: Frozen
+    block: Frozen = field(repr=False)
+
+    COMMON = ("kind", "lr", "layernorms", "frozen_eval", "training")
+
+    def record(self) -> dict[str, Any]:
+        return thaw(self.block)
+
+
+# -- training -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SpecAugmentSettings:
+    freq_mask: int
+    time_mask: int
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """The `training` block of one run (the global block with its strategy's own overrides)."""
+
+    split: str
+    epochs: int
+    batch_size: int
+    eval_batch_size: int
+    betas: tuple[float, float]
+    eps: float
+    weight_decay: float
+    warmup_ratio: float
+    grad_clip: float | None
+    label_smoothing: float
+    grad_accum_steps: int
+    precision: str
+    tf32: bool
+    data_on_device: str | bool
+    fused_optimizer: str | bool
+    compile: bool
+    log_every_steps: int
+    save_state_every_s: float
+    specaugment: SpecAugmentSettings
+    mixup_alpha: float
+    select_metric: str
+    test_epoch: str
+    early_stopping_patience: int | None
+    max_trainable_fraction: float
+    threads: int
+    deterministic: bool
+    device: str
+    min_accuracy_over_chance: float | None
+
+    # Settings that change how often a run reads its losses from the device or saves its
+    # resume state, never what it computes: left out of what reruns a job and of what a
+    # resume must share, so changing them costs nothing.
+    BOOKKEEPING = ("log_every_steps", "save_state_every_s")
+    # Settings that decide where and how fast a run is scored, not what it computes: a GPU run
+    # may be scored again on a CPU (`evaluate --set training.device=cpu`).
+    EXECUTION = (
+        "device",
+        "threads",
+        "eval_batch_size",
+        "deterministic",
+        "tf32",
+        "data_on_device",
+        "fused_optimizer",
+        "compile",
+        *BOOKKEEPING,
+    )
+    # Settings that do not change what a pretraining computes: it has no validation split (no
+    # model selection, no early stopping), and the guards only judge its result.
+    NOT_IN_PRETRAINING = (
+        "select_metric",
+        "early_stopping_patience",
+        "min_accuracy_over_chance",
+        "max_trainable_fraction",
+    )
+
+    @classmethod
+    def of(cls, block: Mapping[str, Any]) -> TrainingSettings:
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in block]
+        if missing:
+            raise KeyError(f"training settings lack {missing}")
+        return _typed(cls, block)
+
+    def record(self) -> dict[str, Any]:
+        return thaw(self)
+
+    def computing(self) -> dict[str, Any]:
+        """Every setting but the bookkeeping ones: what reruns a job."""
+        return {k: v for k, v in self.record().items() if k not in self.BOOKKEEPING}
+
+    def replace(self, **changes: Any) -> TrainingSettings:
+        if "specaugment" in changes and isinstance(changes["specaugment"], Mapping):
+            changes["specaugment"] = SpecAugmentSettings(**changes["specaugment"])
+        if "betas" in changes:
+            changes["betas"] = tuple(changes["betas"])
+        return dataclasses.replace(self, **changes)
+
+
+_NESTED: dict[tuple[str, str], type] = {("TrainingSettings", "specaugment"): SpecAugmentSettings}
+
+
+# -- one run ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything one training run depends on, resolved from the configuration once.
+
+    ``config`` is the resolved configuration as a whole, kept only for the run's record
+    (run.json) and never read by the run.
+    """
+
+    dataset: DatasetSettings
+    features: FeatureSettings
+    model: ModelSettings
+    strategy: StrategySettings
+    training: TrainingSettings
+    fold: int  # the test fold
+    seed: int
+    out: Path  # the run folder
+    cache: Path  # the feature cache it reads
+    manifest: Path  # the manifest that cache was built from
+    pretrained: str | None  # where its starting weights come from (None: random)
+    config: Frozen = field(repr=False)
+
+    @property
+    def resume_dir(self) -> Path:
+        # Beside the run folder, not inside it: Snakemake deletes a job's declared outputs
+        # before it reruns the job, and the resume state must survive that.
+        return self.out.parent / f".{self.out.name}.resume"
+
+    @property
+    def names(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset.name,
+            "model": self.model.name,
+            "strategy": self.strategy.name,
+            "fold": self.fold,
+            "seed": self.seed,
+        }
+
+    def identity(self) -> dict[str, Any]:
+        """The settings an interrupted run and its resumption must share (with the data and
+        the starting weights, checked by the loop)."""
+        return {
+            "spec": [self.dataset.name, self.model.name, self.strategy.name, self.fold, self.seed],
+            "training": self.training.computing(),
+            "features": self.features.record(),
+            "model": self.model.record(),
+            "strategy": self.strategy.record(),
+        }
+
+    def params(self) -> dict[str, Any]:
+        """What reruns the run's job in the workflow when it changes (the rule's params)."""
+        return self.params_of(self.model, self.strategy, self.training)
+
+    @staticmethod
+    def params_of(
+        model: ModelSettings, strategy: StrategySettings, training: TrainingSettings
+    ) -> dict[str, Any]:
+        """Only the settings a run depends on that can differ between a study's runs of one
+        dataset: changing one strategy reruns only its jobs. (Its dataset's and features'
+        settings reach it through its input, the cache, whose name carries their hash.)"""
+        return {
+            "strategy": strategy.record(),
+            "training": training.computing(),
+            "model": model.record(),
+        }
+
+    def computes(self) -> dict[str, Any]:
+        """Everything that decides what the run computes (not where or how fast it runs): two
+        configurations that agree on this may score each other's runs."""
+        training = self.training.record()
+        return {
+            "dataset": thaw(self.dataset.identity),
+            "features": self.features.record(),
+            "model": self.model.record(),
+            "strategy": self.strategy.record(),
+            "training": {k: v for k, v in training.items() if k not in TrainingSettings.EXECUTION},
+        }
+
+    def with_training(self, **changes: Any) -> RunSettings:
+        return dataclasses.replace(self, training=self.training.replace(**changes))

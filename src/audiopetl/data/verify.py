@@ -1,0 +1,58 @@
+"""Verifying a dataset's files against its publisher's checksums: every problem found at once,
+counted by kind, the first few shown and the complete list written beside the dataset, so one
+run says everything that is wrong (not the first mismatch of thousands)."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from audiopetl.core.atomic import write_text
+from audiopetl.core.checksums import file_digest
+from audiopetl.core.errors import DataError
+
+MAX_SHOWN = 20
+
+
+def problems_file(dest: Path) -> Path:
+    """Where the complete list of a failed verification of ``dest`` goes: beside it."""
+    return dest.with_name(dest.name + ".problems.txt")
+
+
+def raise_problems(
+    where: str,
+    what: str,
+    problems: list[tuple[str, str]],
+    order: Sequence[str],
+    listing: Path,
+) -> None:
+    """One DataError for all ``(kind, line)`` problems of dataset ``what``: counts per kind in
+    ``order`` (the worst first), the first lines shown and the complete list written to
+    ``listing``."""
+    if not problems:
+        return
+    problems = sorted(problems, key=lambda p: order.index(p[0]))
+    counts = Counter(kind for kind, _ in problems)
+    summary = ", ".join(f"{counts[kind]} {kind}" for kind in order if counts[kind])
+    lines = [line for _, line in problems]
+    write_text(listing, "\n".join(lines) + "\n")
+    shown = lines[:MAX_SHOWN]
+    if len(lines) > MAX_SHOWN:
+        shown.append(f"(the first {MAX_SHOWN} of {len(lines)}; all of them are in {listing})")
+    else:
+        shown.append(f"(also written to {listing})")
+    raise DataError(
+        f"{where}: {what} verification failed, {len(problems)} problem(s) ({summary}):\n  "
+        + "\n  ".join(shown)
+    )
+
+
+def hash_all(root: Path, rels: list[str], algorithm: str) -> list[str]:
+    """The digests of the files ``rels`` under ``root``, in their order."""
+    # hashlib releases the GIL on large buffers, so threads overlap reading and hashing.
+    workers = min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda rel: file_digest(root / rel, algorithm), rels))

@@ -1,0 +1,64 @@
+"""Configuration checks that need to know the kinds behind the names: which strategies a model
+kind takes, how many folds a dataset kind declares. Found before any job runs; each is passed
+to :func:`audiopetl.core.config.load_config`, which knows no kind itself."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from audiopetl.data.datasets import get_kind
+from audiopetl.models.backbones import DEFAULT_KIND, get_backbone
+
+Where = Callable[[list[str | int]], str]
+
+
+def strategies_fit_models(cfg: Mapping[str, Any], where: Where, training: bool) -> list[str]:
+    """Strategies that cannot apply to a model's architecture (prompt tokens where there is no
+    token sequence to insert them into), in the study or in a model's pretraining."""
+    pairs = [(m, s, ["study", "strategies"]) for m in cfg["study"]["models"]
+             for s in cfg["study"]["strategies"]]  # fmt: skip
+    pairs += [
+        (m, model["pretrain"]["strategy"], ["models", m, "pretrain", "strategy"])
+        for m, model in cfg["models"].items()
+        if model.get("pretrain")
+    ]
+    problems = []
+    for model_name, strategy_name, path in pairs:
+        model = cfg["models"][model_name]
+        strategy = cfg["strategies"][strategy_name]
+        kind = model.get("kind") or DEFAULT_KIND
+        why = get_backbone(kind).problem_with(strategy["kind"])
+        if why:
+            problems.append(
+                f"{where(path)}: strategy {strategy_name!r} ({strategy['kind']}) cannot apply "
+                f"to model {model_name!r} ({kind}): {why}"
+            )
+    return problems
+
+
+def folds_exist(cfg: Mapping[str, Any], where: Where, training: bool) -> list[str]:
+    """The study's folds are among each dataset's, and a train/validation/test split has the
+    three folds it needs. Data commands skip this: a dataset can be fetched whatever
+    study.folds says."""
+    if not training:
+        return []
+    problems = []
+    declared = {}
+    for name in cfg["study"]["datasets"]:
+        dataset = cfg["datasets"][name]
+        declared[name] = get_kind(dataset["kind"]).folds(dataset[dataset["kind"]])
+        for i, fold in enumerate(cfg["study"]["folds"]):
+            if declared[name] is not None and fold > declared[name]:
+                problems.append(
+                    f"{where(['study', 'folds', i])}: fold {fold} is outside dataset "
+                    f"{name!r}'s folds 1..{declared[name]}"
+                )
+    if cfg["training"]["split"] == "train_val_test" and any(
+        (n or 3) < 3 for n in declared.values()
+    ):
+        problems.append(f"{where(['training', 'split'])}: train_val_test needs at least 3 folds")
+    return problems
+
+
+CHECKS = (strategies_fit_models, folds_exist)

@@ -1,0 +1,112 @@
+"""What a finished run reports: its test (and validation) metrics with the epoch they come
+from, the at-chance guard, its provenance, and the run folder they are written to."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from audiopetl.core import provenance
+from audiopetl.core.errors import TrainingError
+from audiopetl.core.settings import thaw
+from audiopetl.process import timings
+from audiopetl.training.run_folder import RunOutputs, write_run_folder
+from audiopetl.training.state import TrainState
+
+if TYPE_CHECKING:
+    from audiopetl.training.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+
+def selected_by(trainer: Trainer) -> str:
+    if trainer.val is None:
+        return "last epoch (train_test split)"
+    if not trainer.test_from_best:
+        return "last epoch (training.test_epoch: last, for comparison with the reference)"
+    return f"val_{trainer.training.select_metric}"
+
+
+def write(
+    trainer: Trainer,
+    state: TrainState,
+    wall_started: float,
+    extra_outputs: Callable[[Path, nn.Module], None] | None = None,
+) -> dict[str, Any]:
+    """Score the model as it is now on the test (and validation) split, guard against a run
+    at chance, and write the run folder; returns metrics.json's content."""
+    run = trainer.run
+    test_loss, test_metrics, logits = trainer.evaluate_split(trainer.test)
+    val_metrics = (
+        trainer.evaluate_split(trainer.val, "validation")[1] if trainer.val is not None else None
+    )
+    chance = 1.0 / len(trainer.class_names)
+    margin = trainer.training.min_accuracy_over_chance
+    at_chance = test_metrics["accuracy"] <= chance + (margin or 0.0)
+    metrics = {
+        **run.names,
+        "best_epoch": state.best_epoch if trainer.test_from_best else state.epoch,
+        "epochs_run": state.epoch,
+        "selected_by": selected_by(trainer),
+        "trainable_params": trainer.params.trainable,
+        "total_params": trainer.params.total,
+        "trainable_percent": 100.0 * trainer.params.fraction,
+        "train_clips": len(trainer.train),
+        "classes": len(trainer.class_names),
+        "environment": provenance.environment_name(),
+        "test_loss": test_loss,
+        "test": test_metrics,
+        "val": val_metrics,
+        "at_chance": at_chance,
+    }
+    if at_chance and margin is None:
+        log.warning(
+            "run %s: test accuracy %.4f is at chance level (%.4f); the guard is "
+            "off (training.min_accuracy_over_chance: null)",
+            run.out,
+            test_metrics["accuracy"],
+            chance,
+        )
+    elif at_chance:
+        raise TrainingError(
+            f"run {run.out}: test accuracy {test_metrics['accuracy']:.4f} is not above "
+            f"chance ({chance:.4f}) by more than training.min_accuracy_over_chance = "
+            f"{margin}: check the learning rate, the data and the history in {run.resume_dir}"
+        )
+    record = provenance.run_record(
+        cfg=thaw(run.config),
+        run={**run.names, "pretrained": run.pretrained, "splits": vars(trainer.splits)},
+        device=trainer.device,
+        determinism=trainer.determinism,
+        runtime=trainer.runtime.record(),
+        data=trainer.data_record,
+        weights=trainer.weights,
+        parameters={"trainable": trainer.params.trainable, "total": trainer.params.total},
+        interruptions=state.interruptions,
+    )
+    execution = provenance.execution_record(
+        device=trainer.device,
+        training_seconds=state.elapsed,
+        startup_seconds=timings.since_start("first_step"),
+        wall_seconds=time.perf_counter() - wall_started,
+    )
+    model = trainer.model
+    write_run_folder(
+        run.out,
+        RunOutputs(
+            save_model=lambda folder: trainer.strategy.save(model, folder),
+            history=state.history,
+            test=trainer.test,
+            logits=logits,
+            metrics=metrics,
+            provenance=record,
+            execution=execution,
+            extra=None if extra_outputs is None else lambda f: extra_outputs(f, model),
+        ),
+    )
+    return metrics

@@ -35,10 +35,11 @@ import pandas as pd
 import torch
 
 from audiopetl.cli.main import main as cli_main
-from audiopetl.core.config import feature_settings, load_config
 from audiopetl.data.audio import read_audio
+from audiopetl.data.datasets import load_manifest
 from audiopetl.features.cache import read_folds
 from audiopetl.features.fbank import LogMelExtractor
+from audiopetl.study import load_study
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("AUDIOPETL_SHARED_DATA") or REPO.parent / "shared" / "data")
@@ -115,9 +116,10 @@ def main() -> None:
         cache = Path(path)
         size_mib = cache.stat().st_size / 2**20
 
-        cfg = load_config("config/config.yaml", overrides=[override])
-        settings = feature_settings(cfg, DATASET)
-        manifest = pd.read_csv(root / "data" / "raw" / DATASET / "manifest.csv")
+        study = load_study("config/config.yaml", overrides=[override])
+        settings = study.features(DATASET).record()
+        # The manifest as the cache reads it: paths resolved against the folder's root.
+        manifest = load_manifest(study.dataset(DATASET), study.raw_dir(DATASET))
         n_ref = min(args.ast_clips, args.clips)
         read_s, waves = min(
             (
@@ -129,7 +131,7 @@ def main() -> None:
 
         # a') our extractor alone, batches of cache.batch_size, best of 3
         extractor = LogMelExtractor(settings)
-        batch = int(cfg["cache"]["batch_size"])
+        batch = study.cache.batch_size
         ours_s = min(
             timed(lambda: [extractor(waves[i : i + batch]) for i in range(0, n_ref, batch)])[0]
             for _ in range(3)
@@ -161,7 +163,7 @@ def main() -> None:
     print(
         f"cache throughput: {n} clips of real ESC-50 (83 distinct, 44.1 kHz, 5 s) -> "
         f"512 x 128 log-mels; torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"cache.workers {cfg['cache']['workers']}, batch {batch}; "
+        f"cache.workers {study.cache.workers}, batch {batch}; "
         f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
     )
     backend = "torchaudio" if is_torchaudio_available() else "numpy"

@@ -5,9 +5,9 @@
                                    [--epochs E] [--precision auto|fp32|bf16|fp16] [--compile]
                                    [--peak-tflops X]
 
-What runs is the real training loop (audiopetl.training.trainer.Trainer: its precision, features on the
-device, fused AdamW, deferred loss reading, the resume state saved after every epoch) on the
-esc50-petl-ast preset's settings and methods, with AST-base's architecture built from its config
+What runs is the real training loop (audiopetl.training.trainer.Trainer: its precision, features
+on the device, fused AdamW, deferred loss reading, the resume state saved after every epoch) on
+the esc50-petl-ast preset's settings and methods, with AST-base's architecture built from its config
 (random weights: speed does not depend on them; nothing is downloaded) and random features of
 ESC-50's shape: per fold-epoch 1200 training clips (3 folds) and 400 validation clips of 500
 frames x 128 mel bins (600 patch tokens + 2). Each strategy runs in its own process, so its peak
@@ -80,8 +80,8 @@ H100_CLASS = ("H100", "H200")
 TARGETS = {"lora_epoch_s": 3.0, "lora_study_min": 15.0, "petl_mem_gb": 12.0}
 
 
-def config(device: str, precision: str, compile_: bool, epochs: int, batch: int, frames: int):
-    from audiopetl.core.config import load_config
+def study_of(device: str, precision: str, compile_: bool, epochs: int, batch: int, frames: int):
+    from audiopetl.study import load_study
 
     architecture = {  # AST-base (ASTConfig's defaults, written out): 12 x 768, patches 16/10/10
         "hidden_size": 768,
@@ -105,7 +105,7 @@ def config(device: str, precision: str, compile_: bool, epochs: int, batch: int,
         f"training.batch_size={batch}",
         f"training.threads={os.cpu_count() if device == 'cpu' else 8}",
     ]
-    return load_config(REPO / "config" / "config.yaml", PRESET, overrides)
+    return load_study(REPO / "config" / "config.yaml", PRESET, overrides)
 
 
 def feature_set(n: int, frames: int, fold: int, seed: int) -> Any:
@@ -151,24 +151,25 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
     import torch
 
-    from audiopetl.training.trainer import (
-        RunSpec,
-        StopRequested,
-        Trainer,
-        TrainState,
-        make_deterministic,
-    )
+    from audiopetl.training.determinism import make_deterministic
+    from audiopetl.training.signals import StopRequested
+    from audiopetl.training.state import TrainState
+    from audiopetl.training.trainer import Trainer
 
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = "cuda" if cuda else "cpu"
     args.epochs = args.epochs or (3 if cuda else 2)
     base = FULL if cuda else SMALL
     shape = {k: base[k] if getattr(args, k) is None else getattr(args, k) for k in SMALL}
-    cfg = config(device, args.precision, args.compile, args.epochs, shape["batch"], shape["frames"])
+    study = study_of(
+        device, args.precision, args.compile, args.epochs, shape["batch"], shape["frames"]
+    )
     with tempfile.TemporaryDirectory(prefix="audiopetl-gpu-study-") as tmp:
-        spec = RunSpec(DATASET, MODEL, STRATEGIES[args.one], 1, 0, Path(tmp) / "run")
-        trainer = Trainer(cfg, spec)
-        make_deterministic(0, trainer.settings["threads"], False, trainer.device)
+        names = (DATASET, MODEL, STRATEGIES[args.one], 1, 0)
+        out = Path(tmp) / "run"
+        # Random weights (pretrained null): nothing is downloaded.
+        trainer = Trainer(study.run(*names, out=out, pretrained=None))
+        make_deterministic(0, trainer.training.threads, False, trainer.device)
         trainer.class_names = [str(i) for i in range(CLASSES)]
         trainer.train = feature_set(shape["train_clips"], shape["frames"], 2, 1)
         trainer.val = feature_set(shape["val_clips"], shape["frames"], 3, 2)
@@ -182,7 +183,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         epochs, state = [], TrainState()
         with StopRequested() as stop:
             for epoch in range(1, args.epochs + 1):
-                trainer.settings["epochs"] = epoch
+                trainer.training = trainer.training.replace(epochs=epoch)
                 started = time.perf_counter()
                 state = trainer.fit(state, stop)
                 if cuda:
@@ -199,8 +200,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         epoch_flops = flops_train * shape["train_clips"] + flops_eval * shape["val_clips"]
         # The same method at ESC-50's full shape, counted on one clip there.
         if shape["frames"] != FULL["frames"]:
-            full_cfg = config(device, args.precision, False, 1, 1, FULL["frames"])
-            trainer_full = Trainer(full_cfg, spec)
+            full_study = study_of(device, args.precision, False, 1, 1, FULL["frames"])
+            trainer_full = Trainer(full_study.run(*names, out=out, pretrained=None))
             trainer_full.class_names, trainer_full.data_record = trainer.class_names, {}
             trainer_full.train = trainer_full.val = trainer_full.test = feature_set(
                 1, FULL["frames"], 2, 3

@@ -55,12 +55,12 @@ def worker(root: Path, strategy: str, epochs: int, threads: int | None, device: 
     import pandas as pd
     import torch
 
-    from audiopetl.core.config import load_config
-    from audiopetl.training.trainer import RunSpec, run_trainer
+    from audiopetl.study import load_study
+    from audiopetl.training.run import run_trainer
 
     warnings.filterwarnings("ignore")
     os.chdir(root)
-    cfg = load_config("config/config.yaml")
+    study = load_study("config/config.yaml")
     overrides: dict[str, Any] = {
         "epochs": epochs,
         "device": device,
@@ -69,12 +69,15 @@ def worker(root: Path, strategy: str, epochs: int, threads: int | None, device: 
     }
     if threads is not None:
         overrides["threads"] = threads
-    spec = RunSpec(DATASET, MODEL, strategy, TEST_FOLD, SEED, root / "runs" / strategy)
+    # From a random initialisation: no pretrained weights.
+    run = study.run(
+        DATASET, MODEL, strategy, TEST_FOLD, SEED, out=root / "runs" / strategy, pretrained=None
+    ).with_training(**overrides)
     with contextlib.redirect_stderr(io.StringIO()):
-        trainer = run_trainer(cfg, spec, progress=False, overrides=overrides)
+        trainer = run_trainer(run, progress=False)
     metrics = trainer.metrics
     # Per-epoch timings are in execution.json (history.csv holds what identical runs share).
-    rows = pd.DataFrame(json.loads((spec.out / "execution.json").read_text())["epochs"])
+    rows = pd.DataFrame(json.loads((run.out / "execution.json").read_text())["epochs"])
     steady = rows.iloc[1:] if len(rows) > 1 else rows
     samples = len(trainer.train) * len(steady)
     result = {
@@ -83,7 +86,7 @@ def worker(root: Path, strategy: str, epochs: int, threads: int | None, device: 
         "first_epoch_samples_per_s": float(rows["samples_per_s"].iloc[0]),
         "epochs": len(rows),
         "train_clips": len(trainer.train),
-        "batch_size": trainer.settings["batch_size"],
+        "batch_size": trainer.training.batch_size,
         "threads": torch.get_num_threads(),
         "device": str(trainer.device),
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,

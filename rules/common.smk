@@ -1,6 +1,6 @@
 # Configuration and paths shared by every rule. The configuration is resolved and validated
-# by the same function the CLI uses, and every path comes from audiopetl.core.paths, so a rule and a
-# person at the shell see the same settings and the same files.
+# by the same function the CLI uses, and every path comes from audiopetl.core.paths, so a rule
+# and a person at the shell see the same settings and the same files.
 
 import json
 import os

@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import CONFIG_DIR
+from settings_helpers import feature_settings, model_settings, strategy_settings
 
-from audiopetl.core.config import ConfigError, feature_settings, load_config
+from audiopetl.core.config import ConfigError, load_config
 from audiopetl.core.errors import TrainingError
 from audiopetl.models.backbones import TARGETS, get_backbone, kinds, layout_of
 from audiopetl.models.build import build_model
 from audiopetl.models.strategies import count_parameters, get_strategy
+from audiopetl.study import Study, load_study
 
 WAVEFORM_KINDS = ("wav2vec2", "hubert", "wavlm")
 TINY_WAVEFORM = {
@@ -89,6 +91,11 @@ def model_cfg(kind: str, architecture: dict | None = None) -> dict:
     }
 
 
+def build(block: dict, values: dict, num_classes: int, pretrained: str | None = None):
+    """build_model of a model block and a front end's values, as the tests write them."""
+    return build_model(model_settings(block), feature_settings(values), num_classes, pretrained)
+
+
 def features_of(kind: str) -> dict:
     return {"whisper-encoder": WHISPER_FEATURES, "clap-audio": CLAP_FEATURES}.get(
         kind, WAVE_FEATURES
@@ -97,7 +104,7 @@ def features_of(kind: str) -> dict:
 
 def tiny(kind: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return build_model(model_cfg(kind), features_of(kind), CLASSES)
+    return build(model_cfg(kind), features_of(kind), CLASSES)
 
 
 def batch(kind: str, n: int = 3) -> torch.Tensor:
@@ -160,7 +167,7 @@ def test_real_architecture_maps_every_target(kind, architecture, layers, hidden)
     in both environments; tests/test_backbones.py::test_real_size_* builds them whole)."""
     torch.manual_seed(0)
     features = {**features_of(kind), "target_length": 3000 if kind != "wavlm" else 16000}
-    model = build_model(model_cfg(kind, architecture), features, CLASSES)
+    model = build(model_cfg(kind, architecture), features, CLASSES)
     layout = layout_of(model)
     for target in TARGETS:
         found = layout.target_modules(model, target)
@@ -198,13 +205,13 @@ def test_real_size_kind_builds_and_counts(kind, architecture, lora_r8_qv):
     torch.manual_seed(0)
     features = {**features_of(kind), "target_length": 3000 if kind != "wavlm" else 16000}
     cfg = model_cfg(kind, architecture)
-    model = build_model(cfg, features, CLASSES)
+    model = build(cfg, features, CLASSES)
     hidden = architecture.get("d_model") or architecture["hidden_size"]
     head = 2 * hidden + hidden * CLASSES + CLASSES
     encoder = sum(p.numel() for p in model.encoder.parameters())
     assert count_parameters(model).total == encoder + head
     base = count_parameters(model).total
-    adapted = get_strategy(lora(8)).apply(model)
+    adapted = get_strategy(strategy_settings(lora(8))).apply(model)
     counts = count_parameters(adapted)
     final_norm = 2 * hidden
     # peft keeps a trainable copy of each module to save (the head, the final LayerNorm).
@@ -257,13 +264,13 @@ def test_real_size_clap_audio_maps_every_stage():
     """LoRA r8 on q and v of every Swin block: 2 x (w x 8 + 8 x w) = 32 w per block, over
     2, 2, 6 and 2 blocks of widths 96, 192, 384 and 768."""
     torch.manual_seed(0)
-    model = build_model(model_cfg("clap-audio", CLAP_HTSAT), CLAP_FEATURES, CLASSES)
+    model = build(model_cfg("clap-audio", CLAP_HTSAT), CLAP_FEATURES, CLASSES)
     layout = layout_of(model)
     widths = [m.in_features for m in layout.target_modules(model, "q")]
     assert widths == [96] * 2 + [192] * 2 + [384] * 6 + [768] * 2
     assert model.classifier.dense.in_features == 768
     base = count_parameters(model).total
-    adapted = get_strategy(lora(8)).apply(model)
+    adapted = get_strategy(strategy_settings(lora(8))).apply(model)
     copies = (2 * 768 + 768 * CLASSES + CLASSES) + 2 * 768  # head and final norm, saved by peft
     lora_qv = 32 * (2 * 96 + 2 * 192 + 6 * 384 + 2 * 768)
     assert count_parameters(adapted).total - base == lora_qv + copies
@@ -306,7 +313,7 @@ def test_pretrained_folder_loads_every_weight(kind, tmp_path):
     donor = save_donor(kind, tmp_path / "donor")
     encoder = donor.encoder if kind == "whisper-encoder" else donor
     torch.manual_seed(0)
-    model = build_model(model_cfg(kind), features_of(kind), CLASSES, str(tmp_path / "donor"))
+    model = build(model_cfg(kind), features_of(kind), CLASSES, str(tmp_path / "donor"))
     theirs = encoder.state_dict()
     for name, value in model.encoder.state_dict().items():
         expected = theirs[name]
@@ -314,7 +321,7 @@ def test_pretrained_folder_loads_every_weight(kind, tmp_path):
             expected = expected[: value.shape[0]]  # the first positions of the 30 s table
         assert torch.equal(value, expected), name
     torch.manual_seed(0)
-    again = build_model(model_cfg(kind), features_of(kind), CLASSES, str(tmp_path / "donor"))
+    again = build(model_cfg(kind), features_of(kind), CLASSES, str(tmp_path / "donor"))
     assert torch.equal(model.classifier.dense.weight, again.classifier.dense.weight)
 
 
@@ -322,15 +329,13 @@ def test_a_checkpoint_of_another_kind_is_one_clear_error(tmp_path):
     save_donor("hubert", tmp_path / "hubert")
     wrong = r"a hubert checkpoint, not a whisper-encoder one \(set the model.s kind to hubert\)"
     with pytest.raises(TrainingError, match=wrong):
-        build_model(
-            model_cfg("whisper-encoder"), WHISPER_FEATURES, CLASSES, str(tmp_path / "hubert")
-        )
+        build(model_cfg("whisper-encoder"), WHISPER_FEATURES, CLASSES, str(tmp_path / "hubert"))
 
 
 def test_whisper_mel_bins_must_match_the_checkpoint(tmp_path):
     save_donor("whisper-encoder", tmp_path / "donor")
     with pytest.raises(TrainingError, match=r"front_end\.num_mel_bins to 80"):
-        build_model(
+        build(
             model_cfg("whisper-encoder"),
             {**WHISPER_FEATURES, "num_mel_bins": 128},
             CLASSES,
@@ -345,7 +350,7 @@ def test_whisper_cut_changes_no_frame_before_it(tmp_path):
     cut, sees the padding in a 30 s window."""
     donor = save_donor("whisper-encoder", tmp_path / "donor").encoder.eval()
     torch.manual_seed(0)
-    model = build_model(
+    model = build(
         model_cfg("whisper-encoder"), WHISPER_FEATURES, CLASSES, str(tmp_path / "donor")
     ).eval()
     clip = batch("whisper-encoder", 2)  # (2, 64, 80)
@@ -368,7 +373,7 @@ def test_whisper_cut_changes_no_frame_before_it(tmp_path):
 def test_whisper_refuses_clips_longer_than_its_table():
     features = {**WHISPER_FEATURES, "target_length": 3002}
     with pytest.raises(TrainingError, match="longer than the 30 s"):
-        build_model(model_cfg("whisper-encoder"), features, CLASSES)
+        build(model_cfg("whisper-encoder"), features, CLASSES)
 
 
 APPLICABLE = {
@@ -415,7 +420,7 @@ def test_every_applicable_strategy_applies_and_starts_at_the_backbone(kind, name
     x = batch(kind)
     with torch.no_grad():
         expected = base(input_values=x).logits
-    strategy = get_strategy(settings)
+    strategy = get_strategy(strategy_settings(settings))
     model = strategy.apply(copy.deepcopy(base)).eval()
     counts = strategy.check(model, 1.0 if name == "full" else 0.9)
     assert 0 < counts.trainable <= counts.total
@@ -445,36 +450,41 @@ def test_a_strategy_that_cannot_apply_is_a_config_error_before_any_job(kind, str
         f"strategies.{strategy}.tokens=4",
     ]
     with pytest.raises(ConfigError) as err:
-        load_config(CONFIG_DIR / "config.yaml", "models", overrides)
+        load_study(CONFIG_DIR / "config.yaml", "models", overrides)
     message = str(err.value)
     assert re.search(rf"strategy '{strategy}' \({strategy}\) cannot apply to model", message)
     assert f"({kind})" in message
     with pytest.raises(TrainingError, match=f"cannot apply to a {kind} model"):
-        get_strategy({"kind": strategy, "lr": 1e-3, "tokens": 4, "deep": False}).apply(tiny(kind))
+        get_strategy(
+            strategy_settings(
+                {"kind": strategy, "lr": 1e-3, "tokens": 4}
+                | ({"deep": False} if strategy == "prompt" else {})
+            )
+        ).apply(tiny(kind))
 
 
 def test_houlsby_adapter_on_post_norm_layers_trains_the_norms_they_have():
-    strategy = get_strategy(APPLICABLE["adapter"])
+    strategy = get_strategy(strategy_settings(APPLICABLE["adapter"]))
     model = strategy.apply(tiny("wav2vec2"))
     trained = [n for n, p in model.named_parameters() if p.requires_grad and "layer_norm" in n]
     assert sorted({n.split(".")[-2] for n in trained}) == ["layer_norm"]
     assert any(n.startswith("encoder.encoder.layer_norm.") for n in trained)  # the final one
     with pytest.raises(TrainingError, match="have no such LayerNorm"):
-        get_strategy({**APPLICABLE["adapter"], "layernorms": ["before_attention"]}).apply(
-            tiny("wav2vec2")
-        )
+        get_strategy(
+            strategy_settings({**APPLICABLE["adapter"], "layernorms": ["before_attention"]})
+        ).apply(tiny("wav2vec2"))
 
 
 def test_models_preset_resolves_front_ends_and_shares_caches():
-    cfg = load_config(CONFIG_DIR / "config.yaml", "models")
-    from audiopetl.core.config import feature_caches
+    study = Study(load_config(CONFIG_DIR / "config.yaml", "models"))
 
-    caches = feature_caches(cfg, "synthetic")
+    caches = study.feature_caches("synthetic")
     readers = set(caches.values())
     assert None in readers and "tiny-whisper" in readers and "tiny-wav2vec2" in readers
     # HuBERT and WavLM read the same unnormalised waveform: one cache.
-    assert feature_settings(cfg, "synthetic", "tiny-hubert") == feature_settings(
-        cfg, "synthetic", "tiny-wavlm"
+    assert (
+        study.features("synthetic", "tiny-hubert").record()
+        == study.features("synthetic", "tiny-wavlm").record()
     )
     assert len(caches) == 5  # fbank, whisper, two waveforms, clap
 
@@ -487,9 +497,9 @@ def test_waveform_normalisation_must_match_the_checkpoint(tmp_path):
         json.dumps({"do_normalize": False, "sampling_rate": 16000})
     )
     with pytest.raises(TrainingError, match=r"front_end\.normalize is true: set it to false"):
-        build_model(model_cfg("wav2vec2"), WAVE_FEATURES, CLASSES, str(tmp_path / "donor"))
+        build(model_cfg("wav2vec2"), WAVE_FEATURES, CLASSES, str(tmp_path / "donor"))
     features = {**WAVE_FEATURES, "normalize": False}
-    build_model(model_cfg("wav2vec2"), features, CLASSES, str(tmp_path / "donor"))
+    build(model_cfg("wav2vec2"), features, CLASSES, str(tmp_path / "donor"))
 
 
 def test_clap_refuses_a_checkpoint_that_expects_other_input(tmp_path):
@@ -499,9 +509,9 @@ def test_clap_refuses_a_checkpoint_that_expects_other_input(tmp_path):
     preprocessor = tmp_path / "donor" / "preprocessor_config.json"
     preprocessor.write_text(json.dumps({"truncation": "fusion", "padding": "repeatpad"}))
     with pytest.raises(TrainingError, match=r"expects \{'truncation': 'fusion'\}"):
-        build_model(model_cfg("clap-audio"), CLAP_FEATURES, CLASSES, str(tmp_path / "donor"))
+        build(model_cfg("clap-audio"), CLAP_FEATURES, CLASSES, str(tmp_path / "donor"))
     preprocessor.write_text(json.dumps({"truncation": "rand_trunc", "padding": "repeatpad"}))
-    build_model(model_cfg("clap-audio"), CLAP_FEATURES, CLASSES, str(tmp_path / "donor"))
+    build(model_cfg("clap-audio"), CLAP_FEATURES, CLASSES, str(tmp_path / "donor"))
 
 
 @pytest.mark.parametrize("kind", OTHER_KINDS)

@@ -14,21 +14,21 @@ import soxr
 import torch
 from conftest import QUICK
 
-from audiopetl.core.config import FEATURE_VERSION, feature_settings, load_config
 from audiopetl.core.errors import DataError
-from audiopetl.core.paths import cache_path
 from audiopetl.data.audio import read_audio
 from audiopetl.data.manifest import class_names, read_manifest
+from audiopetl.features import FEATURE_VERSION
 from audiopetl.features.cache import file_sha256, read_folds, read_metadata
 from audiopetl.features.fbank import LogMelExtractor
+from audiopetl.study import Study, load_study
 
 
-def quick_cfg(*overrides: str) -> dict:
-    return load_config("config/config.yaml", "quick", list(overrides))
+def quick_study(*overrides: str) -> Study:
+    return load_study("config/config.yaml", "quick", list(overrides))
 
 
 def test_cache_path_is_where_cli_wrote_it(synthetic_project):
-    assert cache_path(quick_cfg(), "synthetic") == synthetic_project.cache
+    assert quick_study().cache_path("synthetic") == synthetic_project.cache
     assert synthetic_project.cache.is_file()
 
 
@@ -52,10 +52,10 @@ def test_round_trip_folds(synthetic_project):
 
 
 def test_round_trip_values_equal_direct_computation(synthetic_project):
-    cfg = quick_cfg()
+    study = quick_study()
     manifest = read_manifest(synthetic_project.manifest)
     features = read_folds(synthetic_project.cache, [2])
-    extractor = LogMelExtractor(feature_settings(cfg, "synthetic"))
+    extractor = LogMelExtractor(study.features("synthetic").record())
     paths = manifest.set_index("clip_id").loc[features.clip_ids, "path"]
     waves = [read_audio(p, extractor.sample_rate, extractor.max_samples) for p in paths]
     direct, n_frames = extractor(waves)
@@ -69,12 +69,12 @@ def test_round_trip_values_equal_direct_computation(synthetic_project):
 
 
 def test_metadata(synthetic_project):
-    cfg = quick_cfg()
+    study = quick_study()
     meta = read_metadata(synthetic_project.cache)
     manifest = read_manifest(synthetic_project.manifest)
     assert meta["dataset"] == "synthetic"
     assert meta["feature_version"] == FEATURE_VERSION
-    assert meta["features"] == feature_settings(cfg, "synthetic")
+    assert meta["features"] == study.features("synthetic").record()
     assert meta["shape"] == [64, 128] and meta["dtype"] == "float16"
     assert meta["manifest_sha256"] == file_sha256(synthetic_project.manifest)
     assert meta["class_names"] == class_names(manifest)
@@ -90,8 +90,10 @@ def test_metadata(synthetic_project):
     assert observed["frames"] == 72 * 64
     assert np.isfinite(observed["mean"]) and observed["std"] > 0
     # The observed statistics are those of the unnormalised log-mels actually stored.
-    raw = read_folds(synthetic_project.cache).features.double() * (2 * cfg["features"]["std"])
-    raw += cfg["features"]["mean"]
+    raw = read_folds(synthetic_project.cache).features.double() * (
+        2 * study.config["features"]["std"]
+    )
+    raw += study.config["features"]["mean"]
     assert observed["mean"] == pytest.approx(float(raw.mean()), abs=1e-2)
     assert observed["std"] == pytest.approx(float(raw.std()), rel=1e-2)
 
@@ -135,15 +137,15 @@ def test_changed_manifest_rebuilds(synthetic_project, cli):
 
 
 def test_feature_change_gives_new_file_training_change_does_not(synthetic_project, cli):
-    base = cache_path(quick_cfg(), "synthetic")
-    assert cache_path(quick_cfg("training.epochs=1"), "synthetic") == base
-    assert cache_path(quick_cfg("strategies.lora.rank=2"), "synthetic") == base
-    assert cache_path(quick_cfg("cache.row_group_size=7"), "synthetic") == base
-    shorter = cache_path(quick_cfg("features.target_length=32"), "synthetic")
+    base = quick_study().cache_path("synthetic")
+    assert quick_study("training.epochs=1").cache_path("synthetic") == base
+    assert quick_study("strategies.lora.rank=2").cache_path("synthetic") == base
+    assert quick_study("cache.row_group_size=7").cache_path("synthetic") == base
+    shorter = quick_study("features.target_length=32").cache_path("synthetic")
     assert shorter != base and shorter.parent == base.parent
-    assert cache_path(quick_cfg("features.num_mel_bins=64"), "synthetic") not in (base, shorter)
+    assert quick_study("features.num_mel_bins=64").cache_path("synthetic") not in (base, shorter)
     # A dataset's own feature block counts too.
-    own = cache_path(quick_cfg("datasets.synthetic.features={target_length: 32}"), "synthetic")
+    own = quick_study("datasets.synthetic.features={target_length: 32}").cache_path("synthetic")
     assert own == shorter
 
     result = cli("cache", "synthetic", *QUICK, "--set", "features.target_length=32")

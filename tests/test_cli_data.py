@@ -15,17 +15,16 @@ import pytest
 import soundfile as sf
 from conftest import CONFIG_DIR, ESC50_SUBSET, FSDD, QUICK, needs_esc50, needs_fsdd
 
-from audiopetl.core.config import load_config
 from audiopetl.core.errors import DataError
-from audiopetl.core.paths import cache_path, data_report_path, manifest_path
 from audiopetl.data.datasets.esc50 import esc50_manifest
 from audiopetl.features.cache import read_folds, read_metadata
+from audiopetl.study import load_study
 
 # Relative to the project folder each test runs in, as the CLI sees them.
-QUICK_CFG = load_config(CONFIG_DIR / "config.yaml", "quick")
-MANIFEST = manifest_path(QUICK_CFG, "synthetic")
+QUICK_STUDY = load_study(CONFIG_DIR / "config.yaml", "quick")
+MANIFEST = QUICK_STUDY.manifest_path("synthetic")
 FEATURES = Path("data/features")
-REPORT = data_report_path(QUICK_CFG, "synthetic")
+REPORT = QUICK_STUDY.data_report_path("synthetic")
 # A clip in the second cache batch (batch_size 64), so row numbers are not trivially right.
 VICTIM_ROW = 66  # line of manifest.csv (header is line 1)
 
@@ -338,8 +337,8 @@ def test_skip_bad_caches_the_rest_and_reports_them(synthetic_project, cli):
     assert result.code == 0, result.err
     cache = Path(result.out.strip())
     # --skip-bad is the setting data.skip_bad: a cache that may leave clips out is another one.
-    skipping = load_config(CONFIG_DIR / "config.yaml", "quick", ["data.skip_bad=true"])
-    assert cache == cache_path(skipping, "synthetic") != synthetic_project.cache
+    skipping = load_study(CONFIG_DIR / "config.yaml", "quick", ["data.skip_bad=true"])
+    assert cache == skipping.cache_path("synthetic") != synthetic_project.cache
     features = read_folds(cache)
     assert len(features) == 70
     assert not {cid for cid, _ in victims} & set(features.clip_ids)
@@ -354,7 +353,7 @@ def test_skip_bad_caches_the_rest_and_reports_them(synthetic_project, cli):
 
     report = cli("data-report", "synthetic", *QUICK, "--set", "data.skip_bad=true")
     assert report.code == 0, report.err
-    data = json.loads(data_report_path(skipping, "synthetic").read_text())
+    data = json.loads(skipping.data_report_path("synthetic").read_text())
     assert {item["path"] for item in data["skipped"]} == {str(a) for _, a in victims}
     for _, audio in victims:
         assert f"skipped while caching: {audio}" in report.out

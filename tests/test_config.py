@@ -8,6 +8,7 @@ import pytest
 from conftest import CONFIG_DIR
 
 from audiopetl.core.config import ConfigError, available_presets, load_config
+from audiopetl.study import load_study
 
 BASE = Path("config/config.yaml")
 PRESETS = sorted(p.stem for p in (CONFIG_DIR / "experiments").glob("*.yaml"))
@@ -16,6 +17,13 @@ PRESETS = sorted(p.stem for p in (CONFIG_DIR / "experiments").glob("*.yaml"))
 def config_error(*args, **kwargs) -> str:
     with pytest.raises(ConfigError) as info:
         load_config(*args, **kwargs)
+    return str(info.value)
+
+
+def study_error(*args, **kwargs) -> str:
+    """The error of a kind-aware check (run when the study is loaded, not by load_config)."""
+    with pytest.raises(ConfigError) as info:
+        load_study(*args, **kwargs)
     return str(info.value)
 
 
@@ -212,14 +220,14 @@ def test_pretrain_naming_undefined_dataset(project):
 
 
 def test_fold_outside_dataset_folds(project):
-    message = config_error(BASE, "quick", ["study.folds=[1, 2, 4]"])
+    message = study_error(BASE, "quick", ["study.folds=[1, 2, 4]"])
     assert "--set: study.folds[2]: fold 4 is outside dataset 'synthetic'" in message
     assert "1..3" in message
 
 
 def test_fold_outside_dataset_folds_from_preset(project):
     path = write_preset("folds", "study:\n  folds: [1, 2, 3, 4, 5, 6]\n")
-    message = config_error(BASE, "folds")
+    message = study_error(BASE, "folds")
     assert f"{path}: study.folds[5]: fold 6 is outside" in message
 
 

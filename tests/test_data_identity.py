@@ -12,17 +12,16 @@ from conftest import CONFIG_DIR, QUICK, BuiltProject
 
 from audiopetl.core import atomic
 from audiopetl.core.atomic import atomic_dir
-from audiopetl.core.config import data_id, feature_id, load_config
-from audiopetl.core.paths import cache_path, manifest_path, raw_dir
+from audiopetl.study import Study, load_study
 
 
-def quick(*sets: str) -> dict:
-    return load_config(CONFIG_DIR / "config.yaml", "quick", sets)
+def quick(*sets: str) -> Study:
+    return load_study(CONFIG_DIR / "config.yaml", "quick", sets)
 
 
 def test_the_id_follows_what_decides_the_files() -> None:
     base = quick()
-    esc50 = data_id(base, "esc50")
+    esc50 = base.dataset("esc50").data_id
     # Where ESC-50 comes from does not change what it is (every clip is md5-verified) ...
     for setting in (
         "datasets.esc50.esc50.url=https://example.org/elsewhere.zip",
@@ -30,21 +29,20 @@ def test_the_id_follows_what_decides_the_files() -> None:
         "datasets.esc50.esc50.retries=9",
         "datasets.esc50.esc50.timeout_s=1",
     ):
-        assert data_id(quick(setting), "esc50") == esc50, setting
+        assert quick(setting).dataset("esc50").data_id == esc50, setting
     # ... which clips it holds and how they are folded do.
-    assert data_id(quick("datasets.esc50.esc50.subset=true"), "esc50") != esc50
-    assert data_id(quick("datasets.esc50.esc50.folds=4"), "esc50") != esc50
-    synthetic = data_id(base, "synthetic")
-    assert data_id(quick("datasets.synthetic.synthetic.seed=1"), "synthetic") != synthetic
-    assert data_id(quick("datasets.synthetic.features={target_length: 32}"), "synthetic") == (
-        synthetic
-    )
+    assert quick("datasets.esc50.esc50.subset=true").dataset("esc50").data_id != esc50
+    assert quick("datasets.esc50.esc50.folds=4").dataset("esc50").data_id != esc50
+    synthetic = base.dataset("synthetic").data_id
+    assert quick("datasets.synthetic.synthetic.seed=1").dataset("synthetic").data_id != synthetic
+    retargeted = quick("datasets.synthetic.features={target_length: 32}")
+    assert retargeted.dataset("synthetic").data_id == synthetic
     # The quick preset and the default define `synthetic` differently: two folders.
-    default = load_config(CONFIG_DIR / "config.yaml")
-    assert raw_dir(default, "synthetic") != raw_dir(base, "synthetic")
+    default = load_study(CONFIG_DIR / "config.yaml")
+    assert default.raw_dir("synthetic") != base.raw_dir("synthetic")
     # A cache belongs to its data as well as to its feature settings.
-    assert feature_id(quick("datasets.synthetic.synthetic.seed=1"), "synthetic") != feature_id(
-        base, "synthetic"
+    assert quick("datasets.synthetic.synthetic.seed=1").features("synthetic").feature_id != (
+        base.features("synthetic").feature_id
     )
 
 
@@ -55,12 +53,12 @@ def test_a_changed_setting_on_the_cli_is_fetched_and_cached_anew(
     reseeded = ("--set", "datasets.synthetic.synthetic.seed=1")
     fetched = cli("fetch", "synthetic", *QUICK, *reseeded)
     assert fetched.code == 0, fetched.err
-    new_manifest = manifest_path(quick(reseeded[1]), "synthetic")
+    new_manifest = quick(reseeded[1]).manifest_path("synthetic")
     assert fetched.out.strip() == str(new_manifest) != str(synthetic_project.manifest)
     assert new_manifest.is_file()
     cached = cli("cache", "synthetic", *QUICK, *reseeded)
     assert cached.code == 0, cached.err
-    assert cached.out.strip() == str(cache_path(quick(reseeded[1]), "synthetic"))
+    assert cached.out.strip() == str(quick(reseeded[1]).cache_path("synthetic"))
     # The first copy is untouched, and asking for it again costs nothing.
     assert (synthetic_project.root / synthetic_project.manifest).read_bytes() == before
     again = cli("cache", "synthetic", *QUICK)
@@ -70,7 +68,7 @@ def test_a_changed_setting_on_the_cli_is_fetched_and_cached_anew(
 def test_a_folder_recording_other_settings_is_refused(synthetic_project: BuiltProject, cli) -> None:
     record = synthetic_project.root / synthetic_project.manifest.parent / "dataset.json"
     data = json.loads(record.read_text())
-    assert data["id"] == data_id(quick(), "synthetic")
+    assert data["id"] == quick().dataset("synthetic").data_id
     data["settings"]["seed"] += 1  # as if copied in from another definition
     record.write_text(json.dumps(data))
     result = cli("fetch", "synthetic", *QUICK)

@@ -9,19 +9,20 @@ import pytest
 import soundfile as sf
 from conftest import FSDD, FSDD_PATTERN, make_project, needs_fsdd, tree_digest
 
-from audiopetl.core.config import data_id, load_config
+from audiopetl.core.config import load_config
 from audiopetl.core.errors import DataError
 from audiopetl.data.datasets import fetch
 from audiopetl.data.datasets.esc50 import esc50_manifest
 from audiopetl.data.datasets.folder import folder_manifest
 from audiopetl.data.datasets.synthetic import generate
 from audiopetl.data.manifest import COLUMNS, class_names, read_manifest
+from audiopetl.study import Study, load_study
 
 SPEAKERS = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
 
 
-def quick_cfg(*overrides: str) -> dict:
-    return load_config("config/config.yaml", "quick", list(overrides))
+def quick_study(*overrides: str) -> Study:
+    return load_study("config/config.yaml", "quick", list(overrides))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -33,10 +34,18 @@ def test_synthetic_same_settings_same_bytes(tmp_path, monkeypatch):
     for name in ("a", "b"):
         root = make_project(tmp_path / name)
         monkeypatch.chdir(root)
-        manifest = fetch(quick_cfg(), "synthetic", progress=False)
+        study = quick_study()
+        manifest = fetch(
+            study.dataset("synthetic"),
+            study.raw_dir("synthetic"),
+            downloads=study.layout.downloads(),
+            skip_bad=study.clips.skip_bad,
+            progress=False,
+        )
         assert (
             manifest
-            == Path(f"data/raw/synthetic-{data_id(quick_cfg(), 'synthetic')}") / "manifest.csv"
+            == Path(f"data/raw/synthetic-{quick_study().dataset('synthetic').data_id}")
+            / "manifest.csv"
         )
         digests.append(tree_digest(manifest.parent))
     a, b = digests

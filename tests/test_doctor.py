@@ -18,24 +18,21 @@ import torch
 import transformers
 from conftest import CONFIG_DIR, LEGACY_PYTHON, REPO, make_project
 
-from audiopetl.cli.doctor import (
+import audiopetl.study
+from audiopetl.cli.doctor import load_study
+from audiopetl.cli.doctor.checks import Finding, diagnose, has_errors, has_kernels, study_needs
+from audiopetl.cli.doctor.facts import (
     Disk,
     DriverGpu,
     Facts,
-    Finding,
     Gpu,
     ImportCheck,
-    diagnose,
     driver_cuda,
-    format_report,
-    has_errors,
-    has_kernels,
-    load_study,
     parse_version,
-    study_needs,
 )
+from audiopetl.cli.doctor.report import format_report
 from audiopetl.cli.main import build_parser
-from audiopetl.core.config import load_config
+from audiopetl.study import Study
 
 needs_legacy = pytest.mark.legacy_env
 
@@ -316,8 +313,8 @@ def healthy(**changes: object) -> Facts:
     return dataclasses.replace(facts, **changes)
 
 
-def study(*overrides: str) -> dict:
-    return load_config(CONFIG_DIR / "config.yaml", None, overrides)
+def study(*overrides: str) -> Study:
+    return audiopetl.study.load_study(CONFIG_DIR / "config.yaml", None, overrides)
 
 
 def levels(findings: list[Finding], word: str) -> list[str]:
@@ -474,11 +471,11 @@ def test_low_disk_and_environment_mismatch_warn() -> None:
     low = healthy(disks=[Disk("paths.data", "data", "/home/me", 1.2)])
     assert levels(diagnose(low, study()), "only 1.2 GB free for paths.data") == ["warn"]
     # The config's `env` names the environment its rules run in.
-    legacy, cfg = healthy(environment="legacy"), study()
+    legacy, cfg = healthy(environment="legacy"), study().config
     cfg["env"] = "modern"
-    assert levels(diagnose(legacy, cfg), "asks for the modern environment") == ["warn"]
+    assert levels(diagnose(legacy, Study(cfg)), "asks for the modern environment") == ["warn"]
     cfg["env"] = "legacy"
-    assert levels(diagnose(legacy, cfg), "environment") == []
+    assert levels(diagnose(legacy, Study(cfg)), "environment") == []
 
 
 def test_without_a_config_the_environment_alone_is_judged() -> None:

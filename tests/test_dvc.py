@@ -108,9 +108,9 @@ def quick_cfg(repo: Path) -> dict:
 
 
 def run_dirs(repo: Path) -> list[Path]:
-    from audiopetl.core.paths import study_runs
+    from audiopetl.study import Study
 
-    return study_runs(quick_cfg(repo))
+    return Study(quick_cfg(repo)).runs()
 
 
 def outputs_digest(repo: Path) -> dict[str, str]:
@@ -450,13 +450,12 @@ def test_any_study_without_editing_dvc_yaml(repo: Path) -> None:
     """dvc.yaml names fixed folders, so a study on other datasets and models, without
     pretraining or hub checkpoints, is recorded and rerun as it stands; the folders it leaves
     empty still exist, as DVC requires of outputs."""
-    from audiopetl.core.config import load_config
-    from audiopetl.core.paths import run_dir
+    from audiopetl.study import load_study
 
     (repo / "config" / "experiments" / "scratch.yaml").write_text(SCRATCH_PRESET)
     set_config(repo, r"^experiment: \S+", "experiment: scratch")
-    cfg = load_config(repo / "config" / "config.yaml")
-    run = repo / run_dir(cfg, "synthetic-source", "scratch-ast", "linear", 1, 0)
+    study = load_study(repo / "config" / "config.yaml")
+    run = repo / study.run_dir("synthetic-source", "scratch-ast", "linear", 1, 0)
     results = Path("results") / "scratch"
 
     # Snakemake first, DVC after, with the fixed folders a study may leave empty.

@@ -16,12 +16,13 @@ import soundfile as sf
 import torch
 from conftest import CONFIG_DIR, ESC50_SUBSET, FSDD, needs_esc50, needs_fsdd
 
-from audiopetl.core.config import feature_settings, load_config
+from audiopetl.core.config import load_config
 from audiopetl.core.errors import DataError
 from audiopetl.data.audio import audio_info, read_audio
 from audiopetl.data.manifest import read_manifest, write_manifest
 from audiopetl.features.cache import build_cache, read_folds
 from audiopetl.features.fbank import LogMelExtractor
+from audiopetl.study import Study
 
 SR = 16000
 # Agreement with the reference, in normalised units ((x - mean) / (2 std)).
@@ -46,6 +47,11 @@ def sine(freq: float, sr: int, seconds: float, amp: float = 0.3) -> np.ndarray:
 def peak_hz(x: np.ndarray, sr: int) -> float:
     spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
     return float(np.fft.rfftfreq(len(x), 1.0 / sr)[np.argmax(spectrum)])
+
+
+def feature_settings(cfg: dict, dataset: str) -> dict:
+    """The AST fbank settings of ``dataset``'s cache, as the cache records them."""
+    return Study(cfg).features(dataset).record()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,8 +258,15 @@ def cache_clips(clips: Clips, cfg: dict, dataset: str, tmp_path: Path) -> np.nda
     manifest_file = tmp_path / "manifest.csv"
     write_manifest(manifest, manifest_file)
     out = tmp_path / "features.parquet"
+    study = Study(cfg)
     result = build_cache(
-        cfg, dataset, read_manifest(manifest_file), manifest_file, out, progress=False
+        study.features(dataset),
+        read_manifest(manifest_file),
+        manifest_file,
+        out,
+        cache=study.cache,
+        clips=study.clips,
+        progress=False,
     )
     assert result.rows == len(clips.paths) and not result.skipped
     features = read_folds(out)

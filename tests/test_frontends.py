@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import CONFIG_DIR, ESC50_SUBSET, FSDD, needs_esc50, needs_fsdd
 
-from audiopetl.core.config import feature_settings, load_config
+from audiopetl.core.config import load_config
 from audiopetl.data.audio import read_audio
 from audiopetl.features.cache import build_cache, read_folds
 from audiopetl.features.frontends import (
@@ -22,6 +22,7 @@ from audiopetl.features.frontends import (
     input_shape,
     make_extractor,
 )
+from audiopetl.study import Study
 
 SR = 16000
 # Agreement with the reference in the model's input units (Whisper: (log10 power + 4) / 4;
@@ -195,17 +196,17 @@ def test_whisper_frames_past_the_cut_are_ignored():
 
 
 def test_front_end_settings_follow_the_dataset_length():
-    cfg = load_config(CONFIG_DIR / "config.yaml", "models")
-    fbank = feature_settings(cfg, "synthetic")
-    whisper = feature_settings(cfg, "synthetic", "tiny-whisper")
-    wave = feature_settings(cfg, "synthetic", "tiny-wav2vec2")
-    assert feature_settings(cfg, "synthetic", "tiny-ast") == fbank  # AST caches keep their names
+    study = Study(load_config(CONFIG_DIR / "config.yaml", "models"))
+    fbank = study.features("synthetic").record()
+    whisper = study.features("synthetic", "tiny-whisper").record()
+    wave = study.features("synthetic", "tiny-wav2vec2").record()
+    assert study.features("synthetic", "tiny-ast").record() == fbank  # AST caches keep their names
     seconds = fbank["target_length"] * fbank["frame_shift_ms"] / 1000
     assert whisper["target_length"] * 0.01 == pytest.approx(seconds)
     assert wave["target_length"] == round(seconds * SR)
     assert input_shape(whisper) == (whisper["target_length"], 80)
     assert input_shape(wave) == (wave["target_length"], 1)
-    esc50 = feature_settings(cfg, "esc50", "tiny-whisper")
+    esc50 = study.features("esc50", "tiny-whisper").record()
     assert esc50["target_length"] == 512  # even: the encoder's convolution halves it
 
 
@@ -232,8 +233,15 @@ def cache_rows(cfg: dict, dataset: str, model: str, paths: list[Path], tmp_path:
     manifest_file = tmp_path / "manifest.csv"
     write_manifest(manifest, manifest_file)
     out = tmp_path / "features.parquet"
+    study = Study(cfg)
     result = build_cache(
-        cfg, dataset, read_manifest(manifest_file), manifest_file, out, progress=False, model=model
+        study.features(dataset, model),
+        read_manifest(manifest_file),
+        manifest_file,
+        out,
+        cache=study.cache,
+        clips=study.clips,
+        progress=False,
     )
     assert result.rows == len(paths)
     features = read_folds(out)
@@ -249,7 +257,7 @@ def test_front_end_agrees_after_float16_cache(model, tmp_path):
     computation's bound (relative, as normalised waveform peaks reach tens of standard
     deviations, where float16's absolute step is above 1e-3)."""
     cfg = load_config(CONFIG_DIR / "config.yaml", "models")
-    settings = feature_settings(cfg, "fsdd", model)
+    settings = Study(cfg).features("fsdd", model).record()
     paths = fsdd_paths()[:30]
     extractor = make_extractor(settings)
     waves = [read_audio(p, extractor.sample_rate, extractor.max_samples) for p in paths]

@@ -19,11 +19,11 @@ from training_helpers import restore_torch_globals, run_main  # noqa: F401
 
 from audiopetl.core import compat
 from audiopetl.core.checksums import file_sha256
-from audiopetl.core.config import feature_settings, load_config
+from audiopetl.core.config import load_config
 from audiopetl.core.errors import TrainingError
-from audiopetl.core.paths import mirror_dir
 from audiopetl.models.build import build_model
 from audiopetl.models.hub import MIRROR_RECORD, resolve_pretrained
+from audiopetl.study import Study
 
 REPO_ID = "org/tiny-ast"
 V1, V2 = "a1" * 20, "b2" * 20  # commits: the tag v1 and, later, main
@@ -39,11 +39,9 @@ def model_set(revision: str | None, repo_id: str = REPO_ID) -> list[str]:
 
 
 def checkpoint_files(folder: Path, shift: float) -> dict[str, bytes]:
-    cfg = load_config(Path(__file__).parents[1] / "config" / "config.yaml", "quick")
+    study = Study(load_config(Path(__file__).parents[1] / "config" / "config.yaml", "quick"))
     torch.manual_seed(0)
-    model = build_model(
-        cfg["models"]["tiny-ast"], feature_settings(cfg, "synthetic"), num_classes=4
-    )
+    model = build_model(study.model("tiny-ast"), study.features("synthetic"), num_classes=4)
     with torch.no_grad():
         for param in model.parameters():
             param.add_(shift)
@@ -83,12 +81,23 @@ def cfg_for(revision: str | None, repo_id: str = REPO_ID) -> dict:
     return load_config("config/config.yaml", "quick", [model_set(revision, repo_id)[1]])
 
 
+def mirror_of(cfg: dict, model: str) -> Path:
+    """The folder the configuration mirrors ``model``'s hub checkpoint in."""
+    return Study(cfg).layout.mirror(model)
+
+
+def resolved(cfg: dict, model: str) -> str | None:
+    """Where ``model``'s weights come from by the configuration: its verified mirror."""
+    study = Study(cfg)
+    return resolve_pretrained(study.model(model), study.layout.mirror(model))
+
+
 def test_mirror_pins_the_commit_and_hashes_every_file(
     synthetic_project: BuiltProject, hub: Hub
 ) -> None:
     result = fetch_model(synthetic_project.root, hub, *model_set("v1"))
     assert result.returncode == 0, result.stderr
-    mirror = synthetic_project.root / mirror_dir(cfg_for("v1"), "hub-ast")
+    mirror = synthetic_project.root / mirror_of(cfg_for("v1"), "hub-ast")
     record = json.loads((mirror / MIRROR_RECORD).read_text())
     served = hub.repos[REPO_ID].commits[V1]
     assert record["repo_id"] == REPO_ID and record["revision"] == "v1" and record["commit"] == V1
@@ -98,8 +107,8 @@ def test_mirror_pins_the_commit_and_hashes_every_file(
     before = len(hub.requests)
     assert fetch_model(synthetic_project.root, hub, *model_set("v1")).returncode == 0
     assert len(hub.requests) == before
-    assert resolve_pretrained(cfg_for("v1"), "hub-ast") == str(mirror_dir(cfg_for("v1"), "hub-ast"))
-    assert resolve_pretrained(cfg_for(V1), "hub-ast")  # the commit it resolved to also fits
+    assert resolved(cfg_for("v1"), "hub-ast") == str(mirror_of(cfg_for("v1"), "hub-ast"))
+    assert resolved(cfg_for(V1), "hub-ast")  # the commit it resolved to also fits
 
 
 def test_a_mirror_of_another_revision_or_repo_is_refused(
@@ -108,30 +117,30 @@ def test_a_mirror_of_another_revision_or_repo_is_refused(
     assert fetch_model(synthetic_project.root, hub, *model_set("v1")).returncode == 0
     fix = "run `audiopetl fetch-model --model hub-ast --force`"
     with pytest.raises(TrainingError) as err:
-        resolve_pretrained(cfg_for(V2), "hub-ast")
+        resolved(cfg_for(V2), "hub-ast")
     assert f"mirrors {REPO_ID} at revision 'v1' (commit {V1})" in str(err.value)
     assert f"models.hub-ast.revision is {V2!r}" in str(err.value) and fix in str(err.value)
     with pytest.raises(TrainingError, match=r"mirrors 'org/tiny-ast', but models\.hub-ast"):
-        resolve_pretrained(cfg_for("v1", "org/other-ast"), "hub-ast")
+        resolved(cfg_for("v1", "org/other-ast"), "hub-ast")
     # fetch-model says the same, and replaces the mirror only when told to.
     result = fetch_model(synthetic_project.root, hub, *model_set(V2))
     assert result.returncode == 1 and fix in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     result = fetch_model(synthetic_project.root, hub, *model_set(V2), "--force")
     assert result.returncode == 0, result.stderr
-    mirror = mirror_dir(cfg_for(V2), "hub-ast")
+    mirror = mirror_of(cfg_for(V2), "hub-ast")
     assert json.loads((mirror / MIRROR_RECORD).read_text())["commit"] == V2
-    assert resolve_pretrained(cfg_for(V2), "hub-ast") == str(mirror)
+    assert resolved(cfg_for(V2), "hub-ast") == str(mirror)
 
 
 def test_a_changed_file_in_the_mirror_is_refused(synthetic_project: BuiltProject, hub: Hub) -> None:
     assert fetch_model(synthetic_project.root, hub, *model_set("v1")).returncode == 0
-    weights = mirror_dir(cfg_for("v1"), "hub-ast") / "model.safetensors"
+    weights = mirror_of(cfg_for("v1"), "hub-ast") / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-8:] = bytes(8)
     weights.write_bytes(bytes(data))
     with pytest.raises(TrainingError, match=r"differs from its record \(mirror.json\): changed"):
-        resolve_pretrained(cfg_for("v1"), "hub-ast")
+        resolved(cfg_for("v1"), "hub-ast")
 
 
 def test_an_unpinned_mirror_says_which_commit_to_pin(
@@ -140,7 +149,7 @@ def test_an_unpinned_mirror_says_which_commit_to_pin(
     result = fetch_model(synthetic_project.root, hub, *model_set(None))
     assert result.returncode == 0, result.stderr
     assert f"pin it with `revision: {V2}`" in result.stderr
-    record = json.loads((mirror_dir(cfg_for(None), "hub-ast") / MIRROR_RECORD).read_text())
+    record = json.loads((mirror_of(cfg_for(None), "hub-ast") / MIRROR_RECORD).read_text())
     assert record["revision"] is None and record["commit"] == V2
 
 
@@ -157,7 +166,7 @@ def test_a_run_records_the_checkpoint_it_started_from(
     args += ["--strategy", "linear", "--fold", "1", "--seed", "0", "--out", str(out)]
     assert run_main([*args, "--set", "training.epochs=1"]) == 0
     weights = json.loads((out / "run.json").read_text())["weights"]
-    mirror = mirror_dir(cfg_for("v1"), "hub-ast")
+    mirror = mirror_of(cfg_for("v1"), "hub-ast")
     assert weights["kind"] == "mirror"
     assert (weights["repo_id"], weights["revision"], weights["commit"]) == (REPO_ID, "v1", V1)
     assert weights["files"]["model.safetensors"] == file_sha256(mirror / "model.safetensors")

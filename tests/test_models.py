@@ -10,15 +10,18 @@ from typing import Any
 import pytest
 import torch
 from packaging.version import Version
+from settings_helpers import feature_settings, model_settings
 from training_helpers import in_quick_project, quick_project, restore_torch_globals  # noqa: F401
 from transformers import ASTForAudioClassification
 
 from audiopetl.core import compat
-from audiopetl.core.config import load_config, model_config
+from audiopetl.core.config import load_config
 from audiopetl.core.errors import TrainingError
-from audiopetl.core.paths import cache_path
+from audiopetl.core.settings import FeatureSettings, ModelSettings
 from audiopetl.features.cache import read_metadata
+from audiopetl.models.backbones import ast as ast_backbone
 from audiopetl.models.build import adapt_position_embeddings, build_model, grid_shape
+from audiopetl.study import Study
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
 
@@ -41,8 +44,12 @@ def model_cfg(attn: str = "sdpa", pretrained: str | None = None) -> dict[str, An
     return {"pretrained": pretrained, "attn_implementation": attn, "architecture": dict(ARCH)}
 
 
-def features(length: int, mel: int = MEL) -> dict[str, int]:
-    return {"target_length": length, "num_mel_bins": mel}
+def settings_of(block: dict[str, Any], name: str = "test-ast") -> ModelSettings:
+    return model_settings(block, name)
+
+
+def features(length: int, mel: int = MEL) -> FeatureSettings:
+    return feature_settings({"target_length": length, "num_mel_bins": mel})
 
 
 def pos_embeddings(model: torch.nn.Module) -> torch.Tensor:
@@ -58,7 +65,7 @@ def time_grid(pos: torch.Tensor, freq: int) -> torch.Tensor:
 def donor(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.Tensor]:
     """A tiny AST at max_length 128 saved with save_pretrained; its position embeddings."""
     torch.manual_seed(1234)
-    model = build_model(model_cfg(), features(DONOR_LENGTH), num_classes=3)
+    model = build_model(settings_of(model_cfg()), features(DONOR_LENGTH), num_classes=3)
     folder = tmp_path_factory.mktemp("donor") / "ast-128"
     model.save_pretrained(str(folder))
     return folder, pos_embeddings(model)
@@ -66,11 +73,11 @@ def donor(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.Tensor]
 
 def test_random_init_from_architecture(restore_torch_globals: None) -> None:  # noqa: F811
     torch.manual_seed(0)
-    model = build_model(model_cfg(), features(64), num_classes=7)
+    model = build_model(settings_of(model_cfg()), features(64), num_classes=7)
     cfg = model.config
     assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size) == (32, 2, 64)
     assert (cfg.max_length, cfg.num_mel_bins, cfg.num_labels) == (64, MEL, 7)
-    assert len(compat.module_layout().modules_for(model, "q")) == 2
+    assert len(ast_backbone.module_layout().modules_for(model, "q")) == 2
     emb = model.audio_spectrogram_transformer.embeddings
     # transformers zero-initialises these three; a model trained from scratch must not start
     # without positional information (the reference study's defect 1).
@@ -84,7 +91,7 @@ def test_random_init_from_architecture(restore_torch_globals: None) -> None:  # 
     assert logits.shape == (2, 7) and torch.isfinite(logits).all()
     # Seeded: the same seed builds the same model.
     torch.manual_seed(0)
-    again = build_model(model_cfg(), features(64), num_classes=7)
+    again = build_model(settings_of(model_cfg()), features(64), num_classes=7)
     for (n, a), (_, b) in zip(model.named_parameters(), again.named_parameters(), strict=True):
         assert torch.equal(a, b), n
 
@@ -92,7 +99,7 @@ def test_random_init_from_architecture(restore_torch_globals: None) -> None:  # 
 def test_same_length_copies_everything(donor: tuple[Path, torch.Tensor]) -> None:
     folder, donor_pos = donor
     torch.manual_seed(0)
-    model = build_model(model_cfg(), features(DONOR_LENGTH), 5, pretrained=str(folder))
+    model = build_model(settings_of(model_cfg()), features(DONOR_LENGTH), 5, pretrained=str(folder))
     assert torch.equal(pos_embeddings(model), donor_pos)
     source = ASTForAudioClassification.from_pretrained(str(folder)).state_dict()
     for name, value in model.state_dict().items():
@@ -112,7 +119,7 @@ def test_shorter_input_keeps_the_centre_of_the_time_axis(
         return original(*args, **kwargs)
 
     monkeypatch.setattr(ASTForAudioClassification, "from_pretrained", spy)
-    model = build_model(model_cfg(), features(64), 5, pretrained=str(folder))
+    model = build_model(settings_of(model_cfg()), features(64), 5, pretrained=str(folder))
     assert calls and all(not c.get("ignore_mismatched_sizes") for c in calls)
 
     pos = pos_embeddings(model)
@@ -127,7 +134,7 @@ def test_shorter_input_keeps_the_centre_of_the_time_axis(
 
 def test_longer_input_interpolates_the_time_axis(donor: tuple[Path, torch.Tensor]) -> None:
     folder, donor_pos = donor
-    model = build_model(model_cfg(), features(256), 5, pretrained=str(folder))
+    model = build_model(settings_of(model_cfg()), features(256), 5, pretrained=str(folder))
     pos = pos_embeddings(model)
     assert pos.shape == (1, 2 + 8 * 16, 32)
     assert torch.equal(pos, adapt_position_embeddings(donor_pos, (8, 8), (8, 16)))
@@ -152,26 +159,28 @@ def test_longer_input_interpolates_the_time_axis(donor: tuple[Path, torch.Tensor
 def test_other_frequency_grid_is_refused(donor: tuple[Path, torch.Tensor]) -> None:
     folder, _ = donor
     with pytest.raises(TrainingError, match="frequency grid"):
-        build_model(model_cfg(), features(64, mel=64), 5, pretrained=str(folder))
+        build_model(settings_of(model_cfg()), features(64, mel=64), 5, pretrained=str(folder))
 
 
 def test_missing_checkpoint_is_a_training_error(tmp_path: Path) -> None:
     with pytest.raises(TrainingError, match="cannot load pretrained"):
-        build_model(model_cfg(), features(64), 5, pretrained=str(tmp_path / "nothing"))
+        build_model(settings_of(model_cfg()), features(64), 5, pretrained=str(tmp_path / "nothing"))
 
 
 def test_new_head_is_sized_for_the_dataset_and_initialised(
     donor: tuple[Path, torch.Tensor],
     in_quick_project: Path,  # noqa: F811
 ) -> None:
-    cfg = load_config("config/config.yaml", "quick")
-    classes = read_metadata(cache_path(cfg, "synthetic"))["class_names"]
+    study = Study(load_config("config/config.yaml", "quick"))
+    classes = read_metadata(study.cache_path("synthetic"))["class_names"]
     assert len(classes) == 4
     folder, _ = donor
     donor_head = ASTForAudioClassification.from_pretrained(str(folder)).classifier
     assert donor_head.dense.out_features == 3
     torch.manual_seed(5)
-    model = build_model(model_cfg(), features(64), len(classes), pretrained=str(folder))
+    model = build_model(
+        settings_of(model_cfg()), features(64), len(classes), pretrained=str(folder)
+    )
     head = model.classifier
     assert model.config.num_labels == len(classes) == head.dense.out_features
     assert len(model.config.id2label) == len(classes)
@@ -183,9 +192,11 @@ def test_new_head_is_sized_for_the_dataset_and_initialised(
     assert torch.equal(head.layernorm.weight, torch.ones_like(head.layernorm.weight))
     assert torch.equal(head.layernorm.bias, torch.zeros_like(head.layernorm.bias))
     # The project's own pretrained tiny AST builds for the dataset the same way.
-    quick_model = model_config(cfg, "tiny-ast")
+    quick_model = study.model("tiny-ast")
     pretrained = "results/quick/pretrain/tiny-ast/pretrained"
-    built = build_model(quick_model, cfg["features"], len(classes), pretrained=pretrained)
+    built = build_model(
+        quick_model, study.features("synthetic"), len(classes), pretrained=pretrained
+    )
     assert built.config.num_labels == 4
 
 
@@ -196,9 +207,13 @@ def test_new_head_is_sized_for_the_dataset_and_initialised(
 def test_eager_and_sdpa_agree(donor: tuple[Path, torch.Tensor]) -> None:
     folder, _ = donor
     torch.manual_seed(3)
-    eager = build_model(model_cfg("eager"), features(64), 5, pretrained=str(folder)).eval()
+    eager = build_model(
+        settings_of(model_cfg("eager")), features(64), 5, pretrained=str(folder)
+    ).eval()
     torch.manual_seed(3)
-    sdpa = build_model(model_cfg("sdpa"), features(64), 5, pretrained=str(folder)).eval()
+    sdpa = build_model(
+        settings_of(model_cfg("sdpa")), features(64), 5, pretrained=str(folder)
+    ).eval()
     assert eager.config._attn_implementation == "eager"
     assert sdpa.config._attn_implementation == "sdpa"
     for (n, a), (_, b) in zip(eager.named_parameters(), sdpa.named_parameters(), strict=True):
@@ -212,9 +227,9 @@ def test_eager_and_sdpa_agree(donor: tuple[Path, torch.Tensor]) -> None:
 def test_models_do_not_share_or_mutate_their_config() -> None:
     cfg = model_cfg("eager")
     before = copy.deepcopy(cfg)
-    first = build_model(cfg, features(64), 3)
+    first = build_model(settings_of(cfg), features(64), 3)
     cfg["attn_implementation"] = "sdpa"
-    second = build_model(cfg, features(128), 6)
+    second = build_model(settings_of(cfg), features(128), 6)
     assert cfg == {**before, "attn_implementation": "sdpa"}
     assert first.config is not second.config
     # Building the second model changed nothing of the first.

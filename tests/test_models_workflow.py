@@ -19,8 +19,7 @@ import pytest
 from project_copy import copy_workflow
 from training_helpers import assert_bitwise_equal, load_weights, run_in
 
-from audiopetl.core.config import feature_id, load_config
-from audiopetl.core.paths import study_runs
+from audiopetl.study import Study, load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = "models"
@@ -44,13 +43,13 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def cfg() -> dict:
-    return load_config(ROOT / "config" / "config.yaml", EXPERIMENT)
+def cfg() -> Study:
+    return load_study(ROOT / "config" / "config.yaml", EXPERIMENT)
 
 
 def test_every_kind_and_strategy_trained_above_chance(project: Path) -> None:
     exp = project / "results" / EXPERIMENT
-    runs = [project / r for r in study_runs(cfg())]
+    runs = [project / r for r in cfg().runs()]
     assert len(runs) == 3 * 3 * 5
     for run in runs:
         evaluation = json.loads((run / "evaluation.json").read_text())
@@ -68,17 +67,20 @@ def test_every_kind_and_strategy_trained_above_chance(project: Path) -> None:
 
 
 def test_one_cache_per_dataset_and_front_end(project: Path) -> None:
-    config = cfg()
+    study = cfg()
     caches = sorted(p.name for p in (project / "data" / "features").glob("*.parquet"))
     expected = sorted(
-        f"{d}-{feature_id(config, d, m)}.parquet"
+        f"{d}-{study.features(d, m).feature_id}.parquet"
         for d in ("synthetic", "synthetic-source")
         for m in MODELS
     )
     assert caches == expected and len(caches) == 6
     # AST's fbank cache is the default preset's: other presets share it.
-    default = load_config(ROOT / "config" / "config.yaml")
-    assert feature_id(config, "synthetic", "tiny-ast") == feature_id(default, "synthetic")
+    default = load_study(ROOT / "config" / "config.yaml")
+    assert (
+        study.features("synthetic", "tiny-ast").feature_id
+        == default.features("synthetic").feature_id
+    )
 
 
 def train(project: Path, model: str, strategy: str, out: Path, *sets: str) -> tuple[int, str]:

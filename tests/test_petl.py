@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from packaging.version import Version
+from settings_helpers import feature_settings, model_settings, strategy_settings
 from torch import nn
 from training_helpers import (  # noqa: F401
     QUICK,
@@ -58,6 +59,7 @@ TINY = {
 }
 FEATURES = {"target_length": 500, "num_mel_bins": 128}
 
+
 CONFORMER = {"kind": "conformer", "lr": 1.0, "placement": "pfeiffer", "mode": "parallel"}
 # Trainable parameters without the head, each with the LayerNorms the reference trains.
 # The first five are the reference's own counts (PETL_AST, 12 layers of 768):
@@ -96,7 +98,7 @@ PARITY = {
 @pytest.fixture(scope="module")
 def ast_base() -> nn.Module:
     torch.manual_seed(0)
-    return build_model(AST_BASE, FEATURES, 50)
+    return build_model(model_settings(AST_BASE), feature_settings(FEATURES), 50)
 
 
 @pytest.mark.parametrize("case", list(PARITY))
@@ -104,7 +106,7 @@ def test_trainable_parameters_match_the_reference_on_ast_base(
     ast_base: nn.Module, case: str
 ) -> None:
     settings, expected = PARITY[case]
-    model = get_strategy(settings).apply(copy.deepcopy(ast_base))
+    model = get_strategy(strategy_settings(settings)).apply(copy.deepcopy(ast_base))
     assert count_parameters(model, exclude=("classifier.",)).trainable == expected
     # Every added parameter was initialised: finite, and not left at torch.empty's garbage.
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -132,7 +134,7 @@ OTHERS_ON_AST_BASE = {
 @pytest.mark.parametrize("case", list(OTHERS_ON_AST_BASE))
 def test_the_other_methods_build_on_ast_base(ast_base: nn.Module, case: str) -> None:
     settings, expected = OTHERS_ON_AST_BASE[case]
-    strategy = get_strategy(settings)
+    strategy = get_strategy(strategy_settings(settings))
     strategy.total_steps = 100
     tuner = settings.get("tuner")
     if tuner and compat.peft_config_class(tuner) is None:  # the legacy environment's peft 0.3
@@ -153,28 +155,33 @@ def test_the_other_methods_build_on_ast_base(ast_base: nn.Module, case: str) -> 
 
 def tiny(num_classes: int = 4, **model: object) -> nn.Module:
     torch.manual_seed(0)
-    return build_model({**TINY, **model}, {"target_length": 64, "num_mel_bins": 128}, num_classes)
+    return build_model(
+        model_settings({**TINY, **model}),
+        feature_settings({"target_length": 64, "num_mel_bins": 128}),
+        num_classes,
+    )
 
 
+ADAPTER = {"kind": "adapter", "reduction": 4}
 ZERO_INIT = {
-    "adapter pfeiffer seq": {"kind": "adapter", "placement": "pfeiffer", "mode": "sequential"},
-    "adapter pfeiffer par": {"kind": "adapter", "placement": "pfeiffer", "mode": "parallel"},
-    "adapter houlsby seq": {"kind": "adapter", "placement": "houlsby", "mode": "sequential"},
-    "adapter houlsby par": {"kind": "adapter", "placement": "houlsby", "mode": "parallel"},
-    "conformer pfeiffer seq": {**CONFORMER, "mode": "sequential", "kernel": 5},
-    "conformer houlsby par": {**CONFORMER, "placement": "houlsby", "kernel": 4},
+    "adapter pfeiffer seq": {**ADAPTER, "placement": "pfeiffer", "mode": "sequential"},
+    "adapter pfeiffer par": {**ADAPTER, "placement": "pfeiffer", "mode": "parallel"},
+    "adapter houlsby seq": {**ADAPTER, "placement": "houlsby", "mode": "sequential"},
+    "adapter houlsby par": {**ADAPTER, "placement": "houlsby", "mode": "parallel"},
+    "conformer pfeiffer seq": {**CONFORMER, "reduction": 4, "mode": "sequential", "kernel": 5},
+    "conformer houlsby par": {**CONFORMER, "reduction": 4, "placement": "houlsby", "kernel": 4},
     "lora": {"kind": "lora", "rank": 4, "alpha": 8, "dropout": 0.0, "targets": ["q", "v"]},
 }
 
 
 @pytest.mark.parametrize("case", list(ZERO_INIT))
 def test_zero_initialised_methods_leave_the_model_unchanged(case: str) -> None:
-    settings = {"lr": 1.0, "reduction": 4, **ZERO_INIT[case]}
+    settings = {"lr": 1.0, **ZERO_INIT[case]}
     x = torch.randn(3, 64, 128, generator=torch.Generator().manual_seed(1))
     frozen = tiny().eval()
     with torch.no_grad():
         expected = frozen(input_values=x).logits
-        model = get_strategy(settings).apply(tiny()).eval()
+        model = get_strategy(strategy_settings(settings)).apply(tiny()).eval()
         assert torch.equal(model(input_values=x).logits, expected)
 
 
@@ -195,7 +202,7 @@ def test_peft_tuners_by_name_or_a_config_error_naming_the_release(tuner: str) ->
     targets = ["k", "v", "ffn_out"] if tuner == "IA3" else ["q", "v"]
     settings = {"kind": "peft", "lr": 1.0, "tuner": tuner, "targets": targets,
                 "options": PEFT_TUNERS[tuner]}  # fmt: skip
-    strategy = get_strategy(settings)
+    strategy = get_strategy(strategy_settings(settings))
     strategy.total_steps = 10
     if compat.peft_config_class(tuner) is None:  # the legacy environment's peft 0.3
         with pytest.raises(ConfigError, match=f"{tuner!r} is not in the installed peft .*>= "):
@@ -219,7 +226,7 @@ def test_peft_tuners_by_name_or_a_config_error_naming_the_release(tuner: str) ->
 def test_adalora_without_dropout_on_peft_0_3_is_a_config_error() -> None:
     settings = {"kind": "peft", "lr": 1.0, "tuner": "AdaLoRA", "targets": ["q", "v"],
                 "options": {"init_r": 4, "target_r": 2}}  # fmt: skip
-    strategy = get_strategy(settings)
+    strategy = get_strategy(strategy_settings(settings))
     strategy.total_steps = 10
     if compat.peft_version() >= Version("0.4"):
         assert strategy.apply(tiny()) is not None  # the bug is fixed there
@@ -231,7 +238,7 @@ def test_adalora_without_dropout_on_peft_0_3_is_a_config_error() -> None:
 def test_the_frozen_backbone_stays_in_eval_mode() -> None:
     settings = {"kind": "conformer", "lr": 1.0, "placement": "houlsby", "mode": "sequential",
                 "reduction": 4, "kernel": 3}  # fmt: skip
-    strategy = get_strategy(settings)
+    strategy = get_strategy(strategy_settings(settings))
     model = strategy.apply(tiny())
     strategy.train_mode(model)
     backbone = model.audio_spectrogram_transformer
@@ -240,12 +247,12 @@ def test_the_frozen_backbone_stays_in_eval_mode() -> None:
     assert all(m.training for m in model.petl.modules())  # its BatchNorm in training mode
     assert backbone.layernorm.training  # a LayerNorm that trains, in training mode
     # Configurable: frozen_eval false trains the whole model in training mode.
-    other = get_strategy({**settings, "frozen_eval": False})
+    other = get_strategy(strategy_settings({**settings, "frozen_eval": False}))
     model = other.apply(tiny())
     other.train_mode(model)
     assert all(m.training for m in model.modules())
     # Full fine-tuning trains everything, in training mode.
-    full = get_strategy({"kind": "full", "lr": 1.0})
+    full = get_strategy(strategy_settings({"kind": "full", "lr": 1.0}))
     model = full.apply(tiny())
     full.train_mode(model)
     assert all(m.training for m in model.modules())
@@ -255,7 +262,7 @@ def test_layernorms_that_train_are_configurable() -> None:
     def trained_norms(**settings: object) -> set[str]:
         base = {"kind": "adapter", "lr": 1.0, "placement": "pfeiffer", "mode": "parallel",
                 "reduction": 4}  # fmt: skip
-        model = get_strategy({**base, **settings}).apply(tiny())
+        model = get_strategy(strategy_settings({**base, **settings})).apply(tiny())
         return {
             n.rsplit(".", 2)[-2] if ".layers." in n or ".layer." in n else n.rsplit(".", 1)[0]
             for n, p in model.named_parameters()

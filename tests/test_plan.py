@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from audiopetl.core.config import ConfigError, load_config
-from audiopetl.study.plan import job_resources, snakemake_resources
+from audiopetl.study.resources import job_resources, snakemake_resources
 
 QUICK = ("--experiment", "quick")
 PROFILE = Path(__file__).resolve().parents[1] / "workflow" / "profiles" / "slurm" / "config.yaml"
@@ -116,7 +116,7 @@ def test_resources_map_to_what_the_slurm_plugin_reads(project) -> None:
             "resources.train.gpu_model=a100",
             "resources.models.tiny-ast={mem_mb: 9000, gres: 'gpu:h100:1'}",
         ],
-    )
+    )["resources"]
     default = snakemake_resources(job_resources(cfg, "train"), threads=4)
     assert default == {
         "mem_mb": 4000,
@@ -128,7 +128,9 @@ def test_resources_map_to_what_the_slurm_plugin_reads(project) -> None:
         "slurm_extra": "--signal=TERM@300",
     }
     assert snakemake_resources(job_resources(cfg, "train"), 4, attempt=3)["runtime"] == 60
-    retried = load_config("config/config.yaml", "quick", ["resources.train.retry_runtime=600"])
+    retried = load_config("config/config.yaml", "quick", ["resources.train.retry_runtime=600"])[
+        "resources"
+    ]
     assert snakemake_resources(job_resources(retried, "train"), 1, attempt=1)["runtime"] == 60
     assert snakemake_resources(job_resources(retried, "train"), 1, attempt=2)["runtime"] == 600
     tiny = snakemake_resources(job_resources(cfg, "train", "tiny-ast"), threads=1)

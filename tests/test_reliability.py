@@ -32,16 +32,15 @@ from training_helpers import (  # noqa: F401
     train_args,
 )
 
-from audiopetl.core.config import load_config
-from audiopetl.core.paths import cache_path, manifest_path
 from audiopetl.features import cachefile
+from audiopetl.study import Study, load_study
 from audiopetl.training.run_folder import write_sums
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
 
 
-def quick(*sets: str) -> dict:
-    return load_config(CONFIG_DIR / "config.yaml", "quick", sets)
+def quick(*sets: str) -> Study:
+    return load_study(CONFIG_DIR / "config.yaml", "quick", sets)
 
 
 @pytest.fixture
@@ -87,7 +86,7 @@ def flip_bytes_in_a_data_page(path: Path) -> None:
 
 
 def test_flipped_bytes_in_the_cache_stop_training_and_the_report(project: Path, cli) -> None:
-    cache = cache_path(quick(), "synthetic")
+    cache = quick().cache_path("synthetic")
     flip_bytes_in_a_data_page(cache)
     out = project / "run"
     result = cli(*train_args("linear", out))
@@ -109,7 +108,7 @@ def test_flipped_bytes_in_the_cache_stop_training_and_the_report(project: Path, 
 def test_nan_features_in_an_intact_file_stop_training(project: Path, cli) -> None:
     # A cache whose checksums are right but whose features hold NaN: written as the cache
     # writer would, with one row poisoned.
-    cache = cache_path(quick(), "synthetic")
+    cache = quick().cache_path("synthetic")
     metadata = cachefile.read_metadata(cache)
     table = pq.read_table(cache)
     values = cachefile.feature_values(table, metadata["shape"]).copy()
@@ -174,8 +173,8 @@ def test_an_adapter_full_of_inf_fails_evaluation(lora_run: Path, cli) -> None:
 
 
 def test_a_clip_too_short_is_bad_input(project: Path, cli) -> None:
-    manifest = pd.read_csv(manifest_path(quick(), "synthetic"), dtype=str)
-    clip = manifest_path(quick(), "synthetic").parent / manifest["path"][10]  # as cwd-relative
+    manifest = pd.read_csv(quick().manifest_path("synthetic"), dtype=str)
+    clip = quick().manifest_path("synthetic").parent / manifest["path"][10]  # as cwd-relative
     sf.write(clip, np.zeros(150, np.float32) + 0.1, 16000, subtype="PCM_16")  # < one frame
     failed = cli("cache", "synthetic", *QUICK, "--force")
     assert failed.code == 1

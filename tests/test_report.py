@@ -18,11 +18,11 @@ import pytest
 
 from audiopetl.core.config import load_config
 from audiopetl.core.errors import DataError
-from audiopetl.core.paths import run_dir
 from audiopetl.report.aggregate import collect_histories, collect_runs, summarize
 from audiopetl.report.build import build_report
 from audiopetl.report.dvc_views import dvc_view_outputs
 from audiopetl.report.figures import best_strategy, learning_curves, thesis_style
+from audiopetl.study import Study
 from audiopetl.training.metrics import classification_metrics
 
 CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
@@ -110,11 +110,12 @@ def experiment(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("experiment")
     overrides = [f"paths.results={root / 'results'}", f"study.strategies={list(STRATEGIES)}"]
     cfg = load_config(CONFIG, overrides=overrides)
+    study = Study(cfg)
     rng = np.random.default_rng(20261121)
     dirs, metrics = [], {}
     for strategy in STRATEGIES:
         for fold in FOLDS:
-            folder = run_dir(cfg, DATASET, MODEL, strategy, fold, SEED)
+            folder = study.run_dir(DATASET, MODEL, strategy, fold, SEED)
             metrics[(strategy, fold)] = _write_run(folder, rng, strategy, fold)
             dirs.append(folder)
     out_dir = root / "report"

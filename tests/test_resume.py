@@ -30,11 +30,11 @@ from training_helpers import (  # noqa: F401
     train_args,
 )
 
-from audiopetl.core.config import load_config
-from audiopetl.core.errors import TrainingError
-from audiopetl.core.paths import manifest_path
+from audiopetl.core.errors import Stopped, TrainingError
+from audiopetl.study import Study, load_study
 from audiopetl.training import checkpoint
-from audiopetl.training.trainer import EXIT_INTERRUPTED, RunSpec, Trainer, TrainState
+from audiopetl.training.state import TrainState
+from audiopetl.training.trainer import Trainer
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning"),
@@ -68,7 +68,7 @@ def test_signal_saves_exits_75_and_the_rerun_resumes(
     subprocess_runs: SubprocessRuns,  # noqa: F811
 ) -> None:
     run = subprocess_runs.interrupted[how]
-    assert run.first_code == EXIT_INTERRUPTED == 75
+    assert run.first_code == Stopped.code == 75
     assert run.state_after_stop, "no resume state saved"
     assert not run.run_dir_after_stop, "an interrupted run must not leave a run folder"
     # Saved at a step boundary inside an epoch after the first.
@@ -97,9 +97,11 @@ def test_resume_folder_is_removed_after_success(
         assert history["epochs_run"] == 8
 
 
-def save_stale_state(out: Path, cfg: dict, pretrained: str) -> None:
+def save_stale_state(out: Path, study: Study, pretrained: str) -> None:
     """A resume state of the run three epochs in: were it continued, no epoch would train."""
-    trainer = Trainer(cfg, RunSpec("synthetic", "tiny-ast", "lora", 3, 0, out, pretrained))
+    trainer = Trainer(
+        study.run("synthetic", "tiny-ast", "lora", 3, 0, out=out, pretrained=pretrained)
+    )
     trainer.load_data()
     trainer.build()
     trainer.save_resume(TrainState(epoch=3, global_step=9))
@@ -126,7 +128,7 @@ def test_resume_state_of_other_settings_is_set_aside(
 ) -> None:
     out = tmp_path / "run"
     save_stale_state(
-        out, load_config("config/config.yaml", "quick", ["strategies.lora.lr=0.02"]), PRETRAINED
+        out, load_study("config/config.yaml", "quick", ["strategies.lora.lr=0.02"]), PRETRAINED
     )
     assert run_main(train_args("lora", out)) == 0
     assert_set_aside_and_fresh(out, "settings", caplog)
@@ -145,7 +147,7 @@ def test_resume_state_from_other_weights_is_set_aside(
     state[name] = state[name] + 1e-3
     save_file(state, weights / "model.safetensors", metadata={"format": "pt"})
     out = tmp_path / "run"
-    save_stale_state(out, load_config("config/config.yaml", "quick"), PRETRAINED)
+    save_stale_state(out, load_study("config/config.yaml", "quick"), PRETRAINED)
     assert run_main([*train_args("lora", out), "--pretrained", weights]) == 0
     assert_set_aside_and_fresh(out, "weights", caplog)
 
@@ -160,12 +162,12 @@ def test_resume_state_from_other_data_is_set_aside(
     project = tmp_path / "project"
     shutil.copytree(quick_project.root, project, symlinks=True)
     monkeypatch.chdir(project)
-    cfg = load_config("config/config.yaml", "quick")
+    study = load_study("config/config.yaml", "quick")
     out = tmp_path / "run"
-    save_stale_state(out, cfg, PRETRAINED)
+    save_stale_state(out, study, PRETRAINED)
     # The same dataset settings, other data: a clip of a training fold dropped from the
     # manifest, and the cache rebuilt from it.
-    manifest = manifest_path(cfg, "synthetic")
+    manifest = study.manifest_path("synthetic")
     lines = manifest.read_text().splitlines(keepends=True)
     manifest.write_text("".join(lines[:2] + lines[3:]))
     assert run_main(["cache", "synthetic", *QUICK, "--force"]) == 0

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import torch
-from packaging.version import Version
+from settings_helpers import strategy_settings
 from torch import nn
 from training_helpers import (  # noqa: F401
     in_quick_project,
@@ -21,11 +21,15 @@ from training_helpers import (  # noqa: F401
 )
 
 from audiopetl.core import compat
-from audiopetl.core.config import load_config, strategy_config
+from audiopetl.core.config import load_config
 from audiopetl.core.errors import TrainingError
+from audiopetl.core.settings import FeatureSettings, Frozen, ModelSettings
+from audiopetl.models.backbones import ast as ast_backbone
+from audiopetl.models.backbones.layout import ModuleLayout
 from audiopetl.models.build import build_model
 from audiopetl.models.strategies import count_parameters, get_strategy
 from audiopetl.models.strategies.linear import LinearProbe
+from audiopetl.study import Study
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
 
@@ -47,8 +51,23 @@ LORA = {"kind": "lora", "lr": 5e-3, "rank": 4, "alpha": 8, "dropout": 0.0, "targ
 
 def fresh_model(seed: int = 0, classes: int = 4) -> nn.Module:
     torch.manual_seed(seed)
-    cfg = {"pretrained": None, "attn_implementation": "sdpa", "architecture": dict(ARCH)}
-    return build_model(cfg, {"target_length": 64, "num_mel_bins": 128}, classes)
+    settings = ModelSettings(
+        name="test-ast",
+        kind="ast",
+        pretrained=None,
+        revision=None,
+        attn_implementation="sdpa",
+        pooling="cls-dist",
+        zero_position_embeddings=False,
+        architecture=Frozen(ARCH),
+        front_end=Frozen({}),
+        pretrain=None,
+        block=Frozen({"pretrained": None, "attn_implementation": "sdpa", "architecture": ARCH}),
+    )
+    features = FeatureSettings(
+        "test", "fbank", Frozen({"target_length": 64, "num_mel_bins": 128}), "test"
+    )
+    return build_model(settings, features, classes)
 
 
 def trainable_names(model: nn.Module) -> list[str]:
@@ -63,8 +82,8 @@ def assert_sane(model: nn.Module) -> None:
 
 def test_logical_targets_map_to_one_module_per_layer() -> None:
     model = fresh_model()
-    layout = compat.module_layout()
-    expected = compat.LAYOUT_V5 if Version("5") <= compat.TRANSFORMERS_VERSION else compat.LAYOUT_V4
+    layout = ast_backbone.module_layout()
+    expected = ast_backbone.LAYOUT_V5 if compat.transformers_5() else ast_backbone.LAYOUT_V4
     assert layout is expected
     seen: set[str] = set()
     for target in TARGETS:
@@ -77,9 +96,13 @@ def test_logical_targets_map_to_one_module_per_layer() -> None:
         model.get_submodule(name)  # exists
 
 
-def other_layout() -> compat.ModuleLayout:
+def other_layout() -> ModuleLayout:
     """The module names of the transformers generation that is not installed."""
-    return compat.LAYOUT_V4 if compat.module_layout() is compat.LAYOUT_V5 else compat.LAYOUT_V5
+    return (
+        ast_backbone.LAYOUT_V4
+        if ast_backbone.module_layout() is ast_backbone.LAYOUT_V5
+        else ast_backbone.LAYOUT_V5
+    )
 
 
 def test_other_generations_names_match_nothing() -> None:
@@ -93,13 +116,13 @@ def test_lora_with_the_wrong_layout_fails_loudly(monkeypatch: pytest.MonkeyPatch
 
     # The AST kind answering with the other transformers generation's names.
     monkeypatch.setattr(AST, "layout", lambda self: other_layout())
-    strategy = get_strategy(LORA)
+    strategy = get_strategy(strategy_settings(LORA))
     with pytest.raises(TrainingError, match="matches no module"):
         strategy.apply(fresh_model())
 
 
 def test_full_trains_everything() -> None:
-    strategy = get_strategy({"kind": "full", "lr": 1e-3})
+    strategy = get_strategy(strategy_settings({"kind": "full", "lr": 1e-3}))
     model = strategy.apply(fresh_model())
     counts = strategy.check(model, max_fraction=0.001)  # not a PETL method: no limit
     assert counts.trainable == counts.total == sum(p.numel() for p in model.parameters())
@@ -108,7 +131,7 @@ def test_full_trains_everything() -> None:
 
 
 def test_linear_trains_the_head_and_the_final_norm_only() -> None:
-    strategy = get_strategy({"kind": "linear", "lr": 1e-2})
+    strategy = get_strategy(strategy_settings({"kind": "linear", "lr": 1e-2}))
     model = strategy.apply(fresh_model())
     names = trainable_names(model)
     assert sorted(names) == sorted(
@@ -134,7 +157,7 @@ def test_lora_trains_adapters_and_head_and_starts_as_the_base_model() -> None:
     with torch.no_grad():
         base_logits = base(input_values=x).logits.clone()
     base_total = count_parameters(base).total
-    strategy = get_strategy(LORA)
+    strategy = get_strategy(strategy_settings(LORA))
     torch.manual_seed(11)
     model = strategy.apply(base).eval()
     names = trainable_names(model)
@@ -175,7 +198,7 @@ def test_petl_guard_refuses_a_petl_method_that_trains_everything() -> None:
                 param.requires_grad_(True)
             return model
 
-    strategy = EverythingProbe({"kind": "linear", "lr": 1e-2})
+    strategy = EverythingProbe(strategy_settings({"kind": "linear", "lr": 1e-2}))
     model = strategy.apply(fresh_model())
     with pytest.raises(TrainingError, match="max_trainable_fraction") as err:
         strategy.check(model, max_fraction=0.2)
@@ -183,7 +206,7 @@ def test_petl_guard_refuses_a_petl_method_that_trains_everything() -> None:
 
 
 def test_guard_refuses_non_finite_parameters() -> None:
-    strategy = get_strategy({"kind": "full", "lr": 1e-3})
+    strategy = get_strategy(strategy_settings({"kind": "full", "lr": 1e-3}))
     model = strategy.apply(fresh_model())
     with torch.no_grad():
         model.classifier.dense.weight[0, 0] = float("nan")
@@ -193,15 +216,16 @@ def test_guard_refuses_non_finite_parameters() -> None:
 
 def test_unknown_kind_is_refused() -> None:
     with pytest.raises(TrainingError, match=r"'houlsby' is not registered \(adapter, bitfit"):
-        get_strategy({"kind": "houlsby"})
+        get_strategy(strategy_settings({"kind": "houlsby"}))
 
 
 def test_configured_strategies_of_the_quick_project(
     in_quick_project: Path,  # noqa: F811
 ) -> None:
     cfg = load_config("config/config.yaml", "quick")
+    study = Study(cfg)
     for name in ("full", "linear", "lora"):
-        strategy = get_strategy(strategy_config(cfg, name))
+        strategy = get_strategy(study.strategy(name))
         model = strategy.apply(fresh_model())
         strategy.check(model, float(cfg["training"]["max_trainable_fraction"]))
         assert_sane(model)

@@ -46,11 +46,13 @@ from training_helpers import (  # noqa: F401
 from audiopetl.core.checksums import file_sha256
 from audiopetl.core.config import load_config
 from audiopetl.core.errors import TrainingError
-from audiopetl.core.paths import cache_path, manifest_path
 from audiopetl.features.cache import FeatureSet
-from audiopetl.training import trainer as train_mod
+from audiopetl.study import load_study
+from audiopetl.training import data as data_mod
+from audiopetl.training.augment import spec_augment
+from audiopetl.training.data import epoch_order, split_folds
 from audiopetl.training.run_folder import read_sums, verify_run_folder
-from audiopetl.training.trainer import Trainer, epoch_order, spec_augment, split_folds
+from audiopetl.training.trainer import Trainer
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
 
@@ -291,12 +293,16 @@ def test_bookkeeping_settings_are_not_part_of_the_resume_identity(
     in_quick_project: Path,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    cfg = load_config("config/config.yaml", "quick")
-    spec = train_mod.RunSpec("synthetic", "tiny-ast", "lora", 3, 0, tmp_path / "run")
-    plain = Trainer(cfg, spec).settings_identity
+    study = load_study("config/config.yaml", "quick")
+    run = study.run("synthetic", "tiny-ast", "lora", 3, 0, out=tmp_path / "run")
+
+    def settings_identity(trainer: Trainer) -> dict[str, Any]:
+        return {**trainer.run.identity(), "precision": trainer.precision}
+
+    plain = settings_identity(Trainer(run))
     changed = {"log_every_steps": 1, "save_state_every_s": 600}
-    assert Trainer(cfg, spec, overrides=changed).settings_identity == plain
-    assert Trainer(cfg, spec, overrides={"precision": "bf16"}).settings_identity != plain
+    assert settings_identity(Trainer(run.with_training(**changed))) == plain
+    assert settings_identity(Trainer(run.with_training(precision="bf16"))) != plain
 
 
 def test_gradient_accumulation(in_quick_project: Path, tmp_path: Path) -> None:  # noqa: F811
@@ -356,14 +362,14 @@ def test_non_finite_features_stop_the_run(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    read_folds = train_mod.read_folds
+    read_folds = data_mod.read_folds
 
     def poisoned(path: Path, folds: Any = None) -> FeatureSet:
         data = read_folds(path, folds)
         data.features[:, 5, 7] = float("nan")  # one value of every clip
         return data
 
-    monkeypatch.setattr(train_mod, "read_folds", poisoned)
+    monkeypatch.setattr(data_mod, "read_folds", poisoned)
     out = tmp_path / "run"
     assert run_main(train_args("full", out, f"training.log_every_steps={every}")) == 1
     err = capsys.readouterr().err
@@ -502,8 +508,9 @@ def test_run_folder_contents(quick_lora_run: Path, quick_project: QuickProject) 
         "probabilities",
         "logits",
     ]
-    cfg = load_config(quick_project.root / "config/config.yaml", "quick")
-    manifest_file = quick_project.root / manifest_path(cfg, "synthetic")
+    study = load_study(quick_project.root / "config/config.yaml", "quick")
+    cfg = study.config
+    manifest_file = quick_project.root / study.manifest_path("synthetic")
     manifest = pd.read_csv(manifest_file, dtype=str)
     test_ids = sorted(manifest.loc[manifest["fold"] == "3", "clip_id"])
     assert sorted(table.column("clip_id").to_pylist()) == test_ids
@@ -589,8 +596,8 @@ def test_cache_of_another_manifest_is_refused(
     project = tmp_path / "project"
     shutil.copytree(quick_project.root, project)
     monkeypatch.chdir(project)
-    cfg = load_config("config/config.yaml", "quick")
-    manifest, cache = manifest_path(cfg, "synthetic"), cache_path(cfg, "synthetic")
+    study = load_study("config/config.yaml", "quick")
+    manifest, cache = study.manifest_path("synthetic"), study.cache_path("synthetic")
     lines = manifest.read_text().splitlines(keepends=True)
     manifest.write_text("".join(lines[:-1]))
     out = project / "run"

@@ -151,8 +151,16 @@ class FeatureSettings:
     def record(self) -> dict[str, Any]:
         return thaw(self.values)
 
+    @classmethod
+    def of(cls, dataset: str, values: Mapping[str, Any], feature_id: str) -> FeatureSettings:
+        return cls(dataset, str(values.get("front_end", "fbank")), Frozen(values), feature_id)
+
 
 # -- a model and a strategy ---------------------------------------------------------------------
+# A model without `kind` is an AST.
+DEFAULT_MODEL_KIND = "ast"
+
+
 @dataclass(frozen=True)
 class PretrainSettings:
     """A model's source-task pretraining (models.NAME.pretrain)."""
@@ -180,6 +188,31 @@ class ModelSettings:
     pretrain: PretrainSettings | None
     block: Frozen = field(repr=False)
 
+    @classmethod
+    def of(cls, name: str, block: Mapping[str, Any]) -> ModelSettings:
+        """The settings of a validated model block (models.NAME), defaults filled in."""
+        pretrain = block.get("pretrain")
+        return cls(
+            name=name,
+            kind=block.get("kind") or DEFAULT_MODEL_KIND,
+            pretrained=block.get("pretrained"),
+            revision=block.get("revision"),
+            attn_implementation=block["attn_implementation"],
+            pooling=block.get("pooling", "cls-dist"),
+            zero_position_embeddings=bool(block.get("zero_position_embeddings", False)),
+            architecture=Frozen(block.get("architecture") or {}),
+            front_end=Frozen(block.get("front_end") or {}),
+            pretrain=None
+            if not pretrain
+            else PretrainSettings(
+                dataset=pretrain["dataset"],
+                strategy=pretrain["strategy"],
+                epochs=pretrain.get("epochs"),
+                seed=int(pretrain.get("seed", 0)),
+            ),
+            block=Frozen(block),
+        )
+
     def record(self) -> dict[str, Any]:
         return thaw(self.block)
 
@@ -203,6 +236,20 @@ class StrategySettings:
     block: Frozen = field(repr=False)
 
     COMMON = ("kind", "lr", "layernorms", "frozen_eval", "training")
+
+    @classmethod
+    def of(cls, name: str, block: Mapping[str, Any]) -> StrategySettings:
+        """The settings of a validated strategy block (strategies.NAME)."""
+        layernorms = block.get("layernorms")
+        return cls(
+            name=name,
+            kind=block["kind"],
+            lr=float(block["lr"]),
+            layernorms=None if layernorms is None else tuple(layernorms),
+            frozen_eval=block.get("frozen_eval"),
+            options=Frozen({k: v for k, v in block.items() if k not in cls.COMMON}),
+            block=Frozen(block),
+        )
 
     def record(self) -> dict[str, Any]:
         return thaw(self.block)

@@ -34,7 +34,7 @@ from audiopetl.core.settings import (
 )
 from audiopetl.data.datasets import get_kind
 from audiopetl.features import FEATURE_VERSION
-from audiopetl.models.backbones import DEFAULT_KIND, get_backbone
+from audiopetl.models.backbones import get_backbone
 from audiopetl.study.checks import CHECKS
 
 # `Study.run(pretrained=RESOLVE)`: where the model's weights come from by its settings.
@@ -139,8 +139,7 @@ class Study:
             },
             10,
         )
-        front_end = str(values.get("front_end", "fbank"))
-        return FeatureSettings(dataset, front_end, Frozen(values), fid)
+        return FeatureSettings.of(dataset, values, fid)
 
     def feature_caches(self, dataset: str) -> dict[str, str | None]:
         """Every cache a configuration can ask of a dataset: its id -> a model that reads it
@@ -164,44 +163,14 @@ class Study:
         return self._memo(("model", name), lambda: self._model(name))
 
     def _model(self, name: str) -> ModelSettings:
-        block = _named(self.config["models"], name, "models", "model")
-        pretrain = block.get("pretrain")
-        return ModelSettings(
-            name=name,
-            kind=block.get("kind") or DEFAULT_KIND,
-            pretrained=block.get("pretrained"),
-            revision=block.get("revision"),
-            attn_implementation=block["attn_implementation"],
-            pooling=block.get("pooling", "cls-dist"),
-            zero_position_embeddings=bool(block.get("zero_position_embeddings", False)),
-            architecture=Frozen(block.get("architecture") or {}),
-            front_end=Frozen(block.get("front_end") or {}),
-            pretrain=None
-            if not pretrain
-            else PretrainSettings(
-                dataset=pretrain["dataset"],
-                strategy=pretrain["strategy"],
-                epochs=pretrain.get("epochs"),
-                seed=int(pretrain.get("seed", 0)),
-            ),
-            block=Frozen(block),
-        )
+        return ModelSettings.of(name, _named(self.config["models"], name, "models", "model"))
 
     def strategy(self, name: str) -> StrategySettings:
         return self._memo(("strategy", name), lambda: self._strategy(name))
 
     def _strategy(self, name: str) -> StrategySettings:
         block = _named(self.config["strategies"], name, "strategies", "strategy")
-        layernorms = block.get("layernorms")
-        return StrategySettings(
-            name=name,
-            kind=block["kind"],
-            lr=float(block["lr"]),
-            layernorms=None if layernorms is None else tuple(layernorms),
-            frozen_eval=block.get("frozen_eval"),
-            options=Frozen({k: v for k, v in block.items() if k not in StrategySettings.COMMON}),
-            block=Frozen(block),
-        )
+        return StrategySettings.of(name, block)
 
     def training(self, strategy: str) -> TrainingSettings:
         """The global training block with the strategy's own overrides applied."""

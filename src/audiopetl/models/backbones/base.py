@@ -18,11 +18,11 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from audiopetl.core.errors import ConfigError
-from audiopetl.core.settings import FeatureSettings, ModelSettings
+from audiopetl.core.settings import DEFAULT_MODEL_KIND, FeatureSettings, ModelSettings
 from audiopetl.models.backbones.layout import ModuleLayout
 
 _REGISTRY: dict[str, type[Backbone]] = {}
-DEFAULT_KIND = "ast"
+DEFAULT_KIND = DEFAULT_MODEL_KIND
 # The attribute a built model carries its kind in; strategies find the layout through it.
 KIND_ATTRIBUTE = "audiopetl_kind"
 

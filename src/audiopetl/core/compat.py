@@ -143,22 +143,6 @@ def lora_config(
     )
 
 
-def reset_lora(module: nn.Module, generator: torch.Generator, adapter: str = "default") -> None:
-    """Initialise a LoRA layer explicitly: A Kaiming-uniform (a=sqrt(5), peft's default), B zero,
-    so the update starts at zero. Drawn from ``generator``, not the global RNG, so the same
-    seed gives the same adapter in every environment.
-
-    peft's own ``reset_lora_parameters`` signature changed across releases (0.3: adapter name
-    only; >= 0.6: plus ``init_lora_weights``); the arithmetic itself never did.
-    """
-    lora_a = module.lora_A[adapter]
-    lora_b = module.lora_B[adapter]
-    bound = 1.0 / math.sqrt(lora_a.weight.shape[1])  # kaiming_uniform_ with a=sqrt(5)
-    with torch.no_grad():
-        lora_a.weight.copy_((torch.rand(lora_a.weight.shape, generator=generator) * 2 - 1) * bound)
-        lora_b.weight.zero_()
-
-
 # torch 1.13's oneDNN (mkldnn) kernels give garbage gradients in some backward passes on the CPU,
 # different from call to call: the gradients reaching Whisper's input convolutions (through a
 # GELU and a permute) came out at 1e6 to 1e36 or inf where float64, and torch 1.13 itself with

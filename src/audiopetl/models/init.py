@@ -83,3 +83,9 @@ def kaiming_uniform_init(tensor: torch.Tensor, name: str) -> None:
     1/sqrt(fan_in)), drawn from the parameter's own generator."""
     fan_in = tensor[0].numel() if tensor.dim() > 1 else tensor.numel()
     uniform_init(tensor, 1.0 / math.sqrt(fan_in), name)
+
+
+def normal_init(tensor: torch.Tensor, std: float, name: str) -> None:
+    """Normal(0, std) from the parameter's own generator (see parameter_generator)."""
+    with torch.no_grad():
+        tensor.copy_(torch.randn(tensor.shape, generator=parameter_generator(name)) * std)

@@ -54,11 +54,32 @@ def folds_exist(cfg: Mapping[str, Any], where: Where, training: bool) -> list[st
                     f"{where(['study', 'folds', i])}: fold {fold} is outside dataset "
                     f"{name!r}'s folds 1..{declared[name]}"
                 )
-    if cfg["training"]["split"] == "train_val_test" and any(
-        (n or 3) < 3 for n in declared.values()
-    ):
-        problems.append(f"{where(['training', 'split'])}: train_val_test needs at least 3 folds")
+    split = cfg["training"]["split"]
+    if split != "train_test" and any((n or 3) < 3 for n in declared.values()):
+        problems.append(f"{where(['training', 'split'])}: {split} needs at least 3 folds")
     return problems
 
 
-CHECKS = (strategies_fit_models, folds_exist)
+def masks_fit_front_ends(cfg: Mapping[str, Any], where: Where, training: bool) -> list[str]:
+    """SpecAugment masks bands of a spectrogram's bins and frames: a model that reads the
+    waveform has neither, and masking its samples would train on something else silently."""
+    problems = []
+    for model_name in cfg["study"]["models"]:
+        kind = cfg["models"][model_name].get("kind") or DEFAULT_KIND
+        if get_backbone(kind).front_end != "waveform":
+            continue
+        for name in cfg["study"]["strategies"]:
+            own = (cfg["strategies"][name].get("training") or {}).get("specaugment")
+            masks = own or cfg["training"]["specaugment"]
+            if masks["freq_mask"] or masks["time_mask"]:
+                path = ["strategies", name, "training", "specaugment"] if own else [
+                    "training", "specaugment"]  # fmt: skip
+                problems.append(
+                    f"{where(path)}: SpecAugment masks spectrogram bins and frames, but model "
+                    f"{model_name!r} ({kind}) reads the waveform: set them to 0, or study that "
+                    "model in a preset of its own"
+                )
+    return list(dict.fromkeys(problems))
+
+
+CHECKS = (strategies_fit_models, folds_exist, masks_fit_front_ends)

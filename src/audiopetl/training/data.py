@@ -23,16 +23,24 @@ class Splits:
     test: list[int]
 
 
+# Where a train/validation/test split takes its validation fold from, relative to the test
+# fold, cyclically: the next fold (HEAR's rotation) or the one before (PETL_AST's: test fold 5
+# validates on fold 4, test fold 1 on fold 5).
+VALIDATION_STEP = {"train_val_test": 1, "train_val_test_before": -1}
+
+
 def split_folds(folds: Sequence[int], test_fold: int, scheme: str) -> Splits:
-    """train/val/test with val = the fold after the test fold (PETL_AST, HEAR); or train/test."""
+    """train/val/test with val = the fold after the test fold (train_val_test), or the fold
+    before it (train_val_test_before); or train/test (train_test). Folds wrap around."""
     folds = sorted(folds)
     if test_fold not in folds:
         raise TrainingError(f"fold {test_fold} is not among the dataset's folds {folds}")
     if scheme == "train_test":
         return Splits([f for f in folds if f != test_fold], [], [test_fold])
     if len(folds) < 3:
-        raise TrainingError(f"training.split train_val_test needs 3 folds, the data has {folds}")
-    val_fold = folds[(folds.index(test_fold) + 1) % len(folds)]
+        raise TrainingError(f"training.split {scheme} needs 3 folds, the data has {folds}")
+    step = VALIDATION_STEP[scheme]
+    val_fold = folds[(folds.index(test_fold) + step) % len(folds)]
     train = [f for f in folds if f not in (test_fold, val_fold)]
     return Splits(train, [val_fold], [test_fold])
 

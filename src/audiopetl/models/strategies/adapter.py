@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from audiopetl.models.init import kaiming_uniform_init
+from audiopetl.models.init import kaiming_uniform_init, normal_init
 from audiopetl.models.strategies.base import Strategy, register
 
 # Where an adapter sits: the logical targets whose input it reads (parallel) and whose output
@@ -41,12 +41,19 @@ class Bottleneck(nn.Module):
         self.act = nn.GELU()
         self.up = nn.Linear(size, hidden)
 
-    def reset(self, name: str) -> None:
+    def reset(self, name: str, init: str = "zero-update", std: float = 0.02) -> None:
         with torch.no_grad():
-            kaiming_uniform_init(self.down.weight, f"{name}.down.weight")
             self.down.bias.zero_()
-            self.up.weight.zero_()  # the block adds nothing at first
             self.up.bias.zero_()
+            if init == "reference-loaded":
+                # What PETL_AST's pinned stack left: transformers 4.28.1 re-initialises every
+                # Linear it found no weights for with trunc_normal_(std=initializer_range),
+                # whose bounds of +-2 truncate nothing, and zero biases.
+                normal_init(self.down.weight, std, f"{name}.down.weight")
+                normal_init(self.up.weight, std, f"{name}.up.weight")
+                return
+            kaiming_uniform_init(self.down.weight, f"{name}.down.weight")
+            self.up.weight.zero_()  # the block adds nothing at first
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.up(self.act(self.down(x)))
@@ -57,6 +64,9 @@ class AdapterOptions:
     placement: str  # pfeiffer | houlsby
     mode: str  # sequential | parallel
     reduction: float  # hidden size / bottleneck size
+    # zero-update: the last projection zero, the model unchanged at step 0. reference-loaded:
+    # as PETL_AST's stack left its adapters after loading (for comparison only).
+    init: str = "zero-update"
 
 
 class AdapterStrategy(Strategy):
@@ -93,9 +103,10 @@ class AdapterStrategy(Strategy):
                 for place in self.places()
             }
         )
+        std = float(getattr(getattr(model, "config", None), "initializer_range", 0.02))
         for place, blocks in container.items():
             for index, block in enumerate(blocks):
-                block.reset(f"petl.{place}.{index}")
+                block.reset(f"petl.{place}.{index}", self.options.init, std)
         self.attach(model, container)
         parallel = self.options.mode == "parallel"
         for place, blocks in container.items():

@@ -3,10 +3,12 @@ settings name) train in full, saved in peft's adapter beside our own weights fil
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+import torch
 from torch import nn
 
 from audiopetl.core import compat
@@ -57,9 +59,12 @@ class PeftStrategy(Strategy):
 @dataclass(frozen=True)
 class LoraOptions:
     rank: int
-    alpha: float
+    alpha: float  # peft scales the update by alpha / rank
     dropout: float
     targets: tuple[str, ...]  # logical targets (q, k, v, o, ffn_in, ffn_out)
+    # Which matrix starts at zero: peft (B) or reference (A, as PETL_AST writes it); or
+    # reference-loaded (neither: what PETL_AST's stack left after loading, for comparison).
+    init: str = "peft"
 
 
 @register("lora")
@@ -80,8 +85,61 @@ class LoRA(PeftStrategy):
         compat.freeze_saved_module_originals(wrapped)
         from audiopetl.models.init import parameter_generator
 
+        # The std transformers' loader draws missing modules with (reference-loaded only).
+        std = float(getattr(getattr(model, "config", None), "initializer_range", 0.02))
         for name, module in wrapped.named_modules():
             if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
                 base_name = name.removeprefix("base_model.model.")
-                compat.reset_lora(module, parameter_generator(f"{base_name}.lora_A"))
+                reset_lora(
+                    module,
+                    down=parameter_generator(f"{base_name}.lora_A"),
+                    up=parameter_generator(f"{base_name}.lora_B"),
+                    init=self.options.init,
+                    std=std,
+                )
         return wrapped
+
+
+def reset_lora(
+    module: nn.Module,
+    down: torch.Generator,
+    up: torch.Generator,
+    init: str = "peft",
+    std: float = 0.02,
+    adapter: str = "default",
+) -> None:
+    """Initialise a LoRA layer explicitly, its down projection A from ``down`` and its up
+    projection B from ``up`` (not the global RNG, so the same seed gives the same adapter in
+    every environment):
+
+    - ``peft``: A Kaiming-uniform (a=sqrt(5), bound 1/sqrt(fan_in)), B zero (peft's default);
+    - ``reference``: A zero, B Kaiming-uniform (PETL_AST's code as written): the mirror image;
+      both start at a zero update, but the first steps move the other matrix;
+    - ``reference-loaded``: A and B normal with std ``std`` (what PETL_AST's pinned stack left
+      after loading: transformers 4.28.1 re-initialises the modules it found no weights for
+      with trunc_normal_(std=initializer_range), whose bounds of +-2 truncate nothing): the
+      update is not zero at the start.
+
+    Written here rather than calling peft's ``reset_lora_parameters``: its signature changed
+    across releases (0.3: adapter name only; >= 0.6: plus ``init_lora_weights``), it draws from
+    the global RNG, and it has no mirrored orientation.
+    """
+    lora_a = module.lora_A[adapter].weight
+    lora_b = module.lora_B[adapter].weight
+
+    def kaiming(weight: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        bound = 1.0 / math.sqrt(weight.shape[1])  # kaiming_uniform_ with a=sqrt(5)
+        return (torch.rand(weight.shape, generator=generator) * 2 - 1) * bound
+
+    with torch.no_grad():
+        if init == "peft":
+            lora_a.copy_(kaiming(lora_a, down))
+            lora_b.zero_()
+        elif init == "reference":
+            lora_a.zero_()
+            lora_b.copy_(kaiming(lora_b, up))
+        elif init == "reference-loaded":
+            lora_a.copy_(torch.randn(lora_a.shape, generator=down) * std)
+            lora_b.copy_(torch.randn(lora_b.shape, generator=up) * std)
+        else:
+            raise ValueError(f"unknown LoRA initialisation {init!r}")

@@ -5,9 +5,11 @@ of its feature shape, on this machine's device (`audiopetl plan --measure`)."""
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from audiopetl.core.errors import TrainingError
@@ -109,6 +111,7 @@ def _measure(
     from audiopetl.models.build import build_model
     from audiopetl.models.hub import MIRROR_RECORD, is_hub_id, verify_mirror
     from audiopetl.models.strategies import get_strategy
+    from audiopetl.training.checkpoint import save_state
     from audiopetl.training.determinism import make_deterministic, select_device
     from audiopetl.training.runtime import AMP_DTYPES, resolve_precision
 
@@ -132,11 +135,10 @@ def _measure(
     rss_before = _rss_bytes() if device.type == "cpu" else 0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    strategy = get_strategy(study.strategy(job.strategy))
     with warnings.catch_warnings():  # library deprecation notes are noise in a plan
         warnings.simplefilter("ignore", FutureWarning)
-        model = get_strategy(study.strategy(job.strategy)).apply(
-            build_model(model_settings, features, num_classes, source)
-        )
+        model = strategy.apply(build_model(model_settings, features, num_classes, source))
     model = model.to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-6)
@@ -174,12 +176,21 @@ def _measure(
 
     model.train()
     train_sps = timed(steps, train_step, s.batch_size)
+    model.eval()
+    eval_sps = timed(steps, eval_step, s.eval_batch_size)
+    # What a job also holds at an epoch's end: the best weights so far (on the host) when it
+    # selects on validation, and the resume state being written (streamed to its file).
+    best = strategy.trainable_state(model, "cpu") if s.split != "train_test" else None
+    with tempfile.TemporaryDirectory(prefix="audiopetl-plan-") as folder:
+        save_state(
+            Path(folder),
+            {"trainable": strategy.trainable_state(model), "optimizer": optimizer.state_dict(),
+             "best_weights": best},
+        )  # fmt: skip
     if device.type == "cuda":
         peak = int(torch.cuda.max_memory_allocated(device))
     else:  # ru_maxrss is in KiB on Linux
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
-    model.eval()
-    eval_sps = timed(steps, eval_step, s.eval_batch_size)
     memory = "GPU memory allocated" if device.type == "cuda" else "CPU memory (RSS growth)"
     return Throughput(
         train_sps,

@@ -7,7 +7,6 @@ weights so far. Restored, a run continues bitwise identically to one never inter
 
 from __future__ import annotations
 
-import io
 import json
 import pickle
 import random
@@ -87,17 +86,44 @@ def _decode(value: Any, tensors: list[torch.Tensor]) -> Any:
     return value
 
 
+class _GuardedWriter:
+    """The file object torch.save writes into: it passes every chunk on to the real file and,
+    when a write fails (a full disk, a read-only folder), keeps the first error and swallows
+    that chunk and the rest, so the error never crosses into torch's C++ writer (torch 1.13
+    aborts the whole process on one). :func:`save_state` raises it once torch.save returns."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data: bytes | memoryview) -> int:
+        if self.error is None:
+            try:
+                self.file.write(data)
+            except OSError as err:
+                self.error = err
+        return len(data)
+
+    def flush(self) -> None:
+        if self.error is None:
+            try:
+                self.file.flush()
+            except OSError as err:
+                self.error = err
+
+
 def save_state(folder: Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` to ``folder/state.pt`` atomically, streamed: torch.save writes each
+    tensor into the temporary file as it serialises it, so no copy of the whole state is held
+    in memory (a full fine-tuning's is ~1 GB for AST-base)."""
     target = folder / STATE_FILE
     tensors: list[torch.Tensor] = []
     skeleton = json.dumps(_encode(state, tensors))
-    # Serialised in memory, then written by Python: a full disk is then an OSError (ENOSPC)
-    # naming the file. torch's own file writer reports it as "unexpected pos" (2.x) or aborts
-    # the whole process (1.13). The cost: the state is held twice for a moment.
-    buffer = io.BytesIO()
-    torch.save({"format": FORMAT, "skeleton": skeleton, "tensors": tensors}, buffer)
-    with atomic_path(target, ".pt") as tmp:
-        tmp.write_bytes(buffer.getbuffer())
+    with atomic_path(target, ".pt") as tmp, open(tmp, "wb") as file:
+        writer = _GuardedWriter(file)
+        torch.save({"format": FORMAT, "skeleton": skeleton, "tensors": tensors}, writer)
+        if writer.error is not None:
+            raise writer.error
     return target
 
 

@@ -56,6 +56,7 @@ def run_trainer(
             state = trainer.try_resume()
             state = trainer.fit(state, stop)
             # A stop asked for from here on waits: what is left is short.
+            trainer.release_optimizer()
             trainer.metrics = trainer.finish(state, wall_started, extra_outputs)
             if after is not None:
                 after(trainer)

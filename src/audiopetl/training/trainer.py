@@ -230,8 +230,9 @@ class Trainer:
             )
             if better:
                 state.best_score, state.best_epoch, state.bad_epochs = score, state.epoch + 1, 0
-                # A real copy: the live parameters keep changing after this epoch.
-                state.best_weights = self.strategy.trainable_state(self.model)
+                # A real copy: the live parameters keep changing after this epoch. On the host,
+                # where it costs no device memory (copied back once, for the test).
+                state.best_weights = self.strategy.trainable_state(self.model, "cpu")
             else:
                 state.bad_epochs += 1
                 patience = t.early_stopping_patience
@@ -244,6 +245,12 @@ class Trainer:
         state.epoch_loss_sum, state.epoch_samples = 0.0, 0
         self.log_epoch(row)
         return stop
+
+    def release_optimizer(self) -> None:
+        """Free the gradients and the optimiser's moments once training is over: the outputs
+        are written without them (AdamW's two moments are twice the trainable weights)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.state.clear()
 
     def finish(
         self,

@@ -141,11 +141,11 @@ def worker(args: argparse.Namespace, root: Path, strategy: str, mode: str) -> No
     result: dict[str, Any] = {"strategy": strategy, "mode": mode}
     if mode == "plan":
         from audiopetl.study.measure import measure_throughput
-        from audiopetl.study.plan import fold_sizes, study_jobs
+        from audiopetl.study.plan import dataset_shape, study_jobs
 
         job = next(j for j in study_jobs(study) if j.rule == "train" and j.strategy == strategy)
         job = dataclasses.replace(job, settings=run.training)
-        measured = measure_throughput(study, job, num_classes=fold_sizes(study, DATASET)[1])
+        measured = measure_throughput(study, job, num_classes=dataset_shape(study, DATASET)[1])
         result["plan_mb"] = measured.peak_bytes / 2**20
         print(json.dumps(result))
         return

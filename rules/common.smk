@@ -57,8 +57,10 @@ CACHE = str(LAYOUT.cache("{dataset}", "{fid}"))
 DATA_REPORT = str(LAYOUT.data_report("{dataset}", "{fid}"))
 MIRROR = str(LAYOUT.mirror("{model}"))
 PRETRAIN = str(LAYOUT.pretrain_dir("{model}"))
-RUN = str(LAYOUT.run_dir("{dataset}", "{model}", "{strategy}", "{fold}", "{seed}"))
-RUN_LOG = str(appaths.run_log("{dataset}", "{model}", "{strategy}", "{fold}", "{seed}"))
+RUN = str(LAYOUT.run_dir("{dataset}", "{model}", "{strategy}", "{split}", "{seed}"))
+RUN_LOG = str(
+    appaths.run_log("{dataset}", "{model}", "{strategy}", "{split}", "{seed}")
+)
 LOGS = str(LAYOUT.logs())
 # dvc.yaml names these folders as outputs, and a study may leave some of them empty (no hub
 # checkpoint, no pretraining): DVC refuses an output that does not exist. Made here, not in an
@@ -88,7 +90,7 @@ wildcard_constraints:
     strategy=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     did=r"[0-9a-f]{10}",
     fid=r"[0-9a-f]{10}",
-    fold=r"\d+",
+    split=r"fold\d+|official",
     seed=r"\d+",
 
 
@@ -148,7 +150,9 @@ def resources_of(kind):
 
     def resource(name):
         def value(wildcards, threads, attempt):
-            settings = apresources.job_resources(CFG["resources"], kind, wildcards.get("model"))
+            settings = apresources.job_resources(
+                CFG["resources"], kind, wildcards.get("model")
+            )
             return apresources.snakemake_resources(settings, threads, attempt)[name]
 
         return value

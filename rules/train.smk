@@ -1,5 +1,5 @@
 # Training: the source-task pretraining of the default, then one job per
-# dataset x model x strategy x fold x seed, which also rebuilds its run from the files it wrote
+# dataset x model x strategy x split (a test fold, or an official split) x seed, which also rebuilds its run from the files it wrote
 # and scores it again (evaluation.json): a run whose weights do not reproduce its reported
 # numbers fails. A job resumes from its resume folder (beside the run folder, so Snakemake's
 # cleanup of incomplete outputs does not remove it). Each command appends to its log, every
@@ -61,5 +61,5 @@ rule train:
     shell:
         "HF_HUB_OFFLINE=1 exec audiopetl train --quiet --dataset {wildcards.dataset}"
         " --model {wildcards.model}"
-        " --strategy {wildcards.strategy} --fold {wildcards.fold} --seed {wildcards.seed}"
+        " --strategy {wildcards.strategy} --split {wildcards.split} --seed {wildcards.seed}"
         " --out {params.out} --evaluate --log {log}"

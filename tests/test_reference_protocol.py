@@ -28,11 +28,11 @@ from training_helpers import (  # noqa: F401
 )
 
 from audiopetl.core.errors import ConfigError
+from audiopetl.data.splits.folds import split_folds
 from audiopetl.models.build import build_model
 from audiopetl.models.strategies import count_parameters, get_strategy
 from audiopetl.study import load_study
 from audiopetl.training.augment import band, spec_augment
-from audiopetl.training.data import split_folds
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
 BASE = CONFIG_DIR / "config.yaml"

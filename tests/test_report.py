@@ -333,3 +333,33 @@ def test_model_strategy_table(tmp_path: Path) -> None:
         "lora_accuracy_std_percent",
     ]
     assert csv["lora_accuracy_mean_percent"].tolist() == [80.0, 90.0]
+
+
+@pytest.mark.parametrize(
+    ("change", "mixed"),
+    [
+        ({"split": "official"}, "splits (folds, official"),
+        ({"task": "multilabel"}, "tasks (multiclass, multilabel"),
+    ],
+)
+def test_runs_of_other_splits_or_tasks_are_never_pooled(
+    experiment: dict[str, Any], tmp_path: Path, change: dict[str, str], mixed: str
+) -> None:
+    # A run of the same dataset split another way (or read as another task), e.g. left in
+    # the results after the dataset's split scheme changed.
+    source = experiment["dirs"][0]
+    other = tmp_path / "other"
+    shutil.copytree(source, other)
+    metrics = json.loads((other / "metrics.json").read_text())
+    metrics.update(change)
+    if "split" in change:
+        metrics.pop("fold")
+    (other / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(DataError) as info:
+        collect_runs([*experiment["dirs"], other])
+    message = str(info.value)
+    assert message.startswith(f"dataset {DATASET!r}: its runs mix {mixed}")
+    assert str(other) in message and "report runs of one split and task together only" in message
+    with pytest.raises(DataError, match="its runs mix"):
+        build_report(experiment["cfg"], [*experiment["dirs"], other], tmp_path / "report")
+    assert not (tmp_path / "report").exists()

@@ -324,13 +324,14 @@ def test_every_training_job_ran_in_slurm_with_the_configured_resources(study: Sl
         # tell the runs apart.
         if is_run:
             dataset = run.parts[-5]
-            model_, strategy, seed, fold = (
+            # The split wildcard is the run folder's name: fold1, fold2, ... (or official).
+            model_, strategy, seed, split = (
                 run.parts[-4],
                 run.parts[-3],
                 run.parts[-2][4:],
-                run.parts[-1][4:],
+                run.parts[-1],
             )
-            wildcards = "_".join([dataset, model_, strategy, seed, fold])
+            wildcards = "_".join([dataset, model_, strategy, seed, split])
             assert job["Comment"] == f"rule_train_wildcards_{wildcards}", job
         else:
             assert job["Comment"] == "rule_pretrain_wildcards_tiny-ast", job

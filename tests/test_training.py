@@ -45,12 +45,13 @@ from training_helpers import (  # noqa: F401
 
 from audiopetl.core.checksums import file_sha256
 from audiopetl.core.config import load_config
-from audiopetl.core.errors import TrainingError
+from audiopetl.core.errors import DataError
+from audiopetl.data.splits.folds import split_folds
 from audiopetl.features.cache import FeatureSet
 from audiopetl.study import load_study
 from audiopetl.training import data as data_mod
 from audiopetl.training.augment import spec_augment
-from audiopetl.training.data import epoch_order, split_folds
+from audiopetl.training.data import epoch_order
 from audiopetl.training.run_folder import read_sums, verify_run_folder
 from audiopetl.training.trainer import Trainer
 
@@ -89,9 +90,9 @@ def test_split_folds() -> None:
         "val": [],
         "test": [2],
     }
-    with pytest.raises(TrainingError, match="fold 4 is not among"):
+    with pytest.raises(DataError, match="fold 4 is not among"):
         split_folds([1, 2, 3], 4, "train_val_test")
-    with pytest.raises(TrainingError, match="needs 3 folds"):
+    with pytest.raises(DataError, match="needs 3 folds"):
         split_folds([1, 2], 1, "train_val_test")
 
 
@@ -362,14 +363,14 @@ def test_non_finite_features_stop_the_run(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    read_folds = data_mod.read_folds
+    read_clips = data_mod.read_clips
 
-    def poisoned(path: Path, folds: Any = None) -> FeatureSet:
-        data = read_folds(path, folds)
+    def poisoned(path: Path, ids: Any = None) -> FeatureSet:
+        data = read_clips(path, ids)
         data.features[:, 5, 7] = float("nan")  # one value of every clip
         return data
 
-    monkeypatch.setattr(data_mod, "read_folds", poisoned)
+    monkeypatch.setattr(data_mod, "read_clips", poisoned)
     out = tmp_path / "run"
     assert run_main(train_args("full", out, f"training.log_every_steps={every}")) == 1
     err = capsys.readouterr().err

@@ -24,7 +24,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.dataset,
         args.model,
         args.strategy,
-        args.fold,
+        args.split if args.split is not None else args.fold,
         args.seed,
         out=Path(args.out) if args.out else None,
         pretrained=args.pretrained or RESOLVE,
@@ -37,17 +37,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"{out}: rebuilt from its files, {_matches(result)}")
 
     metrics = train_run(run, progress=progress(args), after=evaluate if args.evaluate else None)
-    test = metrics["test"]
     print(
-        f"{out}: test accuracy {test['accuracy']:.4f} (best epoch {metrics['best_epoch']}, "
+        f"{out}: test {_headline(metrics['test'])} (best epoch {metrics['best_epoch']}, "
         f"{metrics['trainable_params']:,} of {metrics['total_params']:,} parameters trained)"
     )
     return 0
 
 
+def _headline(test: dict) -> str:
+    """A run's headline test metric: accuracy, or a multi-label run's mAP."""
+    name = "accuracy" if "accuracy" in test else "mAP"
+    return f"{name} {test[name]:.4f}"
+
+
 def _matches(result: dict) -> str:
     return (
-        f"test accuracy {result['test']['accuracy']:.4f}, matches the stored run (max logit "
+        f"test {_headline(result['test'])}, matches the stored run (max logit "
         f"difference {result['max_abs_logit_difference']:.2g})"
     )
 
@@ -149,13 +154,19 @@ def _positive(text: str) -> float:
 
 
 def register(add: Callable[..., argparse.ArgumentParser]) -> None:
-    p = add("train", cmd_train, "train one run: dataset x model x strategy x fold x seed")
+    p = add(
+        "train", cmd_train, "train one run: dataset x model x strategy x split (or fold) x seed"
+    )
     p.add_argument("--dataset", required=True)
     p.add_argument("--model", required=True)
     p.add_argument("--strategy", required=True)
-    p.add_argument("--fold", type=int, required=True, help="the test fold")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--fold", type=int, help="the test fold (a dataset whose folds rotate)")
+    which.add_argument(
+        "--split", help="the split by name: foldN, or official (a dataset's official split)"
+    )
     p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--out", help="run folder (default: results/EXPERIMENT/runs/D/M/S/seedN/foldF)")
+    p.add_argument("--out", help="run folder (default: results/EXPERIMENT/runs/D/M/S/seedN/SPLIT)")
     p.add_argument(
         "--pretrained",
         help="start from this save_pretrained folder or hub id "

@@ -82,9 +82,11 @@ class Layout:
         return self.experiment_dir() / RUNS
 
     def run_dir(
-        self, dataset: str, model: str, strategy: str, fold: int | str, seed: int | str
+        self, dataset: str, model: str, strategy: str, split: int | str, seed: int | str
     ) -> Path:
-        return self.runs() / dataset / model / strategy / f"seed{seed}" / f"fold{fold}"
+        """A run's folder: ``split`` names it (fold3, official, or a wildcard); a fold number
+        is fold{N}."""
+        return self.runs() / dataset / model / strategy / f"seed{seed}" / split_name(split)
 
     def pretrain_dir(self, model: str) -> Path:
         return self.experiment_dir() / PRETRAIN / model
@@ -101,6 +103,12 @@ class Layout:
         ]
 
 
-def run_log(dataset: str, model: str, strategy: str, fold: int | str, seed: int | str) -> Path:
+def run_log(dataset: str, model: str, strategy: str, split: int | str, seed: int | str) -> Path:
     """A run's log, relative to the folder of its rule's logs."""
-    return Path(dataset) / model / strategy / f"seed{seed}" / f"fold{fold}.log"
+    return Path(dataset) / model / strategy / f"seed{seed}" / f"{split_name(split)}.log"
+
+
+def split_name(split: int | str) -> str:
+    """A run's split by name: a fold number N is fold{N}; a name (official, fold3, a
+    Snakemake wildcard) stays."""
+    return f"fold{split}" if isinstance(split, int) or str(split).isdigit() else str(split)

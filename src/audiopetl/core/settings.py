@@ -19,7 +19,7 @@ import dataclasses
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 
 class Frozen(Mapping[str, Any]):
@@ -125,9 +125,15 @@ class CacheSettings:
 
 
 # -- a dataset and the features of it a model reads ---------------------------------------------
+# A dataset's task and split scheme when its configuration names none.
+DEFAULT_TASK = "multiclass"
+DEFAULT_SPLIT: dict[str, Any] = {"scheme": "folds"}
+
+
 @dataclass(frozen=True)
 class DatasetSettings:
-    """One dataset: its kind, the kind's own settings, and what names its raw folder."""
+    """One dataset: its kind, the kind's own settings, its task and split scheme, and what
+    names its raw folder."""
 
     name: str
     kind: str
@@ -136,6 +142,16 @@ class DatasetSettings:
     identity: Frozen  # the settings that decide its raw folder's files
     data_id: str  # a hash of the identity: the raw folder's name
     folds: int | None  # the folds it declares; None when they follow from its files
+    task: str = DEFAULT_TASK  # multiclass | multilabel
+    split: Frozen = field(default_factory=lambda: Frozen(DEFAULT_SPLIT))  # scheme and options
+
+    @property
+    def scheme(self) -> str:
+        return str(self.split["scheme"])
+
+    @property
+    def multilabel(self) -> bool:
+        return self.task == "multilabel"
 
 
 @dataclass(frozen=True)
@@ -294,6 +310,21 @@ class TrainingSettings:
     deterministic: bool
     device: str
     min_accuracy_over_chance: float | None
+    # Added later, with defaults: see LATER.
+    class_weights: str = "none"  # none | balanced
+    sampler: str = "uniform"  # uniform | balanced
+    loss: str = "cross_entropy"  # cross_entropy | focal
+    focal_gamma: float = 2.0
+
+    # Settings added after the first runs were made, with the value every earlier run had:
+    # at that value they are left out of what a run depends on (its rerun trigger and resume
+    # identity), so a study made before they existed reruns nothing.
+    LATER: ClassVar[dict[str, Any]] = {
+        "class_weights": "none",
+        "sampler": "uniform",
+        "loss": "cross_entropy",
+        "focal_gamma": 2.0,
+    }
 
     # Settings that change how often a run reads its losses from the device or saves its
     # resume state, never what it computes: left out of what reruns a job and of what a
@@ -323,7 +354,11 @@ class TrainingSettings:
 
     @classmethod
     def of(cls, block: Mapping[str, Any]) -> TrainingSettings:
-        missing = [f.name for f in dataclasses.fields(cls) if f.name not in block]
+        missing = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.name not in block and f.name not in cls.LATER
+        ]
         if missing:
             raise KeyError(f"training settings lack {missing}")
         return _typed(cls, block)
@@ -332,8 +367,13 @@ class TrainingSettings:
         return thaw(self)
 
     def computing(self) -> dict[str, Any]:
-        """Every setting but the bookkeeping ones: what reruns a job."""
-        return {k: v for k, v in self.record().items() if k not in self.BOOKKEEPING}
+        """Every setting but the bookkeeping ones (and the later ones at their first value):
+        what reruns a job."""
+        return {
+            k: v
+            for k, v in self.record().items()
+            if k not in self.BOOKKEEPING and not (k in self.LATER and v == self.LATER[k])
+        }
 
     def replace(self, **changes: Any) -> TrainingSettings:
         if "specaugment" in changes and isinstance(changes["specaugment"], Mapping):
@@ -360,7 +400,7 @@ class RunSettings:
     model: ModelSettings
     strategy: StrategySettings
     training: TrainingSettings
-    fold: int  # the test fold
+    split: str  # which split of the dataset: fold3 (its test fold) or official
     seed: int
     out: Path  # the run folder
     cache: Path  # the feature cache it reads
@@ -375,20 +415,36 @@ class RunSettings:
         return self.out.parent / f".{self.out.name}.resume"
 
     @property
+    def fold(self) -> int | None:
+        """The test fold of a run of rotating folds; None for an official split."""
+        return int(self.split[4:]) if self.split.startswith("fold") else None
+
+    @property
     def names(self) -> dict[str, Any]:
-        return {
+        """What names the run in its records: a run of folds by its test fold (as ever), one
+        of another split by that split."""
+        names: dict[str, Any] = {
             "dataset": self.dataset.name,
             "model": self.model.name,
             "strategy": self.strategy.name,
             "fold": self.fold,
             "seed": self.seed,
         }
+        if self.fold is None:
+            names["split"] = self.split
+        return names
 
     def identity(self) -> dict[str, Any]:
         """The settings an interrupted run and its resumption must share (with the data and
         the starting weights, checked by the loop)."""
         return {
-            "spec": [self.dataset.name, self.model.name, self.strategy.name, self.fold, self.seed],
+            "spec": [
+                self.dataset.name,
+                self.model.name,
+                self.strategy.name,
+                self.split if self.fold is None else self.fold,
+                self.seed,
+            ],
             "training": self.training.computing(),
             "features": self.features.record(),
             "model": self.model.record(),

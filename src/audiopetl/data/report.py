@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from audiopetl.core.settings import DatasetSettings, FeatureSettings
+from audiopetl.data.manifest import SEPARATOR
 
 
 def build_report(
@@ -23,24 +24,31 @@ def build_report(
     ``fetch_skipped`` which files the fetch left out and why. ``features`` are AST's fbank
     settings for the dataset (their clip length and normalisation are judged)."""
     settings = features.values
-    counts = pd.crosstab(manifest["label_name"], manifest["fold"])
+    # The parts of an official split, else the folds; a multi-label clip counts for each label.
+    part = "split" if "split" in manifest.columns else "fold"
+    names = manifest["label_name"].astype(str)
+    if "labels" in manifest.columns:
+        names = names.str.split(SEPARATOR)
+    long = manifest.assign(label_name=names).explode("label_name")
+    counts = pd.crosstab(long["label_name"], long[part])
     declared = dataset.folds
-    if declared is not None:  # folds the dataset declares but no clip fills stay visible
+    if declared is not None and part == "fold":  # declared but empty folds stay visible
         counts = counts.reindex(columns=range(1, declared + 1), fill_value=0)
+    noun = "part" if part == "split" else "fold"
     target_s = (
         (settings["target_length"] - 1) * settings["frame_shift_ms"] + settings["frame_length_ms"]
     ) / 1000.0
     problems: list[str] = []
-    empty_folds = [int(f) for f in counts.columns if counts[f].sum() == 0]
+    empty_folds = [f for f in counts.columns if counts[f].sum() == 0]
     if empty_folds:
         problems.append(
-            f"{len(empty_folds)} fold(s) without any clip: {', '.join(map(str, empty_folds))}"
+            f"{len(empty_folds)} {noun}(s) without any clip: {', '.join(map(str, empty_folds))}"
         )
-    empty = [(str(c), int(f)) for c in counts.index for f in counts.columns if counts.at[c, f] == 0]
+    empty = [(str(c), f) for c in counts.index for f in counts.columns if counts.at[c, f] == 0]
     if empty:
-        shown = ", ".join(f"{c} in fold {f}" for c, f in empty[:10])
-        problems.append(f"{len(empty)} class/fold cell(s) without clips: {shown}")
-    per_class = manifest["label_name"].value_counts()
+        shown = ", ".join(f"{c} in {noun} {f}" for c, f in empty[:10])
+        problems.append(f"{len(empty)} class/{noun} cell(s) without clips: {shown}")
+    per_class = long["label_name"].value_counts()
     if len(per_class) > 1 and per_class.max() > 2 * per_class.min():
         problems.append(
             f"class imbalance: {per_class.idxmax()} has {per_class.max()} clips, "
@@ -52,19 +60,27 @@ def build_report(
             f"{short} clip(s) shorter than target_length ({target_s:.2f} s): their features "
             "are padded"
         )
-    shared = manifest.groupby("group")["fold"].nunique()
+    shared = manifest.groupby("group")[part].nunique()
     leaks = shared[shared > 1]
     if len(leaks):
         problems.append(
-            f"{len(leaks)} group(s) span several folds (possible leakage), e.g. {leaks.index[0]}"
+            f"{len(leaks)} group(s) span several {noun}s (possible leakage), e.g. {leaks.index[0]}"
         )
     report: dict[str, Any] = {
         "dataset": dataset.name,
         "partial": partial,
         "clips": len(manifest),
-        "classes": int(manifest["label"].nunique()),
-        "folds": sorted(int(f) for f in manifest["fold"].unique()),
+        "classes": int(long["label_name"].nunique()),
+        "task": dataset.task,
+        # An official split has parts, not folds (its manifest's fold column is 0 throughout).
+        "folds": None if part == "split" else sorted(int(f) for f in manifest["fold"].unique()),
+        "parts": (
+            {p: int((manifest["split"] == p).sum()) for p in ("train", "validation", "test")}
+            if part == "split"
+            else None
+        ),
         "groups": int(manifest["group"].nunique()),
+        "split": dataset.scheme,
         "clips_per_class_and_fold": {
             str(c): {str(f): int(counts.at[c, f]) for f in counts.columns} for c in counts.index
         },
@@ -116,15 +132,20 @@ def _describe(values: pd.Series) -> dict[str, float]:
 
 def format_report(report: Mapping[str, Any], path: Path | None = None) -> str:
     lines = [
-        f"dataset {report['dataset']}: {report['clips']} clips, {report['classes']} classes, "
-        f"folds {report['folds']}, {report['groups']} groups"
+        f"dataset {report['dataset']}: {report['clips']} clips, {report['classes']} classes"
+        f"{' (multi-label)' if report.get('task') == 'multilabel' else ''}, "
+        + ("an official split" if report.get("split") == "official" else f"folds {report['folds']}")
+        + f", {report['groups']} groups"
         + (f" ({report['partial']})" if report.get("partial") else ""),
         "duration (s): min {min} / mean {mean} / max {max}".format(**report["duration_s"]),
         "sample rates: " + ", ".join(f"{sr} Hz x {n}" for sr, n in report["sample_rates"].items()),
     ]
     table = pd.DataFrame(report["clips_per_class_and_fold"]).T
-    table.columns = [f"fold{c}" for c in table.columns]
-    lines += ["clips per class and fold:", table.to_string()]
+    official = report.get("split") == "official"
+    if not official:
+        table.columns = [f"fold{c}" for c in table.columns]
+    what = "part of the official split" if official else "fold"
+    lines += [f"clips per class and {what}:", table.to_string()]
     if "observed_log_mel" in report:
         obs = report["observed_log_mel"]
         lines.append(f"log-mel statistics: mean {obs['mean']:.4f}, std {obs['std']:.4f}")

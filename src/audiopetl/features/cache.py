@@ -242,6 +242,8 @@ class FeatureSet:
     clip_ids: list[str]
     n_frames: np.ndarray
     metadata: dict[str, Any]
+    # A multi-label task's (N, classes) 0/1 targets (uint8); None for one label per clip.
+    targets: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.clip_ids)
@@ -250,8 +252,16 @@ class FeatureSet:
 def read_folds(path: Path, folds: Sequence[int] | None = None) -> FeatureSet:
     """Load the rows of ``folds`` (all rows when None) into one tensor; every page's checksum
     is verified and every feature must be finite."""
+    return _read(path, [("fold", "in", list(folds))] if folds is not None else None)
+
+
+def read_clips(path: Path, clip_ids: Sequence[str]) -> FeatureSet:
+    """Load the rows of ``clip_ids``, in the cache's order (the manifest's)."""
+    return _read(path, [("clip_id", "in", list(clip_ids))])
+
+
+def _read(path: Path, filters: Any) -> FeatureSet:
     metadata = read_metadata(path)
-    filters = [("fold", "in", list(folds))] if folds is not None else None
     table = cachefile.read_table(path, metadata, filters=filters)
     values = cachefile.feature_values(table, metadata["shape"])
     cachefile.check_finite(path, table, values, metadata)

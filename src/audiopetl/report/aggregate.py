@@ -19,6 +19,8 @@ from audiopetl.core.atomic import write_json, write_text
 from audiopetl.core.errors import DataError
 
 ID_COLUMNS = ("dataset", "model", "strategy", "seed", "fold")
+# What a run's metrics.json names besides: its split (fold3, official) and task.
+RUN_KINDS = ("split", "task")
 GROUP_COLUMNS = ("dataset", "model", "strategy")
 RUN_SCALARS = (
     "environment",
@@ -29,6 +31,7 @@ RUN_SCALARS = (
     "trainable_percent",
     "train_clips",
     "classes",
+    "chance_mAP",
 )
 # Averaged next to the metrics: they are constant across folds of one configuration unless
 # something went wrong, and a non-zero std in the summary then shows it.
@@ -37,12 +40,19 @@ PARAM_COLUMNS = ("trainable_params", "trainable_percent")
 COUNT_METRICS = frozenset({"n"})
 SPLITS = ("test", "val")
 # Rates in [0, 1] that readers expect in percent, in the figures as in the tables.
-FRACTION_METRICS = frozenset({"accuracy", "balanced_accuracy", "macro_f1", "top5_accuracy"})
+FRACTION_METRICS = frozenset(
+    {"accuracy", "balanced_accuracy", "macro_f1", "top5_accuracy", "mAP", "macro_auc", "micro_f1"}
+)
 METRIC_NAMES = {
     "accuracy": "Accuracy",
     "balanced_accuracy": "Balanced accuracy",
     "macro_f1": "Macro F1",
     "top5_accuracy": "Top-5 accuracy",
+    "mAP": "mAP",
+    "macro_auc": "Macro AUC",
+    "micro_f1": "Micro F1",
+    "dprime_per_class": "d' (per class, averaged)",
+    "dprime_from_mean_auc": "d' (from the mean AUC)",
     "loss": "Loss",
 }
 
@@ -70,7 +80,9 @@ def read_metrics(run_dir: Path) -> dict[str, Any]:
         raise DataError(f"{path}: cannot read metrics: {err}") from err
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    missing = [key for key in (*ID_COLUMNS, "test") if key not in data]
+    missing = [key for key in (*ID_COLUMNS, "test") if key not in data and key != "fold"]
+    if "fold" not in data and "split" not in data:
+        missing.append("fold or split")
     if missing:
         raise DataError(f"{path}: missing key(s) {', '.join(missing)}")
     if not isinstance(data["test"], dict):
@@ -91,7 +103,9 @@ def _split_scalars(split: str, metrics: Mapping[str, Any] | None) -> dict[str, f
 
 def run_row(data: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
     """One flat row of a run: identifiers, run facts, then the scalar metrics of each split."""
-    row: dict[str, Any] = {key: data[key] for key in ID_COLUMNS}
+    row: dict[str, Any] = {key: data.get(key) for key in ID_COLUMNS}
+    row["split"] = data.get("split") or f"fold{data['fold']}"
+    row["task"] = data.get("task", "multiclass")
     row.update({key: data.get(key) for key in RUN_SCALARS})
     for split in SPLITS:
         row.update(_split_scalars(split, data.get(split)))
@@ -105,12 +119,58 @@ def collect_runs(run_dirs: Iterable[Path]) -> pd.DataFrame:
     if not rows:
         raise DataError("no runs to report: the list of run folders is empty")
     runs = pd.DataFrame(rows)
-    duplicated = runs.duplicated(subset=[*ID_COLUMNS, "environment"], keep=False)
+    # First: runs of another split or task are not "the same run" twice, they do not compare.
+    check_comparable(runs)
+    keys = [*ID_COLUMNS, "split", "environment"]
+    duplicated = runs.astype({"fold": object}).duplicated(subset=keys, keep=False)
     if duplicated.any():
         dirs = ", ".join(runs.loc[duplicated, "run_dir"])
         raise DataError(f"the same run appears more than once: {dirs}")
     # Sorted by identifiers, not by the caller's list, so the same runs give the same report.
-    return runs.sort_values([*ID_COLUMNS, "environment"], kind="stable").reset_index(drop=True)
+    order = ["dataset", "model", "strategy", "seed", "split", "environment"]
+    runs["_fold"] = pd.to_numeric(runs["fold"], errors="coerce")
+    runs = runs.sort_values([*order[:4], "_fold", *order[4:]], kind="stable", na_position="last")
+    return runs.drop(columns="_fold").reset_index(drop=True)
+
+
+def check_comparable(runs: pd.DataFrame) -> None:
+    """Runs of one dataset are aggregated and paired only when they split it the same way and
+    share its task: a fold's accuracy next to an official split's, or an mAP next to an
+    accuracy, is no comparison."""
+    for dataset, part in runs.groupby("dataset", sort=False):
+        kinds = part["split"].map(lambda s: "official" if s == "official" else "folds")
+        for column, values in (("split", kinds), ("task", part["task"])):
+            if values.nunique() > 1:
+                found = ", ".join(sorted(set(values)))
+                first = {v: part.loc[values == v, "run_dir"].iloc[0] for v in set(values)}
+                raise DataError(
+                    f"dataset {dataset!r}: its runs mix {column}s ({found}; e.g. "
+                    + ", ".join(first.values())
+                    + "): report runs of one split and task together only"
+                )
+
+
+def headline_metric(runs: pd.DataFrame, metric: str) -> str:
+    """The metric the tables and figures show: ``report.metric`` for single-label runs, mAP
+    for multi-label ones (accuracy means nothing there)."""
+    tasks = set(runs["task"])
+    if tasks == {"multilabel"}:
+        return metric if metric in MULTILABEL_HEADLINES else "mAP"
+    if "multilabel" in tasks:
+        raise DataError(
+            "the study mixes single-label and multi-label datasets, whose headline metrics "
+            "differ (accuracy, mAP): report them in studies of their own"
+        )
+    if metric in MULTILABEL_HEADLINES:
+        raise DataError(
+            f"report.metric {metric} is a multi-label metric and the study's datasets are "
+            "single-label: set report.metric to accuracy, balanced_accuracy, macro_f1 or "
+            "top5_accuracy"
+        )
+    return metric
+
+
+MULTILABEL_HEADLINES = ("mAP", "macro_auc")
 
 
 def order_runs(runs: pd.DataFrame, order: Mapping[str, Sequence[str]]) -> pd.DataFrame:

@@ -12,6 +12,7 @@ from audiopetl.report.aggregate import (
     collect_histories,
     collect_runs,
     group_columns,
+    headline_metric,
     order_runs,
     read_metrics,
     summarize,
@@ -50,6 +51,15 @@ def _class_figures(
         suffix = "" if len(combos) == 1 else f"-{dataset}-{model}"
         in_combo = (runs["dataset"] == dataset) & (runs["model"] == model)
         rows = summary[(summary["dataset"] == dataset) & (summary["model"] == model)]
+        per_strategy: dict[str, list[dict[str, Any]]] = {}
+        labels = figures.config_labels(runs[in_combo])
+        for label, run_dir in zip(labels, runs.loc[in_combo, "run_dir"], strict=True):
+            per_strategy.setdefault(label, []).append(read_metrics(Path(run_dir)))
+        if (runs.loc[in_combo, "task"] == "multilabel").all():
+            # No confusion matrix of several labels per clip: each class's AP instead.
+            stem = fig_dir / f"per_class_ap{suffix}"
+            written += class_figures.per_class_f1(per_strategy, stem, report_cfg, field="ap")
+            continue
         best = figures.best_row(rows, report_cfg["metric"])
         # As strings: a missing environment is None, and None == None is False in pandas.
         chosen = in_combo & (runs[keys].astype(str) == best[keys].astype(str)).all(axis=1)
@@ -60,13 +70,8 @@ def _class_figures(
             report_cfg,
             title=figures.config_labels(rows).loc[best.name],
         )
-        per_strategy: dict[str, list[dict[str, Any]]] = {}
-        labels = figures.config_labels(runs[in_combo])
-        for label, run_dir in zip(labels, runs.loc[in_combo, "run_dir"], strict=True):
-            per_strategy.setdefault(label, []).append(read_metrics(Path(run_dir)))
-        written += class_figures.per_class_f1(
-            per_strategy, fig_dir / f"per_class_f1{suffix}", report_cfg
-        )
+        stem = fig_dir / f"per_class_f1{suffix}"
+        written += class_figures.per_class_f1(per_strategy, stem, report_cfg)
     return written
 
 
@@ -83,22 +88,35 @@ def build_report(cfg: Mapping[str, Any], run_dirs: Sequence[Path], out_dir: Path
     out_dir = Path(out_dir)
     fig_dir = out_dir / FIGURES_DIR
     runs = order_runs(collect_runs(run_dirs), _study_order(cfg))
+    report_cfg["metric"] = headline_metric(runs, report_cfg["metric"])
     summary = summarize(runs)
     written = write_summary(summary, out_dir)
     written += write_tables(summary, report_cfg, out_dir / "table")
     written += write_model_table(summary, report_cfg, out_dir / "models")
     histories = collect_histories(runs)
     written += figures.learning_curves(histories, fig_dir / "learning_curves", report_cfg)
-    # Chance: one over the number of classes of each dataset's runs.
-    chance = (1.0 / runs.groupby("dataset")["classes"].max()).to_dict() if "classes" in runs else {}
+    chance = chance_levels(runs)
     written += figures.accuracy_vs_params(
         summary, fig_dir / "accuracy_vs_params", report_cfg, {str(k): v for k, v in chance.items()}
     )
     written += figures.accuracy_per_strategy(runs, fig_dir / "accuracy_per_strategy", report_cfg)
     written += _class_figures(runs, summary, report_cfg, fig_dir)
     written += _paired_tables(runs, report_cfg, out_dir / "paired")
-    written += write_dvc_views(summary, histories, out_dir)
+    written += write_dvc_views(summary, histories, out_dir, report_cfg["metric"])
     return written
+
+
+def chance_levels(runs: pd.DataFrame) -> dict[Any, float]:
+    """Per dataset, the chance level of the headline metric: one over the number of classes
+    (accuracy), or the mAP of a constant predictor, the labels' prevalence (multi-label; the
+    mean over the runs' test sets)."""
+    chance: dict[Any, float] = {}
+    for dataset, part in runs.groupby("dataset", sort=False):
+        if (part["task"] == "multilabel").all() and "chance_mAP" in part:
+            chance[dataset] = float(pd.to_numeric(part["chance_mAP"]).mean())
+        elif "classes" in part:
+            chance[dataset] = 1.0 / float(part["classes"].max())
+    return chance
 
 
 def _paired_tables(runs: pd.DataFrame, report_cfg: Mapping[str, Any], out_stem: Path) -> list:
@@ -107,11 +125,27 @@ def _paired_tables(runs: pd.DataFrame, report_cfg: Mapping[str, Any], out_stem: 
 
     metric = report_cfg["metric"]
     within = [c for c in group_columns(runs) if c != "strategy"]  # dataset, model[, env]
-    comparisons = paired_comparisons(runs, metric, within, overlap_ratios(runs))
+    # Folds pair over folds and seeds; an official split's one test set pairs over its clips.
+    official = runs["split"] == "official"
+    comparisons = paired_comparisons(runs[~official], metric, within, overlap_ratios(runs))
     if comparisons.empty:
         comparisons = pd.DataFrame(columns=["dataset", "model", "strategy", "significant"])
     scale = 100.0 if is_fraction(metric) else 1.0
-    return write_comparison_tables(comparisons, metric, scale, out_stem)
+    if comparisons.empty and official.any():  # one kind of table only: the test set's
+        from audiopetl.core.atomic import write_text
+
+        written = [out_stem.parent / f"{out_stem.name}{s}" for s in (".csv", ".md", ".tex")]
+        for path in written:
+            write_text(path, "")
+    else:
+        written = write_comparison_tables(comparisons, metric, scale, out_stem)
+    if official.any():
+        from audiopetl.report.pairing import append_tables, test_set_comparisons
+
+        on_test_set = test_set_comparisons(runs[official], within)
+        if not on_test_set.empty:
+            written = append_tables(on_test_set, metric, scale, written)
+    return written
 
 
 def expected_outputs(cfg: Mapping[str, Any], out_dir: Path) -> list[Path]:
@@ -122,7 +156,10 @@ def expected_outputs(cfg: Mapping[str, Any], out_dir: Path) -> list[Path]:
     combos = [(d, m) for d in cfg["study"]["datasets"] for m in cfg["study"]["models"]]
     for dataset, model in combos:
         suffix = "" if len(combos) == 1 else f"-{dataset}-{model}"
-        names += [f"confusion_matrix{suffix}", f"per_class_f1{suffix}"]
+        if (cfg["datasets"][dataset].get("task") or "multiclass") == "multilabel":
+            names.append(f"per_class_ap{suffix}")
+        else:
+            names += [f"confusion_matrix{suffix}", f"per_class_f1{suffix}"]
     tables = [
         out_dir / f"{stem}.{ext}"
         for stem, ext in (

@@ -84,8 +84,11 @@ def confusion_matrix(
 # ---------------------------------------------------------------------------- per-class F1
 
 
-def per_class_f1_table(runs_metrics: Mapping[str, Sequence[Mapping[str, Any]]]) -> pd.DataFrame:
-    """Classes x strategies: test F1 averaged over each strategy's runs, in percent."""
+def per_class_f1_table(
+    runs_metrics: Mapping[str, Sequence[Mapping[str, Any]]], field: str = "f1"
+) -> pd.DataFrame:
+    """Classes x strategies: a per-class test metric (``f1``; ``ap``, a multi-label run's
+    average precision) averaged over each strategy's runs, in percent."""
     columns = {}
     names: list[str] | None = None
     for strategy, runs in runs_metrics.items():
@@ -95,10 +98,13 @@ def per_class_f1_table(runs_metrics: Mapping[str, Sequence[Mapping[str, Any]]]) 
         if names is not None and run_names != names:
             raise DataError(f"strategy {strategy!r} has other classes than the others")
         names = run_names
-        f1 = [[_test_metrics(r)["per_class"][c]["f1"] for c in names] for r in runs]
-        columns[str(strategy)] = 100.0 * np.mean(f1, axis=0)
+        values = [
+            [_test_metrics(r)["per_class"][c][field] for c in names] for r in runs
+        ]  # a class without positives in a run has no AP: left out of its mean
+        array = np.array([[np.nan if v is None else v for v in row] for row in values], float)
+        columns[str(strategy)] = 100.0 * np.nanmean(array, axis=0)
     if names is None:
-        raise DataError("per_class_f1: no runs given")
+        raise DataError(f"per_class_{field}: no runs given")
     return pd.DataFrame(columns, index=pd.Index(names, name="class"))
 
 
@@ -106,12 +112,15 @@ def per_class_f1(
     runs_metrics: Mapping[str, Sequence[Mapping[str, Any]]],
     out: Path,
     report_cfg: Mapping[str, Any] | None = None,
+    field: str = "f1",
 ) -> list[Path]:
-    """A classes x strategies heatmap of the per-class test F1 (mean over folds), classes
-    sorted from easiest to hardest so the hard ones group together even with 50 classes."""
-    table = per_class_f1_table(runs_metrics)
+    """A classes x strategies heatmap of the per-class test F1 (a multi-label study's: its
+    average precision, ``field="ap"``), mean over runs, classes sorted from easiest to
+    hardest so the hard ones group together even with 50 classes."""
+    table = per_class_f1_table(runs_metrics, field)
     order = table.mean(axis=1).sort_values(ascending=False, kind="stable").index
     table = table.loc[order]
+    label = {"f1": "F1", "ap": "AP"}[field]
     with thesis_style(report_cfg) as cfg:
         n_classes, n_strategies = table.shape
         width = float(cfg["text_width_in"])
@@ -128,12 +137,12 @@ def per_class_f1(
             annot=n_classes * n_strategies <= MAX_ANNOTATED_CELLS,
             fmt=".0f",
             annot_kws={"fontsize": small},
-            cbar_kws={"label": "F1 (%)"},
+            cbar_kws={"label": f"{label} (%)"},
             yticklabels=True,  # every class, not every other one
         )
         ax.tick_params(axis="y", labelsize=small, length=0, rotation=0)
         ax.tick_params(axis="x", length=0)
         ax.set_xlabel("Strategy")
         ax.set_ylabel("Class")
-        ax.set_title("Per-class test F1")
+        ax.set_title(f"Per-class test {label}")
         return save_figure(fig, out, cfg)

@@ -6,9 +6,10 @@ draws one ``y`` column per file, with one line per file. So the report also writ
 - ``metrics.json``: ``{dataset: {model: {strategy: {n_runs, trainable_params, test_*,
   test_*_std}}}}``, the test metrics as mean (and std) over folds and seeds;
 - ``plots/learning_curves/{configuration}.csv``: per epoch, the mean over folds and seeds of
-  ``train_loss``, ``val_loss`` and ``val_accuracy``; one file per configuration;
+  ``train_loss``, ``val_loss``, ``val_accuracy`` and ``val_metric`` (the model-selection
+  metric); one file per configuration;
 - ``plots/accuracy_vs_params.csv``: one row per configuration, trainable parameters against
-  test accuracy.
+  the headline test metric (``test_metric``: accuracy; mAP for a multi-label study).
 
 Every number comes from the same summary and histories as the tables and figures.
 """
@@ -29,7 +30,7 @@ METRICS_FILE = "metrics.json"
 PLOTS_DIR = "plots"
 CURVES_DIR = "learning_curves"
 ACCURACY_VS_PARAMS = "accuracy_vs_params.csv"
-CURVE_COLUMNS = ("train_loss", "val_loss", "val_accuracy")
+CURVE_COLUMNS = ("train_loss", "val_loss", "val_accuracy", "val_metric")
 CONFIG_KEYS = ("dataset", "model", "strategy")
 
 
@@ -95,16 +96,24 @@ def _learning_curves(histories: pd.DataFrame) -> dict[tuple[str, str, str], pd.D
     return curves
 
 
-def write_dvc_views(summary: pd.DataFrame, histories: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Write metrics.json and the plot data under ``out_dir``; return the paths written."""
+def write_dvc_views(
+    summary: pd.DataFrame, histories: pd.DataFrame, out_dir: Path, metric: str = "accuracy"
+) -> list[Path]:
+    """Write metrics.json and the plot data under ``out_dir``; return the paths written.
+    ``metric``: the headline (accuracy, or a multi-label study's mAP), plotted as test_metric."""
     out_dir = Path(out_dir)
     written = [out_dir / METRICS_FILE]
     write_json(written[0], _metrics_document(summary))
 
-    table = summary[[*CONFIG_KEYS, "trainable_params_mean", "test_accuracy_mean"]].rename(
-        columns={"trainable_params_mean": "trainable_params", "test_accuracy_mean": "test_accuracy"}
+    table = summary[[*CONFIG_KEYS, "trainable_params_mean"]].rename(
+        columns={"trainable_params_mean": "trainable_params"}
     )
-    table["test_accuracy_std"] = summary["test_accuracy_std"]
+    for name in dict.fromkeys(("accuracy", metric)):
+        if f"test_{name}_mean" in summary:
+            table[f"test_{name}"] = summary[f"test_{name}_mean"]
+            table[f"test_{name}_std"] = summary[f"test_{name}_std"]
+    table["test_metric"] = summary[f"test_{metric}_mean"]
+    table["test_metric_std"] = summary[f"test_{metric}_std"]
     target = out_dir / PLOTS_DIR / ACCURACY_VS_PARAMS
     write_text(target, table.to_csv(index=False, lineterminator="\n"))
     written.append(target)

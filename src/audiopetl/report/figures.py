@@ -46,6 +46,11 @@ def metric_label(metric: str) -> str:
     return f"{label} (%)" if is_fraction(name) else label
 
 
+def in_sentence(label: str) -> str:
+    """A label after another word: "Macro F1" -> "macro F1"; "mAP", "AUC" stay as written."""
+    return label[:1].lower() + label[1:]
+
+
 def _scale(metric: str) -> float:
     return 100.0 if is_fraction(metric) else 1.0
 
@@ -208,7 +213,7 @@ def learning_curves(
                 scale = _scale(val_name) if column == "val_metric" else 1.0
                 _curve_panel(ax, part, column, colors, scale)
                 if column == "val_metric":
-                    ax.set_ylabel(f"Validation {metric_label(val_name).lower()}")
+                    ax.set_ylabel(f"Validation {in_sentence(metric_label(val_name))}")
                     ax.set_title(f"Validation · {title}" if title else "Validation")
                 else:
                     ax.set_ylabel("Training loss")
@@ -323,7 +328,7 @@ def accuracy_vs_params(
             ax.xaxis.set_minor_formatter(ticker.NullFormatter())
             ax.margins(x=0.15, y=0.15)
             ax.set_xlabel("Trainable parameters (log scale)")
-            ax.set_ylabel(f"Test {metric_label(metric).lower()}")
+            ax.set_ylabel(f"Test {in_sentence(metric_label(metric))}")
             _percent_axis(ax, metric)
             if len(datasets) > 1:
                 ax.set_title(str(dataset))
@@ -400,7 +405,7 @@ def accuracy_per_strategy(
                 )
             ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 6 else 0)
             ax.set_xlabel("Strategy")
-            ax.set_ylabel(f"Test {metric_label(metric).lower()}")
+            ax.set_ylabel(f"Test {in_sentence(metric_label(metric))}")
             _percent_axis(ax, metric)
             if len(datasets) > 1:
                 ax.set_title(str(dataset))

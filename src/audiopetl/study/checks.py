@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from audiopetl.data.datasets import get_kind
+from audiopetl.data.splits import get_scheme
 from audiopetl.models.backbones import DEFAULT_KIND, get_backbone
 
 Where = Callable[[list[str | int]], str]
@@ -47,6 +48,8 @@ def folds_exist(cfg: Mapping[str, Any], where: Where, training: bool) -> list[st
     declared = {}
     for name in cfg["study"]["datasets"]:
         dataset = cfg["datasets"][name]
+        if (dataset.get("split") or {}).get("scheme", "folds") != "folds":
+            continue  # an official split has no folds; sessions and speakers come from the data
         declared[name] = get_kind(dataset["kind"]).folds(dataset[dataset["kind"]])
         for i, fold in enumerate(cfg["study"]["folds"]):
             if declared[name] is not None and fold > declared[name]:
@@ -58,6 +61,61 @@ def folds_exist(cfg: Mapping[str, Any], where: Where, training: bool) -> list[st
     if split != "train_test" and any((n or 3) < 3 for n in declared.values()):
         problems.append(f"{where(['training', 'split'])}: {split} needs at least 3 folds")
     return problems
+
+
+def splits_fit_datasets(cfg: Mapping[str, Any], where: Where, training: bool) -> list[str]:
+    """A dataset's kind can make its task and split scheme, its scheme can serve the training
+    split rule, and the model-selection metric suits its task."""
+    problems = []
+    names = cfg["study"]["datasets"] if training else list(cfg["datasets"])
+    for name in dict.fromkeys(names):
+        dataset = cfg["datasets"][name]
+        kind = get_kind(dataset["kind"])
+        task = dataset.get("task", "multiclass")
+        scheme = (dataset.get("split") or {}).get("scheme", "folds")
+        if task not in kind.tasks:
+            problems.append(
+                f"{where(['datasets', name, 'task'])}: a {kind.kind} dataset is "
+                f"{' or '.join(kind.tasks)}"
+            )
+        if scheme not in kind.schemes:
+            problems.append(
+                f"{where(['datasets', name, 'split', 'scheme'])}: a {kind.kind} dataset splits by "
+                f"{', '.join(kind.schemes)}, not {scheme}"
+            )
+        if not training or name not in cfg["study"]["datasets"]:
+            continue
+        for strategy in cfg["study"]["strategies"]:
+            own = cfg["strategies"][strategy].get("training") or {}
+            settings = {**cfg["training"], **own}
+            path = ["strategies", strategy, "training"] if own else ["training"]
+            rule = settings["split"]
+            if rule not in get_scheme(scheme).rules:
+                problems.append(
+                    f"{where([*path, 'split'])}: {rule} does not apply to dataset {name!r}, "
+                    f"which splits by {scheme} ({', '.join(get_scheme(scheme).rules)})"
+                )
+            metric = settings["select_metric"]
+            if task == "multilabel" and metric in MULTICLASS_METRICS:
+                problems.append(
+                    f"{where([*path, 'select_metric'])}: {metric} is a single-label metric; "
+                    f"dataset {name!r} is multi-label: select on mAP (or loss)"
+                )
+            if task == "multiclass" and metric in MULTILABEL_METRICS:
+                problems.append(
+                    f"{where([*path, 'select_metric'])}: {metric} is a multi-label metric; "
+                    f"dataset {name!r} is multiclass"
+                )
+    if training:
+        headline = cfg["report"]["metric"]
+        tasks = {cfg["datasets"][n].get("task", "multiclass") for n in cfg["study"]["datasets"]}
+        if headline in (*MULTILABEL_METRICS, "macro_auc") and "multiclass" in tasks:
+            problems.append(
+                f"{where(['report', 'metric'])}: {headline} is a multi-label metric and the "
+                "study has single-label datasets: accuracy, balanced_accuracy, macro_f1 or "
+                "top5_accuracy"
+            )
+    return list(dict.fromkeys(problems))
 
 
 def masks_fit_front_ends(cfg: Mapping[str, Any], where: Where, training: bool) -> list[str]:
@@ -82,4 +140,6 @@ def masks_fit_front_ends(cfg: Mapping[str, Any], where: Where, training: bool) -
     return list(dict.fromkeys(problems))
 
 
-CHECKS = (strategies_fit_models, folds_exist, masks_fit_front_ends)
+MULTICLASS_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+MULTILABEL_METRICS = ("mAP",)
+CHECKS = (strategies_fit_models, folds_exist, splits_fit_datasets, masks_fit_front_ends)

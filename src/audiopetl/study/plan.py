@@ -21,6 +21,9 @@ import yaml
 from audiopetl.core.errors import DataError
 from audiopetl.core.settings import TrainingSettings
 from audiopetl.data.datasets import get_kind
+from audiopetl.data.splits import get_scheme
+from audiopetl.data.splits.base import fold_of
+from audiopetl.data.splits.folds import split_folds
 from audiopetl.study.measure import Throughput, given_throughput, measure_throughput
 from audiopetl.study.resources import describe_resources, job_resources, runtime_of
 from audiopetl.study.study import Study
@@ -41,7 +44,7 @@ class TrainingJob:
     model: str
     strategy: str
     seed: int
-    fold: int  # the test fold
+    split: str  # fold3, official
     settings: TrainingSettings  # training settings of the run
     clips: tuple[int, int, int]  # train, validation, test clips
 
@@ -49,19 +52,18 @@ class TrainingJob:
     def name(self) -> str:
         if self.rule == "pretrain":
             return f"pretrain {self.model} ({self.dataset})"
-        return f"train {self.dataset}/{self.model}/{self.strategy}/seed{self.seed}/fold{self.fold}"
+        return f"train {self.dataset}/{self.model}/{self.strategy}/seed{self.seed}/{self.split}"
 
 
-def fold_sizes(study: Study, dataset: str) -> tuple[dict[int, int], int]:
-    """Clips per fold and the number of classes: from the manifest when the dataset has been
-    fetched, else from what its kind says of its settings."""
+def dataset_shape(study: Study, dataset: str) -> tuple[Any, int]:
+    """The dataset's manifest when it has been fetched (else None) and its number of classes
+    (from the manifest, else from what its kind says of its settings)."""
     path = study.manifest_path(dataset)
     if path.is_file():
-        import pandas as pd
+        from audiopetl.data.manifest import class_names, read_manifest
 
-        manifest = pd.read_csv(path, usecols=["fold", "label"])
-        counts = manifest["fold"].value_counts()
-        return {int(f): int(n) for f, n in counts.items()}, int(manifest["label"].max()) + 1
+        manifest = read_manifest(path)
+        return manifest, len(class_names(manifest))
     settings = study.dataset(dataset)
     planned = get_kind(settings.kind).planned_sizes(settings.options)
     if planned is None:
@@ -69,30 +71,40 @@ def fold_sizes(study: Study, dataset: str) -> tuple[dict[int, int], int]:
             f"{path}: not found; a {settings.kind} dataset's size comes from its files: run "
             f"`audiopetl fetch {dataset}` first"
         )
-    return planned
+    return None, planned[1]
 
 
-def split_clips(sizes: Mapping[int, int], test_fold: int, scheme: str) -> tuple[int, int, int]:
-    from audiopetl.training.data import split_folds
-
-    splits = split_folds(list(sizes), test_fold, scheme)
-    return tuple(sum(sizes[f] for f in part) for part in (splits.train, splits.val, splits.test))
+def split_clips(study: Study, dataset: str, split: str, rule: str) -> tuple[int, int, int]:
+    """Training, validation and test clips of one split: by the dataset's scheme over its
+    manifest, or (not fetched yet) from its kind's planned fold sizes."""
+    settings = study.dataset(dataset)
+    manifest, _ = dataset_shape(study, dataset)
+    if manifest is not None:
+        return get_scheme(settings.scheme).splits(manifest, split, rule).sizes()
+    planned = get_kind(settings.kind).planned_parts(settings.options, settings.scheme)
+    if planned is not None:
+        sizes, test = planned
+        folds = split_folds(list(sizes), test if split == "official" else fold_of(split), rule)
+        return tuple(sum(sizes[f] for f in part) for part in (folds.train, folds.val, folds.test))
+    raise DataError(
+        f"{study.manifest_path(dataset)}: not found; dataset {dataset!r}'s "
+        f"{settings.scheme} split comes from its files: run `audiopetl fetch {dataset}` first"
+    )
 
 
 def study_jobs(study: Study) -> list[TrainingJob]:
     """Every training job of the study: each model's source-task pretraining, then one run per
-    dataset x model x strategy x seed x fold, in the workflow's order."""
+    dataset x model x strategy x seed x split, in the workflow's order."""
     matrix = study.config["study"]
-    sizes = {d: fold_sizes(study, d)[0] for d in matrix["datasets"]}
     jobs: list[TrainingJob] = []
     for model in matrix["models"]:
         pretrain = study.model(model).pretrain
         if pretrain is not None:
-            source = fold_sizes(study, pretrain.dataset)[0]
-            clips = split_clips(source, 1, "train_test")
+            split = study.split_names(pretrain.dataset, [1])[0]
+            clips = split_clips(study, pretrain.dataset, split, "train_test")
             settings = study.pretraining(model)
             job = TrainingJob(
-                "pretrain", pretrain.dataset, model, pretrain.strategy, pretrain.seed, 1,
+                "pretrain", pretrain.dataset, model, pretrain.strategy, pretrain.seed, split,
                 settings, clips,
             )  # fmt: skip
             jobs.append(job)
@@ -101,9 +113,9 @@ def study_jobs(study: Study) -> list[TrainingJob]:
             for s in matrix["strategies"]:
                 settings = study.training(s)
                 for seed in matrix["seeds"]:
-                    for fold in matrix["folds"]:
-                        clips = split_clips(sizes[d], fold, settings.split)
-                        jobs.append(TrainingJob("train", d, m, s, seed, fold, settings, clips))
+                    for split in study.split_names(d):
+                        clips = split_clips(study, d, split, settings.split)
+                        jobs.append(TrainingJob("train", d, m, s, seed, split, settings, clips))
     return jobs
 
 
@@ -174,7 +186,7 @@ def make_plan(
         elif measure:
             key = (job.dataset, job.model, job.strategy, job.rule)
             if key not in measured:
-                classes = fold_sizes(study, job.dataset)[1]
+                classes = dataset_shape(study, job.dataset)[1]
                 measured[key] = measure_throughput(study, job, num_classes=classes)
             throughput = measured[key]
         seconds = attempts = None

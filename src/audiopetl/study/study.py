@@ -18,8 +18,10 @@ from typing import Any
 from audiopetl.core.checksums import stable_hash
 from audiopetl.core.config import DEFAULT_CONFIG, apply_overrides, closest, load_config
 from audiopetl.core.errors import ConfigError, TrainingError
-from audiopetl.core.paths import PRETRAINED, Layout
+from audiopetl.core.paths import PRETRAINED, Layout, split_name
 from audiopetl.core.settings import (
+    DEFAULT_SPLIT,
+    DEFAULT_TASK,
     CacheSettings,
     ClipSettings,
     DatasetSettings,
@@ -33,6 +35,7 @@ from audiopetl.core.settings import (
     thaw,
 )
 from audiopetl.data.datasets import get_kind
+from audiopetl.data.splits import get_scheme
 from audiopetl.features import FEATURE_VERSION
 from audiopetl.models.backbones import get_backbone
 from audiopetl.study.checks import CHECKS
@@ -101,7 +104,17 @@ class Study:
         block = _named(self.config["datasets"], name, "datasets", "dataset")
         kind = get_kind(block["kind"])
         options = block[block["kind"]]
+        task = block.get("task", DEFAULT_TASK)
+        split = {**DEFAULT_SPLIT, **(block.get("split") or {})}
+        if split["scheme"] == "official":
+            split = {"validation_share": 0.1, "validation_seed": 0, **split}
         identity = kind.identity(options)
+        # The task and the split scheme decide the manifest too; at their defaults they are
+        # left out, so the folders of datasets defined before they existed keep their names.
+        if task != DEFAULT_TASK:
+            identity["task"] = task
+        if split != DEFAULT_SPLIT:
+            identity["split"] = split
         named = dict(identity)
         if kind.skip_bad_decides_files:
             named["skip_bad"] = self.config["data"]["skip_bad"]
@@ -113,6 +126,8 @@ class Study:
             identity=Frozen(identity),
             data_id=stable_hash(named, 10),
             folds=kind.folds(options),
+            task=task,
+            split=Frozen(split),
         )
 
     def features(self, dataset: str, model: str | None = None) -> FeatureSettings:
@@ -219,13 +234,15 @@ class Study:
         dataset: str,
         model: str,
         strategy: str,
-        fold: int,
+        split: int | str,
         seed: int,
         out: Path | None = None,
         pretrained: Any = RESOLVE,
     ) -> RunSettings:
-        """One run's settings. ``pretrained``: where its weights come from (a folder or a hub
+        """One run's settings. ``split``: a name of :meth:`split_names` (fold3, official), or
+        a test fold's number. ``pretrained``: where its weights come from (a folder or a hub
         id; None: at random); by default what :meth:`weights_source` says."""
+        split = split_name(split)
         features = self.features(dataset, model)
         return RunSettings(
             dataset=self.dataset(dataset),
@@ -233,9 +250,9 @@ class Study:
             model=self.model(model),
             strategy=self.strategy(strategy),
             training=self.training(strategy),
-            fold=int(fold),
+            split=split,
             seed=int(seed),
-            out=self.run_dir(dataset, model, strategy, fold, seed) if out is None else out,
+            out=self.run_dir(dataset, model, strategy, split, seed) if out is None else out,
             cache=self.layout.cache(dataset, features.feature_id),
             manifest=self.manifest_path(dataset),
             pretrained=self.weights_source(model) if pretrained is RESOLVE else pretrained,
@@ -263,7 +280,7 @@ class Study:
             model=source,
             strategy=self.strategy(pretrain.strategy),
             training=self.pretraining(model),
-            fold=1,
+            split=self.split_names(pretrain.dataset, [1])[0],
             seed=pretrain.seed,
             out=self.layout.pretrain_dir(model) if out is None else out,
             cache=self.layout.cache(pretrain.dataset, features.feature_id),
@@ -309,20 +326,26 @@ class Study:
         return self.layout.data_report(dataset, self.features(dataset).feature_id)
 
     def run_dir(
-        self, dataset: str, model: str, strategy: str, fold: int | str, seed: int | str
+        self, dataset: str, model: str, strategy: str, split: int | str, seed: int | str
     ) -> Path:
-        return self.layout.run_dir(dataset, model, strategy, fold, seed)
+        return self.layout.run_dir(dataset, model, strategy, split, seed)
+
+    def split_names(self, dataset: str, folds: Iterable[int] | None = None) -> list[str]:
+        """The splits a study runs of ``dataset``: one per study fold (``folds``, default the
+        study's) for rotating folds, or its one official split."""
+        scheme = get_scheme(self.dataset(dataset).scheme)
+        return scheme.names(list(self.config["study"]["folds"] if folds is None else folds))
 
     def runs(self) -> list[Path]:
         """Every run folder of the configured study matrix, in the study's order."""
         study = self.config["study"]
         return [
-            self.run_dir(d, m, s, f, seed)
+            self.run_dir(d, m, s, split, seed)
             for d in study["datasets"]
             for m in study["models"]
             for s in study["strategies"]
             for seed in study["seeds"]
-            for f in study["folds"]
+            for split in self.split_names(d)
         ]
 
     def datasets(self) -> list[str]:
@@ -365,7 +388,7 @@ def recorded_run(
             names["dataset"],
             names["model"],
             names["strategy"],
-            int(names["fold"]),
+            names.get("split") or int(names["fold"]),
             int(names["seed"]),
             out=run_dir,
             pretrained=names.get("pretrained"),

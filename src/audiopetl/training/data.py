@@ -1,48 +1,21 @@
-"""A run's data: its train, validation and test clips read from the feature cache, checked
-against the manifest they were built from, and served to the device in batches in an order
-that depends on the seed and the epoch only."""
+"""A run's data: its train, validation and test clips (its dataset's split scheme applied to
+the manifest) read from the feature cache, checked against the manifest they were built from,
+and served to the device in batches in an order that depends on the seed and the epoch only."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from audiopetl.core.checksums import file_sha256
 from audiopetl.core.errors import TrainingError
 from audiopetl.core.settings import RunSettings
-from audiopetl.features.cache import FeatureSet, cache_folds, read_folds, read_metadata
-
-
-@dataclass
-class Splits:
-    train: list[int]
-    val: list[int]
-    test: list[int]
-
-
-# Where a train/validation/test split takes its validation fold from, relative to the test
-# fold, cyclically: the next fold (HEAR's rotation) or the one before (PETL_AST's: test fold 5
-# validates on fold 4, test fold 1 on fold 5).
-VALIDATION_STEP = {"train_val_test": 1, "train_val_test_before": -1}
-
-
-def split_folds(folds: Sequence[int], test_fold: int, scheme: str) -> Splits:
-    """train/val/test with val = the fold after the test fold (train_val_test), or the fold
-    before it (train_val_test_before); or train/test (train_test). Folds wrap around."""
-    folds = sorted(folds)
-    if test_fold not in folds:
-        raise TrainingError(f"fold {test_fold} is not among the dataset's folds {folds}")
-    if scheme == "train_test":
-        return Splits([f for f in folds if f != test_fold], [], [test_fold])
-    if len(folds) < 3:
-        raise TrainingError(f"training.split {scheme} needs 3 folds, the data has {folds}")
-    step = VALIDATION_STEP[scheme]
-    val_fold = folds[(folds.index(test_fold) + step) % len(folds)]
-    train = [f for f in folds if f not in (test_fold, val_fold)]
-    return Splits(train, [val_fold], [test_fold])
+from audiopetl.data.manifest import check_manifest, label_sets, read_manifest
+from audiopetl.data.splits import Splits, get_scheme
+from audiopetl.features.cache import FeatureSet, read_clips, read_metadata
 
 
 @dataclass
@@ -57,8 +30,8 @@ class RunData:
 
 
 def load_run_data(run: RunSettings) -> RunData:
-    """The run's splits from its cache, after checking that the cache holds its features and
-    was built from the manifest on disk."""
+    """The run's splits, by its dataset's split scheme over the manifest, read from its cache
+    after checking that the cache holds its features and was built from that manifest."""
     path, manifest = run.cache, run.manifest
     meta = read_metadata(path)
     if meta["features"] != run.features.record():
@@ -80,19 +53,47 @@ def load_run_data(run: RunSettings) -> RunData:
         "manifest_sha256": meta["manifest_sha256"],
         "rows": meta.get("rows"),
     }
-    splits = split_folds(cache_folds(path), run.fold, run.training.split)
-    train = read_folds(path, splits.train)
-    val = read_folds(path, splits.val) if splits.val else None
-    test = read_folds(path, splits.test)
-    if len(train) == 0 or len(test) == 0:
-        raise TrainingError(f"{path}: empty split {splits}")
-    return RunData(train, val, test, splits, list(meta["class_names"]), record)
+    table = read_manifest(manifest)
+    table = check_manifest(table, str(manifest), task=run.dataset.task)
+    scheme = get_scheme(run.dataset.scheme)
+    scheme.check(table, str(manifest), run.dataset.split)
+    splits = scheme.splits(table, run.split, run.training.split)
+    class_names = list(meta["class_names"])
+    sets = dict(zip(table["clip_id"], label_sets(table), strict=True))
+    parts = [
+        _with_targets(read_clips(path, ids), sets, len(class_names), run.dataset.multilabel)
+        if ids
+        else None
+        for ids in (splits.train, splits.val, splits.test)
+    ]
+    train, val, test = parts
+    if train is None or test is None or len(train) == 0 or len(test) == 0:
+        raise TrainingError(
+            f"{path}: empty split: {len(splits.train)} training clips, "
+            f"{len(splits.test)} test clips ({splits.record})"
+        )
+    return RunData(train, val, test, splits, class_names, record)
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+def _with_targets(
+    data: FeatureSet, sets: dict[str, list[int]], n_classes: int, multilabel: bool
+) -> FeatureSet:
+    """A multi-label set's (N, classes) targets from the manifest's label sets."""
+    if multilabel:
+        hot = np.zeros((len(data), n_classes), dtype=np.uint8)
+        for row, clip in enumerate(data.clip_ids):
+            hot[row, sets[clip]] = 1
+        data.targets = torch.from_numpy(hot)
+    return data
+
+
+def epoch_order(n: int, seed: int, epoch: int, weights: torch.Tensor | None = None) -> torch.Tensor:
     """The data order of an epoch depends on seed and epoch only, so a resumed run can
-    regenerate it and skip what it already consumed."""
+    regenerate it and skip what it already consumed: a permutation, or with ``weights`` (the
+    balanced sampler) ``n`` clips drawn with replacement in proportion to them."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    if weights is not None:
+        return torch.multinomial(weights.double(), n, replacement=True, generator=generator)
     return torch.randperm(n, generator=generator)
 
 
@@ -103,8 +104,10 @@ class BatchSource:
 
     def __init__(self, data: FeatureSet, device: torch.device, on_device: bool) -> None:
         self.device = device
+        # A multi-label set's targets are its 0/1 rows; a multiclass one's its labels.
+        labels = data.labels if data.targets is None else data.targets
         self.features = data.features.to(device) if on_device else data.features
-        self.labels = data.labels.to(device) if on_device else data.labels
+        self.labels = labels.to(device) if on_device else labels
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         idx = idx.to(self.features.device)

@@ -73,7 +73,9 @@ def evaluate_run(
     model_dir = run_dir / "model"
     trainer.strategy.load(trainer.model, model_dir)
     _check_finite(trainer.model, model_dir)
-    loss, metrics, logits = trainer.evaluate_split(trainer.test)
+    reported_all = json.loads((run_dir / "metrics.json").read_text())
+    threshold = (reported_all.get("test") or {}).get("threshold")
+    loss, metrics, logits = trainer.evaluate_split(trainer.test, threshold=threshold)
     stored = pq.read_table(run_dir / "predictions.parquet")
     if stored.column("clip_id").to_pylist() != trainer.test.clip_ids:
         raise TrainingError(f"{run_dir}: the test clips differ from those of the stored run")
@@ -86,7 +88,8 @@ def evaluate_run(
         _check_finite(exported, model_dir)
         trainer.model = exported.to(trainer.device)
         export_diff = float(np.abs(stored_logits - trainer.predict(trainer.test).numpy()).max())
-    reported = json.loads((run_dir / "metrics.json").read_text())["test"]
+    reported = reported_all["test"]
+    headline = "mAP" if trainer.multilabel else "accuracy"
     result = {
         "run": str(run_dir),
         "device": str(trainer.device),
@@ -96,14 +99,14 @@ def evaluate_run(
         "export_max_abs_logit_difference": export_diff,
         "matches_reported": diff <= LOGIT_TOLERANCE
         and (export_diff is None or export_diff <= EXPORT_TOLERANCE)
-        and abs(reported["accuracy"] - metrics["accuracy"]) < 1e-12,
+        and abs(reported[headline] - metrics[headline]) < 1e-12,
     }
     write_json(out or run_dir / "evaluation.json", result)
     if not result["matches_reported"]:
         export = "" if export_diff is None else f", exported adapter {export_diff:.3g}"
         raise TrainingError(
             f"{run_dir}: re-evaluation disagrees with the stored run (max logit difference "
-            f"{diff:.3g}{export}, accuracy {metrics['accuracy']:.4f} vs reported "
-            f"{reported['accuracy']:.4f})"
+            f"{diff:.3g}{export}, {headline} {metrics[headline]:.4f} vs reported "
+            f"{reported[headline]:.4f})"
         )
     return result

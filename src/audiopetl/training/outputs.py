@@ -9,17 +9,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
 from audiopetl.core import provenance
 from audiopetl.core.errors import TrainingError
 from audiopetl.core.settings import thaw
 from audiopetl.process import timings
+from audiopetl.training.multilabel import DEFAULT_THRESHOLD, chance_map, choose_threshold
 from audiopetl.training.run_folder import RunOutputs, write_run_folder
 from audiopetl.training.state import TrainState
 
 if TYPE_CHECKING:
     from audiopetl.training.trainer import Trainer
+
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,17 @@ def selected_by(trainer: Trainer) -> str:
     return f"val_{trainer.training.select_metric}"
 
 
+def choose_on_validation(trainer: Trainer) -> float | None:
+    """A multi-label run's decision threshold: the one that maximises macro F1 on its
+    validation set (the test set never chooses it), else the training one; None multiclass."""
+    if not trainer.multilabel:
+        return None
+    if trainer.val is None:
+        return DEFAULT_THRESHOLD
+    scores = torch.sigmoid(trainer.predict(trainer.val)).numpy()
+    return choose_threshold(trainer.val.targets.numpy(), scores)
+
+
 def write(
     trainer: Trainer,
     state: TrainState,
@@ -41,13 +55,21 @@ def write(
     """Score the model as it is now on the test (and validation) split, guard against a run
     at chance, and write the run folder; returns metrics.json's content."""
     run = trainer.run
-    test_loss, test_metrics, logits = trainer.evaluate_split(trainer.test)
+    threshold = choose_on_validation(trainer)
+    test_loss, test_metrics, logits = trainer.evaluate_split(trainer.test, threshold=threshold)
     val_metrics = (
-        trainer.evaluate_split(trainer.val, "validation")[1] if trainer.val is not None else None
+        trainer.evaluate_split(trainer.val, "validation", threshold)[1]
+        if trainer.val is not None
+        else None
     )
-    chance = 1.0 / len(trainer.class_names)
+    # Chance: a uniform guess (multiclass accuracy), a constant score (multi-label mAP).
+    headline = "mAP" if trainer.multilabel else "accuracy"
+    if trainer.multilabel:
+        chance = chance_map(trainer.test.targets.numpy())
+    else:
+        chance = 1.0 / len(trainer.class_names)
     margin = trainer.training.min_accuracy_over_chance
-    at_chance = test_metrics["accuracy"] <= chance + (margin or 0.0)
+    at_chance = test_metrics[headline] <= chance + (margin or 0.0)
     metrics = {
         **run.names,
         "best_epoch": state.best_epoch if trainer.test_from_best else state.epoch,
@@ -64,23 +86,26 @@ def write(
         "val": val_metrics,
         "at_chance": at_chance,
     }
+    if trainer.multilabel:
+        metrics.update(task="multilabel", chance_mAP=chance)
     if at_chance and margin is None:
         log.warning(
-            "run %s: test accuracy %.4f is at chance level (%.4f); the guard is "
+            "run %s: test %s %.4f is at chance level (%.4f); the guard is "
             "off (training.min_accuracy_over_chance: null)",
             run.out,
-            test_metrics["accuracy"],
+            headline,
+            test_metrics[headline],
             chance,
         )
     elif at_chance:
         raise TrainingError(
-            f"run {run.out}: test accuracy {test_metrics['accuracy']:.4f} is not above "
+            f"run {run.out}: test {headline} {test_metrics[headline]:.4f} is not above "
             f"chance ({chance:.4f}) by more than training.min_accuracy_over_chance = "
             f"{margin}: check the learning rate, the data and the history in {run.resume_dir}"
         )
     record = provenance.run_record(
         cfg=thaw(run.config),
-        run={**run.names, "pretrained": run.pretrained, "splits": vars(trainer.splits)},
+        run={**run.names, "pretrained": run.pretrained, "splits": dict(trainer.splits.record)},
         device=trainer.device,
         determinism=trainer.determinism,
         runtime=trainer.runtime.record(),
@@ -103,6 +128,7 @@ def write(
             history=state.history,
             test=trainer.test,
             logits=logits,
+            threshold=threshold,
             metrics=metrics,
             provenance=record,
             execution=execution,

@@ -54,6 +54,7 @@ class RunOutputs:
     provenance: dict[str, Any]  # run.json
     execution: dict[str, Any]  # execution.json, without the per-epoch timings
     extra: Callable[[Path], None] | None = None  # e.g. a pretrained model's save_pretrained
+    threshold: float | None = None  # a multi-label run's decision threshold
 
 
 def write_run_folder(out: Path, outputs: RunOutputs) -> None:
@@ -64,7 +65,9 @@ def write_run_folder(out: Path, outputs: RunOutputs) -> None:
         history.drop(columns=[c for c in TIMING_COLUMNS if c in history]).to_csv(
             tmp / "history.csv", index=False
         )
-        write_predictions(tmp / "predictions.parquet", outputs.test, outputs.logits)
+        write_predictions(
+            tmp / "predictions.parquet", outputs.test, outputs.logits, outputs.threshold
+        )
         write_json(tmp / "metrics.json", outputs.metrics)
         write_json(tmp / "run.json", outputs.provenance)
         if outputs.extra is not None:
@@ -76,7 +79,29 @@ def write_run_folder(out: Path, outputs: RunOutputs) -> None:
         write_sums(tmp)
 
 
-def write_predictions(path: Path, data: FeatureSet, logits: torch.Tensor) -> None:
+def write_predictions(
+    path: Path, data: FeatureSet, logits: torch.Tensor, threshold: float | None = None
+) -> None:
+    """One row per test clip: its label(s), the prediction, every class's probability (a
+    sigmoid per class for a multi-label set, the predicted classes those at ``threshold``),
+    the logits."""
+    if data.targets is not None:
+        scores = torch.sigmoid(logits).numpy().astype(np.float32)
+        cut = 0.5 if threshold is None else threshold
+        table = pa.table(
+            {
+                "clip_id": pa.array(data.clip_ids, pa.string()),
+                "fold": pa.array(data.folds.astype(np.int32)),
+                "labels": pa.array([np.flatnonzero(t).tolist() for t in data.targets.numpy()],
+                                   pa.list_(pa.int32())),
+                "predictions": pa.array([np.flatnonzero(s >= cut).tolist() for s in scores],
+                                        pa.list_(pa.int32())),
+                "probabilities": pa.array(list(scores), pa.list_(pa.float32())),
+                "logits": pa.array(list(logits.numpy().astype(np.float32)), pa.list_(pa.float32())),
+            }
+        )  # fmt: skip
+        pq.write_table(table, path)
+        return
     probs = logits.softmax(dim=-1).numpy().astype(np.float32)
     table = pa.table(
         {

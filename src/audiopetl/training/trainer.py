@@ -39,17 +39,24 @@ from audiopetl.models.build import build_model
 from audiopetl.models.hub import weights_record
 from audiopetl.models.strategies import ParameterCount, Strategy, get_strategy
 from audiopetl.process import timings
-from audiopetl.training import optim, outputs, resume, runtime
+from audiopetl.training import losses, optim, outputs, resume, runtime
 from audiopetl.training.augment import augment
 from audiopetl.training.data import BatchSource, epoch_order, load_run_data
 from audiopetl.training.determinism import seed_everything, select_device
 from audiopetl.training.metrics import classification_metrics
+from audiopetl.training.multilabel import DEFAULT_THRESHOLD, multilabel_metrics
 from audiopetl.training.signals import StopRequested, interruption
 from audiopetl.training.state import StepStats, TrainState
 
 log = logging.getLogger(__name__)
 
-HIGHER_IS_BETTER = {"accuracy": True, "balanced_accuracy": True, "macro_f1": True, "loss": False}
+HIGHER_IS_BETTER = {
+    "accuracy": True,
+    "balanced_accuracy": True,
+    "macro_f1": True,
+    "mAP": True,
+    "loss": False,
+}
 
 
 class Trainer:
@@ -62,6 +69,7 @@ class Trainer:
         self.precision = runtime.resolve_precision(run.training.precision, self.device)
         self.determinism: dict[str, Any] | None = None
         self.test_from_best = run.training.test_epoch == "best"
+        self.multilabel = run.dataset.multilabel
 
     # -- setup ------------------------------------------------------------------------------
     def load_data(self) -> None:
@@ -101,6 +109,12 @@ class Trainer:
             trainable, self.run.strategy.lr, t, self.runtime.fused_optimizer
         )
         self.scheduler = optim.warmup_cosine(self.optimizer, total, t.warmup_ratio)
+        n_classes = len(self.class_names)
+        weights = losses.class_weights(self.train, n_classes, t.class_weights)
+        self.loss = losses.training_loss(t, self.multilabel, weights)
+        self.sample_weights = (
+            losses.sample_weights(self.train, n_classes) if t.sampler == "balanced" else None
+        )
         self.scaler = compat.grad_scaler(self.runtime.grad_scaler)
         self.pending: list[StepStats] = []  # read from the device at the next flush
         self.last_grad_norm: float | None = None
@@ -167,7 +181,7 @@ class Trainer:
     def batch_iter(self, state: TrainState) -> Iterator[list[torch.Tensor]]:
         """The rest of this epoch's batches, a step's worth (grad_accum_steps) at a time."""
         t = self.training
-        order = epoch_order(len(self.train), self.run.seed, state.epoch)
+        order = epoch_order(len(self.train), self.run.seed, state.epoch, self.sample_weights)
         batches = list(order.split(t.batch_size))
         for start in range(state.batch_pos, len(batches), t.grad_accum_steps):
             yield batches[start : start + t.grad_accum_steps]
@@ -181,10 +195,10 @@ class Trainer:
         stats = StepStats(epoch=state.epoch + 1, step=state.global_step + 1)
         for idx in chunk:
             x, y = self.source(self.train).batch(idx)
-            target = F.one_hot(y, len(self.class_names)).float()
+            target = y.float() if self.multilabel else F.one_hot(y, len(self.class_names)).float()
             x, target = augment(x, target, t.specaugment, t.mixup_alpha)
             logits = self.forward(x)
-            loss = F.cross_entropy(logits, target, label_smoothing=t.label_smoothing)
+            loss = self.loss(logits, target)
             with compat.backward_guard():
                 self.scaler.scale(loss * len(idx) / n_chunk).backward()
             stats.losses.append(loss.detach())
@@ -224,7 +238,9 @@ class Trainer:
             val_loss, val_metrics, _ = self.evaluate_split(self.val, "validation")
             metric = t.select_metric
             score = val_loss if metric == "loss" else val_metrics[metric]
-            row.update(val_loss=val_loss, val_accuracy=val_metrics["accuracy"], val_metric=score)
+            row.update(
+                val_loss=val_loss, val_accuracy=val_metrics.get("accuracy"), val_metric=score
+            )
             better = state.best_score is None or (
                 score > state.best_score if HIGHER_IS_BETTER[metric] else score < state.best_score
             )
@@ -349,16 +365,22 @@ class Trainer:
         return torch.cat(logits).cpu()  # one wait for the device, not one per batch
 
     def evaluate_split(
-        self, data: FeatureSet, split: str = "test"
+        self, data: FeatureSet, split: str = "test", threshold: float | None = None
     ) -> tuple[float, dict[str, Any], torch.Tensor]:
+        """Loss, metrics and logits of a set; a multi-label set's F1 at ``threshold``."""
         logits = self.predict(data)
-        loss = F.cross_entropy(logits, data.labels).item()
+        loss = losses.evaluation_loss(logits, data)
         if not math.isfinite(loss):
             bad = int((~torch.isfinite(logits).all(dim=1)).sum())
             raise TrainingError(
                 f"run {self.run.out}: the {split} loss is {loss} ({bad} of {len(data)} clips "
                 "get non-finite logits): the weights or the features hold NaN or Inf"
             )
+        if data.targets is not None:
+            scores = torch.sigmoid(logits).numpy()
+            cut = DEFAULT_THRESHOLD if threshold is None else threshold
+            metrics = multilabel_metrics(data.targets.numpy(), scores, self.class_names, cut)
+            return loss, metrics, logits
         probs = logits.softmax(dim=-1).numpy()
         return loss, classification_metrics(data.labels.numpy(), probs, self.class_names), logits
 
@@ -371,7 +393,7 @@ class Trainer:
         )
         run = self.run
         message = (
-            f"[{run.strategy.name} fold{run.fold} seed{run.seed}] "
+            f"[{run.strategy.name} {run.split} seed{run.seed}] "
             f"epoch {row['epoch']}/{self.training.epochs} train_loss "
             f"{row['train_loss']:.4f}{val} lr {row['lr']:.3g} "
             f"{row['samples_per_s']:.1f} samples/s"

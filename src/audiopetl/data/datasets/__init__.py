@@ -26,6 +26,7 @@ from audiopetl.data.datasets.base import (
     register,
 )
 from audiopetl.data.manifest import check_manifest, read_manifest
+from audiopetl.data.splits import get_scheme
 
 __all__ = [
     "DATA_VERSION",
@@ -95,9 +96,12 @@ def fetch(
 
 
 def load_manifest(dataset: DatasetSettings, raw_dir: Path) -> pd.DataFrame:
+    """The dataset's manifest, checked for its task and by its split scheme."""
     path = raw_dir / "manifest.csv"
     df = read_manifest(path, get_kind(dataset.kind).manifest_base(dataset.options))
-    return check_manifest(df, str(path), dataset.folds)
+    df = check_manifest(df, str(path), dataset.folds, dataset.task)
+    get_scheme(dataset.scheme).check(df, str(path), dataset.split)
+    return df
 
 
 def skipped_files(raw_dir: Path) -> list[dict[str, str]]:

@@ -17,8 +17,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+import pandas as pd
+
 from audiopetl.core.errors import ConfigError
 from audiopetl.core.settings import DatasetSettings
+from audiopetl.data.manifest import check_manifest
+from audiopetl.data.splits import get_scheme
 
 # Bump when a dataset kind writes other files for the same settings (the synthetic generator,
 # the manifest's columns): every raw folder's name changes with it.
@@ -56,6 +60,23 @@ def get_kind(kind: str) -> DatasetKind:
     return _REGISTRY[kind]()
 
 
+def prepare_manifest(dataset: DatasetSettings, df: pd.DataFrame, source: str) -> pd.DataFrame:
+    """A kind's manifest made ready to write: checked for the dataset's task, a validation
+    part carved where an official split has none, and checked by its split scheme (a group on
+    both sides of a split is an error)."""
+    df = check_manifest(df, source, dataset.folds, dataset.task)
+    scheme = get_scheme(dataset.scheme)
+    parts = df["split"] if "split" in df.columns else None
+    if parts is not None and not (parts == "validation").any() and (parts == "train").any():
+        from audiopetl.data.splits.official import carve_validation
+
+        share, seed = dataset.split.get("validation_share"), dataset.split.get("validation_seed")
+        if share is not None:
+            df = carve_validation(df, float(share), int(seed or 0))
+    scheme.check(df, source, dataset.split)
+    return df
+
+
 class DatasetKind:
     """Base class of a dataset kind; ``options`` is its block (datasets.NAME.KIND)."""
 
@@ -63,14 +84,21 @@ class DatasetKind:
     # The keys of its block that decide which files its raw folder holds; None: every key.
     # The others decide only how the files get there (a URL, retries, a local archive).
     identity_keys: ClassVar[tuple[str, ...] | None] = None
+    # Keys added to a kind later: part of its identity only when set, so folders made before
+    # they existed keep their names.
+    optional_identity_keys: ClassVar[tuple[str, ...]] = ()
     # Whether data.skip_bad decides which files it lists (a user's files: unreadable ones
     # are left out of the manifest itself).
     skip_bad_decides_files: ClassVar[bool] = False
+    # The tasks and split schemes its manifests can have.
+    tasks: ClassVar[tuple[str, ...]] = ("multiclass",)
+    schemes: ClassVar[tuple[str, ...]] = ("folds",)
 
     def identity(self, options: Mapping[str, Any]) -> dict[str, Any]:
         """What its raw folder is made of: the kind and the settings that decide its files."""
         keys = self.identity_keys
         settings = dict(options) if keys is None else {k: options.get(k) for k in keys}
+        settings.update({k: options[k] for k in self.optional_identity_keys if options.get(k)})
         return {"kind": self.kind, "version": DATA_VERSION, **settings}
 
     def folds(self, options: Mapping[str, Any]) -> int | None:
@@ -79,6 +107,18 @@ class DatasetKind:
 
     def planned_sizes(self, options: Mapping[str, Any]) -> tuple[dict[int, int], int] | None:
         """Clips per fold and classes before it is fetched; None: known only from its files."""
+        return None
+
+    def planned_parts(
+        self, options: Mapping[str, Any], scheme: str
+    ) -> tuple[dict[int, int], int] | None:
+        """Before it is fetched: clips per fold and the fold an official split tests on (its
+        validation the fold before), when the kind knows; None otherwise."""
+        planned = self.planned_sizes(options)
+        if planned is None:
+            return None
+        if scheme == "folds":
+            return planned[0], 0
         return None
 
     def make(

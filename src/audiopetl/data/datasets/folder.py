@@ -1,4 +1,14 @@
-"""A user's own folder of audio, described by a CSV manifest or by a file-name pattern.
+"""A user's own folder of audio, described by a CSV manifest, a file-name pattern, or laid out
+as Hugging Face's ``audiofolder`` (``metadata.csv`` with ``file_name`` and a label column, at the
+root or in split subfolders ``train/``, ``validation/``, ``test/``); with only ``root`` set, an
+``audiofolder`` layout or a single CSV at the root with a ``path`` column is found by itself.
+
+An official split (``split.scheme: official``) comes from a ``split`` column, a ``(?P<split>...)``
+group of the pattern, the split subfolders, or list files (``lists``: the clips of the
+validation and test sets, one path per line, every other clip training, as Speech Commands
+publishes them). A multi-label task reads several labels per clip from one label column,
+separated by ``labels_separator``; a multiclass dataset whose labels hold the separator is an
+error (two labels that would silently become one).
 
 Folds come from groups (a speaker, a recording session) so that no group sits on both sides of
 a split: one fold per group (leave-one-group-out), groups spread over a fixed number of folds,
@@ -24,8 +34,8 @@ from audiopetl.core.atomic import atomic_dir, write_json
 from audiopetl.core.errors import DataError
 from audiopetl.core.settings import DatasetSettings
 from audiopetl.data.audio import audio_info
-from audiopetl.data.datasets.base import RECORD, DatasetKind, register
-from audiopetl.data.manifest import check_manifest, write_manifest
+from audiopetl.data.datasets.base import RECORD, DatasetKind, prepare_manifest, register
+from audiopetl.data.manifest import SEPARATOR, write_manifest
 
 
 @dataclass
@@ -62,6 +72,7 @@ def _from_pattern(root: Path, pattern: str) -> pd.DataFrame:
                 "label_name": groups["label"],
                 "group": groups.get("group"),
                 "fold": groups.get("fold"),
+                "split": groups.get("split"),
             }
         )
     if not rows:
@@ -69,27 +80,136 @@ def _from_pattern(root: Path, pattern: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _from_csv(root: Path, manifest: Path) -> pd.DataFrame:
+# What the roles of a CSV's columns are called unless folder.columns renames them.
+ROLES = ("path", "label", "group", "fold", "split")
+# What joins the values of several label columns into one label (Fluent Speech Commands'
+# intent: action, object and location).
+LABEL_JOIN = "_"
+
+
+def _from_csv(
+    root: Path, manifest: Path, official: bool, columns: Mapping[str, Any] | None = None
+) -> pd.DataFrame:
     if not manifest.is_file():
         raise DataError(f"{manifest}: folder.manifest not found")
     df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
-    missing = [c for c in ("path", "label") if c not in df.columns]
-    if "fold" not in df.columns and "group" not in df.columns:
+    named = dict(columns or {})
+    if "label" not in named:
+        named["label"] = "labels" if "labels" in df.columns else "label"
+    given = named["label"]
+    labels = [str(c) for c in given] if isinstance(given, list | tuple) else [str(given)]
+    wanted = [named.get("path", "path"), *labels]
+    missing = [c for c in wanted if c not in df.columns]
+    if "label" not in (columns or {}) and "label" in missing:
+        missing[missing.index("label")] = "label or labels"
+    for role in ("group", "fold", "split"):
+        if role in named and named[role] not in df.columns:
+            missing.append(f"{named[role]} (folder.columns.{role})")
+    # (A split column without an official scheme gets its own error once the rows are read.)
+    roles = {named.get(r, r) for r in ("fold", "group", "split")}
+    if not official and not roles & set(df.columns):
         missing.append("fold or group")
     if missing:
         raise DataError(f"{manifest}: missing column(s): {', '.join(missing)}")
     paths = []
-    for p in df["path"]:
+    for p in df[named.get("path", "path")]:
         path = Path(p) if Path(p).is_absolute() else root / p
         paths.append(path.relative_to(root).as_posix() if path.is_relative_to(root) else str(p))
+
+    def column(role: str) -> Any:
+        name = named.get(role, role)
+        return df[name].replace("", None) if name in df.columns else None
+
+    label = df[labels[0]] if len(labels) == 1 else df[labels].agg(LABEL_JOIN.join, axis=1)
     return pd.DataFrame(
         {
             "path": paths,
-            "label_name": df["label"],
-            "group": df["group"].replace("", None) if "group" in df.columns else None,
-            "fold": df["fold"].replace("", None) if "fold" in df.columns else None,
+            "label_name": label,
+            "group": column("group"),
+            "fold": column("fold"),
+            "split": column("split"),
         }
     )
+
+
+# Hugging Face's names of split folders (datasets' keywords), and the part each is.
+SPLIT_FOLDERS = {
+    "train": "train", "training": "train",
+    "validation": "validation", "valid": "validation", "val": "validation", "dev": "validation",
+    "test": "test", "testing": "test", "eval": "test", "evaluation": "test",
+}  # fmt: skip
+METADATA = "metadata.csv"
+
+
+def _from_audiofolder(root: Path) -> pd.DataFrame:
+    """An audiofolder: ``metadata.csv`` (``file_name`` relative to it, a ``label`` or ``labels``
+    column) at the root, or one per split subfolder, whose name is the clip's part."""
+    tables = []
+    for meta in sorted(root.rglob(METADATA)):
+        where = meta.parent.relative_to(root)
+        df = pd.read_csv(meta, dtype=str, keep_default_na=False)
+        label = "labels" if "labels" in df.columns else "label"
+        missing = [c for c in ("file_name", label) if c not in df.columns]
+        if missing:
+            raise DataError(f"{meta}: an audiofolder metadata.csv needs {', '.join(missing)}")
+        part = None
+        if where.parts:
+            part = SPLIT_FOLDERS.get(where.parts[0].lower())
+            if part is None:
+                raise DataError(
+                    f"{meta}: {where.parts[0]!r} is not a split folder name "
+                    f"({', '.join(sorted(set(SPLIT_FOLDERS)))})"
+                )
+        tables.append(
+            pd.DataFrame(
+                {
+                    "path": [(where / f).as_posix() for f in df["file_name"]],
+                    "label_name": df[label],
+                    "group": df["group"].replace("", None) if "group" in df.columns else None,
+                    "fold": df["fold"].replace("", None) if "fold" in df.columns else None,
+                    "split": part,
+                }
+            )
+        )
+    return pd.concat(tables, ignore_index=True)
+
+
+def _discover(root: Path, official: bool) -> tuple[pd.DataFrame, str]:
+    """Only ``root`` given: an audiofolder, or the one CSV at the root with a path column."""
+    if any(root.rglob(METADATA)):
+        return _from_audiofolder(root), f"{root} (audiofolder)"
+    candidates = [
+        p for p in sorted(root.glob("*.csv")) if "path" in pd.read_csv(p, nrows=0).columns
+    ]
+    if len(candidates) == 1:
+        return _from_csv(root, candidates[0], official), str(candidates[0])
+    found = ", ".join(p.name for p in candidates) or "none"
+    raise DataError(
+        f"{root}: set folder.manifest or folder.pattern, or lay the folder out as an "
+        f"audiofolder (metadata.csv); CSVs at its root with a path column: {found}"
+    )
+
+
+def _from_lists(root: Path, df: pd.DataFrame, lists: Mapping[str, str]) -> pd.Series:
+    """The part of each clip from list files (Speech Commands' validation_list.txt and
+    testing_list.txt): a clip in neither is training; a listed clip that is not there is an
+    error."""
+    part = pd.Series("train", index=df.index, dtype=object)
+    known = {p: i for i, p in zip(df.index, df["path"], strict=True)}
+    for name, listed in lists.items():
+        path = root / listed
+        if not path.is_file():
+            raise DataError(f"{path}: folder.lists.{name} not found")
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            clip = line.strip()
+            if not clip:
+                continue
+            if clip not in known:
+                raise DataError(
+                    f"{path}: line {number}: {clip!r} is not a clip of {root} (folder.lists)"
+                )
+            part[known[clip]] = name
+    return part
 
 
 def assign_folds(groups: pd.Series, n_folds: int | None) -> pd.Series:
@@ -151,33 +271,66 @@ def _folds(df: pd.DataFrame, settings: Mapping[str, Any], source: str) -> pd.Ser
 
 
 def folder_manifest(
-    settings: Mapping[str, Any], base: Path = Path("."), *, skip_bad: bool = False
+    settings: Mapping[str, Any],
+    base: Path = Path("."),
+    *,
+    skip_bad: bool = False,
+    task: str = "multiclass",
+    scheme: str = "folds",
 ) -> FolderScan:
     root = folder_root(settings, base)
     if not root.is_dir():
         raise DataError(f"{root}: folder.root is not a directory")
-    if settings.get("manifest"):
-        manifest = Path(settings["manifest"])
+    official = scheme == "official"
+    manifests = settings.get("manifest")
+    if isinstance(manifests, Mapping):
+        # One CSV per part (Fluent Speech Commands' train_data.csv, valid_data.csv, ...).
+        parts = []
+        for part, name in manifests.items():
+            path = Path(name) if Path(name).is_absolute() else base / name
+            found = _from_csv(root, path, official=True, columns=settings.get("columns"))
+            if found["split"].notna().any():
+                raise DataError(f"{path}: a split column in the CSV of part {part!r}")
+            parts.append(found.assign(split=part))
+        df = pd.concat(parts, ignore_index=True)
+        source = ", ".join(str(p) for p in manifests.values())
+    elif manifests:
+        manifest = Path(manifests)
         source = str(manifest)
-        df = _from_csv(root, manifest if manifest.is_absolute() else base / manifest)
+        csv = manifest if manifest.is_absolute() else base / manifest
+        df = _from_csv(root, csv, official, settings.get("columns"))
     elif settings.get("pattern"):
         source = f"{root} (folder.pattern)"
         df = _from_pattern(root, settings["pattern"])
     else:
-        raise DataError("folder: set either folder.manifest or folder.pattern")
-    known = settings.get("labels")
-    if known:
-        unknown = df[~df["label_name"].isin(known)]
-        if len(unknown):
-            first = unknown.iloc[0]
+        df, source = _discover(root, official)
+    if settings.get("lists"):
+        if df["split"].notna().any():
+            raise DataError(f"{source}: the split is given twice (folder.lists and the data)")
+        df["split"] = _from_lists(root, df, settings["lists"])
+    df = _labelled(df, settings, source, root, task)
+    given = df["split"].notna()
+    if given.any() and not official:
+        numbers = df.loc[given, "split"].astype(str).str.fullmatch(r"\d+").all()
+        hint = " (its values are numbers: folds? name the column fold)" if numbers else ""
+        raise DataError(
+            f"{source}: the data gives each clip a split{hint}; for an official split (train, "
+            "validation, test) set the dataset's split.scheme: official"
+        )
+    if official:
+        if not given.all():
+            first = df.loc[~given, "path"].iloc[0]
             raise DataError(
-                f"{root / first.path}: unknown label {first.label_name!r} (folder.labels: {known})"
+                f"{source}: an official split needs a part for every clip, {first} has none "
+                "(a split column, the pattern's (?P<split>...), split folders or folder.lists)"
             )
-        names = list(known)
+        df["fold"] = 0
+        df["group"] = df["group"].fillna(
+            df["path"].map(lambda p: Path(p).with_suffix("").as_posix())
+        )
     else:
-        names = sorted(df["label_name"].unique())
-    df["label"] = df["label_name"].map({n: i for i, n in enumerate(names)}).astype(int)
-    df["fold"] = _folds(df, settings, source)
+        df = df.drop(columns="split")
+        df["fold"] = _folds(df, settings, source)
     df["group"] = df["group"].astype(str)
     infos, skipped = [], []
     for rel in df["path"]:
@@ -202,16 +355,68 @@ def folder_manifest(
     return FolderScan(df, skipped)
 
 
+def _labelled(
+    df: pd.DataFrame, settings: Mapping[str, Any], source: str, root: Path, task: str
+) -> pd.DataFrame:
+    """Label indices from label names: one per clip (multiclass) or several, split at the
+    separator (multilabel); names checked against folder.labels when given."""
+    separator = str(settings.get("labels_separator") or ",")
+    raw = df["label_name"].astype(str)
+    if task == "multilabel":
+        sets = [[n.strip() for n in value.split(separator) if n.strip()] for value in raw]
+    else:
+        several = raw[raw.str.contains(separator, regex=False)]
+        if len(several):
+            row = several.index[0]
+            raise DataError(
+                f"{source}: row {row + 2} ({df.at[row, 'path']}): label {several.iloc[0]!r} "
+                f"holds the separator {separator!r}: several labels? Set the dataset's task: "
+                "multilabel (or folder.labels_separator, if the name really holds it)"
+            )
+        sets = [[value] for value in raw]
+    empty = [i for i, s in enumerate(sets) if not s]
+    if empty:
+        raise DataError(f"{source}: row {empty[0] + 2} ({df.at[empty[0], 'path']}): no label")
+    known = settings.get("labels")
+    found = sorted({n for s in sets for n in s})
+    if known:
+        unknown = [(i, n) for i, s in enumerate(sets) for n in s if n not in known]
+        if unknown:
+            row, name = unknown[0]
+            raise DataError(
+                f"{root / df.at[row, 'path']}: unknown label {name!r} (folder.labels: {known})"
+            )
+        names = list(known)
+    else:
+        names = found
+    bad = [n for n in names if SEPARATOR in n]
+    if task == "multilabel" and bad:
+        raise DataError(f"{source}: label {bad[0]!r} holds {SEPARATOR!r}, which manifests use")
+    index = {n: i for i, n in enumerate(names)}
+    out = df.copy()
+    if task == "multilabel":
+        ordered = [sorted(set(s), key=index.__getitem__) for s in sets]
+        out["labels"] = [SEPARATOR.join(str(index[n]) for n in s) for s in ordered]
+        out["label_name"] = [SEPARATOR.join(s) for s in ordered]
+        out["label"] = -1
+    else:
+        out["label"] = [index[s[0]] for s in sets]
+    return out
+
+
 @register("folder")
 class Folder(DatasetKind):
     """A user's own folder: the audio stays where it is; the raw folder holds the manifest."""
 
     identity_keys = ("root", "manifest", "pattern", "folds", "labels")
+    optional_identity_keys = ("lists", "labels_separator", "columns")
     # Skipping unreadable files decides which of a user's files the folder lists.
     skip_bad_decides_files = True
+    tasks = ("multiclass", "multilabel")
+    schemes = ("folds", "official", "session_speaker")
 
     def folds(self, options: Mapping[str, Any]) -> int | None:
-        return None if options["folds"] is None else int(options["folds"])
+        return None if options.get("folds") is None else int(options["folds"])
 
     def make(
         self,
@@ -224,8 +429,10 @@ class Folder(DatasetKind):
         progress: bool,
     ) -> None:
         with atomic_dir(dest) as tmp:
-            scan = folder_manifest(dataset.options, skip_bad=skip_bad)
-            manifest = check_manifest(scan.manifest, "folder", dataset.folds)
+            scan = folder_manifest(
+                dataset.options, skip_bad=skip_bad, task=dataset.task, scheme=dataset.scheme
+            )
+            manifest = prepare_manifest(dataset, scan.manifest, "folder")
             write_manifest(manifest, tmp / "manifest.csv")
             write_json(tmp / RECORD, {**record, "clips": len(manifest), "skipped": scan.skipped})
 

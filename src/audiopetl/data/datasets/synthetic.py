@@ -22,8 +22,9 @@ import soundfile as sf
 from tqdm import tqdm
 
 from audiopetl.core.atomic import atomic_dir, write_json
+from audiopetl.core.errors import DataError
 from audiopetl.core.settings import DatasetSettings
-from audiopetl.data.datasets.base import RECORD, DatasetKind, register
+from audiopetl.data.datasets.base import RECORD, DatasetKind, prepare_manifest, register
 from audiopetl.data.manifest import write_manifest
 
 SoundFn = Callable[[np.random.Generator, np.ndarray, int, float], np.ndarray]
@@ -185,8 +186,22 @@ def render_clip(
     return clip.astype(np.float32)
 
 
+def second_class(settings: Mapping[str, Any], target: int, fold: int, take: int) -> int | None:
+    """The class mixed into a clip of ``target`` (``mix``: the share of clips that get one),
+    another class drawn from the clip's own generator; None for a single-class clip."""
+    mix = float(settings.get("mix", 0.0))
+    if mix <= 0:
+        return None
+    rng = np.random.default_rng([int(settings["seed"]), target, fold, take, 1])
+    if rng.random() >= mix:
+        return None
+    other = int(rng.integers(int(settings["classes"]) - 1))
+    return other + (other >= target)
+
+
 def generate(settings: Mapping[str, Any], root: Path, progress: bool = True) -> None:
-    """Write ``root/audio/*.wav`` and ``root/meta/esc50.csv`` in ESC-50's layout."""
+    """Write ``root/audio/*.wav`` and ``root/meta/esc50.csv`` in ESC-50's layout; with ``mix``
+    some clips hold a second class too (``targets`` lists both)."""
     classes, offset = int(settings["classes"]), int(settings["class_offset"])
     if offset + classes > CATALOGUE_SIZE:
         raise ValueError(
@@ -208,10 +223,20 @@ def generate(settings: Mapping[str, Any], root: Path, progress: bool = True) -> 
         src = f"{offset + target:02d}{fold:02d}{take:03d}"
         filename = f"{fold}-{src}-A-{target}.wav"
         audio = render_clip(offset + target, seed, fold, take, settings)
+        targets = [target]
+        other = second_class(settings, target, fold, take)
+        if other is not None:
+            # The second sound as loud as the first: both are there to be heard.
+            audio = audio + render_clip(offset + other, seed + 1, fold, take, settings)
+            audio *= 0.5
+            targets = sorted([target, other])
         sf.write(root / "audio" / filename, audio, int(settings["sample_rate"]), subtype="PCM_16")
-        rows.append((filename, fold, target, name, False, src, "A"))
-    columns = ["filename", "fold", "target", "category", "esc10", "src_file", "take"]
-    pd.DataFrame(rows, columns=columns).to_csv(root / "meta" / "esc50.csv", index=False)
+        rows.append((filename, fold, target, name, False, src, "A", "|".join(map(str, targets))))
+    columns = ["filename", "fold", "target", "category", "esc10", "src_file", "take", "targets"]
+    meta = pd.DataFrame(rows, columns=columns)
+    if float(settings.get("mix", 0.0)) <= 0:
+        meta = meta.drop(columns="targets")  # ESC-50's own columns, as before mixing existed
+    meta.to_csv(root / "meta" / "esc50.csv", index=False)
 
 
 @register("synthetic")
@@ -219,6 +244,8 @@ class Synthetic(DatasetKind):
     """The embedded synthetic sounds, written in ESC-50's layout (every setting shapes them)."""
 
     identity_keys = None
+    tasks = ("multiclass", "multilabel")
+    schemes = ("folds", "official")
 
     def folds(self, options: Mapping[str, Any]) -> int | None:
         return int(options["folds"])
@@ -226,6 +253,13 @@ class Synthetic(DatasetKind):
     def planned_sizes(self, options: Mapping[str, Any]) -> tuple[dict[int, int], int]:
         per_fold = int(options["classes"]) * int(options["clips_per_class_per_fold"])
         return {f: per_fold for f in range(1, int(options["folds"]) + 1)}, int(options["classes"])
+
+    def planned_parts(
+        self, options: Mapping[str, Any], scheme: str
+    ) -> tuple[dict[int, int], int] | None:
+        sizes = self.planned_sizes(options)[0]
+        # An official synthetic split tests on the last fold, validates on the one before.
+        return sizes, (max(sizes) if scheme == "official" else 0)
 
     def make(
         self,
@@ -239,8 +273,37 @@ class Synthetic(DatasetKind):
     ) -> None:
         from audiopetl.data.datasets.esc50 import esc50_manifest
 
+        options = dataset.options
+        if float(options.get("mix", 0.0)) > 0 and not dataset.multilabel:
+            raise DataError(f"datasets.{dataset.name}.synthetic.mix: needs task: multilabel")
         with atomic_dir(dest) as tmp:
-            generate(dataset.options, tmp, progress=progress)
+            generate(options, tmp, progress=progress)
             manifest = esc50_manifest(tmp, dataset.folds)
+            if dataset.multilabel:
+                manifest = with_label_sets(manifest, tmp, options)
+            if dataset.scheme == "official":
+                # The last fold is the test set, the one before it validation, as the
+                # publisher of a fixed split would give them.
+                last = int(options["folds"])
+                part = {last: "test", last - 1: "validation"}
+                manifest["split"] = [part.get(int(f), "train") for f in manifest["fold"]]
+                manifest["fold"] = 0
+            manifest = prepare_manifest(dataset, manifest, str(tmp / "manifest.csv"))
             write_manifest(manifest, tmp / "manifest.csv")
             write_json(tmp / RECORD, {**record, "clips": len(manifest), "skipped": []})
+
+
+def with_label_sets(manifest: pd.DataFrame, root: Path, options: Mapping[str, Any]) -> pd.DataFrame:
+    """The manifest of a multi-label synthetic dataset: every clip's classes from the meta's
+    ``targets`` (its one ``target`` where nothing was mixed), names from the catalogue."""
+    meta = pd.read_csv(root / "meta" / "esc50.csv", dtype=str, keep_default_na=False)
+    column = "targets" if "targets" in meta.columns else "target"
+    by_clip = dict(zip(meta["filename"].map(lambda f: Path(f).stem), meta[column], strict=True))
+    offset = int(options["class_offset"])
+    out = manifest.copy()
+    out["labels"] = [by_clip[c] for c in out["clip_id"]]
+    out["label_name"] = [
+        "|".join(recipe(offset + int(i))[0] for i in labels.split("|")) for labels in out["labels"]
+    ]
+    out["label"] = -1
+    return out

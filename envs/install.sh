@@ -30,6 +30,6 @@ grep -q AUDIOPETL_ENV "$venv/bin/activate" \
 
 # torchaudio must be importable or absent: an installed but broken one (a CUDA build beside a
 # CPU torch) makes transformers' audio models and peft fail to import.
-"$venv/bin/python" -c "import transformers, peft, audiopetl.train" \
+"$venv/bin/python" -c "import transformers, peft, audiopetl.training.trainer, audiopetl.cli" \
   || { echo "envs/install.sh: the $env_name environment does not import; see above" >&2; exit 1; }
 echo "$env_name environment ready: source $venv/bin/activate"

@@ -10,6 +10,7 @@ from snakemake.io import report as mark_for_report
 
 from audiopetl.core import config as apconfig
 from audiopetl.core import paths as appaths
+from audiopetl.core.errors import ConfigError, DataError
 from audiopetl.core.settings import thaw
 from audiopetl.features import cachefile as apcachefile
 from audiopetl.models import hub as aphub
@@ -19,6 +20,8 @@ from audiopetl.study import load_study
 from audiopetl.study import resources as apresources
 
 ALLOWED_CONFIG_KEYS = {"experiment", "config_file"}
+# Data jobs run before training jobs whenever both could (rules/data.smk).
+DATA_PRIORITY = 10
 _extra = set(config) - ALLOWED_CONFIG_KEYS
 if _extra:
     raise ValueError(
@@ -29,7 +32,12 @@ CONFIG_FILE = config.get("config_file", "config/config.yaml")
 # Validated and resolved by the same function the CLI uses (audiopetl.study.load_study: the
 # schema with every kind's settings composed in, and the kind-aware checks). The rules ask it
 # for settings (their params) and paths; none reads the configuration itself.
-STUDY = load_study(CONFIG_FILE, config.get("experiment"))
+# A configuration error is one message, not a traceback through this file.
+try:
+    STUDY = load_study(CONFIG_FILE, config.get("experiment"))
+except (ConfigError, DataError) as _error:
+    print(f"error: {_error}", file=sys.stderr)
+    sys.exit(1)
 CFG = STUDY.config
 LAYOUT = STUDY.layout
 EXPERIMENT = STUDY.name
@@ -57,6 +65,7 @@ CACHE = str(LAYOUT.cache("{dataset}", "{fid}"))
 DATA_REPORT = str(LAYOUT.data_report("{dataset}", "{fid}"))
 MIRROR = str(LAYOUT.mirror("{model}"))
 PRETRAIN = str(LAYOUT.pretrain_dir("{model}"))
+SPLIT_SIZES = str(LAYOUT.split_sizes("{dataset}"))
 RUN = str(LAYOUT.run_dir("{dataset}", "{model}", "{strategy}", "{split}", "{seed}"))
 RUN_LOG = str(
     appaths.run_log("{dataset}", "{model}", "{strategy}", "{split}", "{seed}")
@@ -103,6 +112,10 @@ def manifest_file(dataset):
     return str(STUDY.manifest_path(dataset))
 
 
+def split_sizes_file(dataset):
+    return str(LAYOUT.split_sizes(dataset))
+
+
 def cache_file(dataset, model=None):
     """The cache of the front end ``model`` reads (AST's fbank when None)."""
     return str(STUDY.cache_path(dataset, model))
@@ -137,6 +150,18 @@ def report_entries():
         caption = f"../workflow/report/{stem}.rst"
         entries.append(mark_for_report(path, caption=caption, category=category))
     return entries
+
+
+def describe_splits():
+    """The study's splits in words, for the report's captions: "5 folds", "1 official split"."""
+    counts = {
+        len(STUDY.split_names(d)): STUDY.dataset(d).scheme for d in MATRIX["datasets"]
+    }
+    words = []
+    for n, scheme in sorted(counts.items()):
+        noun = "official split" if scheme == "official" else "fold"
+        words.append(f"{n} {noun}{'s' if n != 1 else ''}")
+    return " or ".join(words)
 
 
 def data_reports():

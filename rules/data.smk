@@ -2,6 +2,11 @@
 # (AST's fbank, Whisper's log-mel, the waveform), each computed once. Each folder and file name
 # carries a hash of the settings it is made from (audiopetl.core.paths), so presets and models that
 # share a dataset and a front end share its files, and those that differ keep their own.
+#
+# Data jobs go first (priority DATA_PRIORITY, above training's 0): bad data stops a study in its
+# first minute, not after a source-task pretraining. The `splits` job checks that every run's
+# sets can be learnt and judged on (data.min_split_clips); the training jobs of a dataset wait
+# for it (ancient: its rewriting never reruns them).
 
 
 rule fetch:
@@ -10,6 +15,7 @@ rule fetch:
         manifest=MANIFEST,
     log:
         f"{LOGS}/fetch/{{dataset}}-{{did}}.log",
+    priority: DATA_PRIORITY
     localrule: True
     conda:
         ENV
@@ -28,6 +34,7 @@ rule cache:
         cache=CACHE,
     log:
         f"{LOGS}/cache/{{dataset}}-{{fid}}.log",
+    priority: DATA_PRIORITY
     conda:
         ENV
     threads: CFG["cache"]["workers"]
@@ -52,6 +59,7 @@ rule data_report:
         report=DATA_REPORT,
     log:
         f"{LOGS}/data_report/{{dataset}}-{{fid}}.log",
+    priority: DATA_PRIORITY
     conda:
         ENV
     resources:
@@ -60,12 +68,32 @@ rule data_report:
         "audiopetl data-report {wildcards.dataset} --quiet --out {output.report} --log {log}"
 
 
+rule splits:
+    input:
+        manifest=lambda wc: manifest_file(wc.dataset),
+    output:
+        sizes=SPLIT_SIZES,
+    log:
+        f"{LOGS}/splits/{{dataset}}.log",
+    priority: DATA_PRIORITY
+    localrule: True
+    conda:
+        ENV
+    resources:
+        **resources_of("data"),
+    params:
+        settings=lambda wc: settings_json(STUDY.split_check_params(wc.dataset)),
+    shell:
+        "audiopetl splits {wildcards.dataset} --quiet --out {output.sizes} --log {log}"
+
+
 rule fetch_model:
     # Local: compute nodes often have no internet; training jobs read the mirror.
     output:
         record=f"{MIRROR}/{aphub.MIRROR_RECORD}",
     log:
         f"{LOGS}/fetch_model/{{model}}.log",
+    priority: DATA_PRIORITY
     localrule: True
     conda:
         ENV

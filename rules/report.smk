@@ -25,9 +25,11 @@ rule report:
     params:
         out=lambda wc, output: os.path.dirname(output.resolved),
         report=settings_json(CFG["report"]),
-        # What the captions say each figure's statistics are over.
-        folds=len(MATRIX["folds"]),
+        # What the captions say each figure's statistics are over: the splits (test folds,
+        # or a dataset's one official split) and seeds.
+        splits=describe_splits(),
         seeds=len(MATRIX["seeds"]),
-        runs=len(MATRIX["folds"]) * len(MATRIX["seeds"]),
+        runs=max(len(STUDY.split_names(d)) for d in MATRIX["datasets"])
+        * len(MATRIX["seeds"]),
     shell:
         "audiopetl report --quiet --out {params.out} --log {log}"

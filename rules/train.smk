@@ -39,6 +39,7 @@ rule train:
     input:
         cache=lambda wc: cache_file(wc.dataset, wc.model),
         pretrained=lambda wc: pretrain_inputs(wc.model),
+        splits=lambda wc: ancient(split_sizes_file(wc.dataset)),
     output:
         metrics=f"{RUN}/metrics.json",
         predictions=f"{RUN}/predictions.parquet",

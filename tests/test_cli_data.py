@@ -77,7 +77,7 @@ def write_bad_audio(path: Path, kind: str) -> None:
     [
         ("random_bytes", "cannot decode audio"),
         ("garbage_header", "cannot decode audio"),
-        ("empty_file", "cannot decode audio"),
+        ("empty_file", "empty file (0 bytes)"),
         ("no_frames", "holds no samples"),
         ("nan", "NaN or Inf"),
         ("inf", "NaN or Inf"),
@@ -92,6 +92,9 @@ def test_bad_audio_fails_cache(synthetic_project, cli, kind, reason):
     assert result.out == ""
     assert f"{audio}: " in result.err and reason in result.err
     assert f"(manifest {MANIFEST}, row {VICTIM_ROW})" in result.err
+    # What to do about it, in the same line.
+    assert "or leave bad files out with --skip-bad (data.skip_bad: true)" in result.err
+    assert len(result.err.strip().splitlines()) == 1
     assert "Traceback" not in result.err
     assert_nothing_cached()
 
@@ -189,7 +192,7 @@ def test_label_names_must_map_one_to_one(synthetic_project, cli):
 def test_missing_manifest(project, cli):
     result = cli("cache", "synthetic", *QUICK)
     assert result.code == 1
-    assert f"{MANIFEST}: manifest not found; run `audiopetl fetch`" in result.err
+    assert f"{MANIFEST}: manifest not found; run `audiopetl fetch synthetic` first" in result.err
     assert_nothing_cached()
 
 
@@ -285,6 +288,20 @@ def test_folder_unknown_label_fails_fetch(small_folder, cli):
     assert not raw.exists() or list(raw.iterdir()) == []  # no half-built folder either
     result = cli("cache", "fsdd", *folder_args(small_folder))
     assert result.code == 1 and "manifest not found" in result.err
+
+
+@needs_fsdd
+def test_skip_bad_on_one_data_command_only_says_which_fetch(small_folder, cli):
+    # For a folder dataset --skip-bad decides which files it lists: a cache with the flag
+    # after a fetch without it names another dataset, and says which fetch makes it.
+    assert cli("fetch", "fsdd", *folder_args(small_folder)).code == 0
+    result = cli("cache", "fsdd", *folder_args(small_folder), "--skip-bad")
+    assert result.code == 1
+    assert "manifest not found (with --skip-bad: for a folder dataset data.skip_bad decides" in (
+        result.err
+    )
+    assert result.err.strip().endswith("run `audiopetl fetch fsdd --skip-bad` first")
+    assert len(result.err.strip().splitlines()) == 1
     assert_nothing_cached()
 
 
@@ -315,9 +332,41 @@ def test_folder_fetch_cache_and_report(small_folder, cli):
     assert data["clips"] == 12 and data["classes"] == 3 and data["groups"] == 2
     assert data["sample_rates"] == {"8000": 12}
     assert data["clips_per_class_and_fold"] == {d: {"1": 2, "2": 2} for d in "012"}
-    # FSDD clips are shorter than 1.28 s: the report says they are padded.
-    assert any("shorter than target_length" in p for p in data["problems"])
-    assert "shorter than target_length" in report.out
+    # FSDD clips are shorter than 1.28 s: padding the settings ask for is no problem.
+    assert not any("target_length" in p for p in data["problems"])
+
+
+@pytest.mark.parametrize(
+    ("durations", "target_length", "flagged"),
+    [
+        ([1.0] * 8, 100, 0),  # one-second clips in 100 frames (1.015 s): a frame of padding
+        ([5.0] * 8, 512, 0),  # ESC-50's 5 s clips in AST's 5.12 s
+        ([5.0] * 7 + [1.2], 512, 1),  # one clip under half the others: truncated?
+    ],
+)
+def test_the_data_report_flags_truncated_clips_not_padding(durations, target_length, flagged):
+    from audiopetl.data.report import build_report
+
+    study = load_study(
+        CONFIG_DIR / "config.yaml", "quick", [f"features.target_length={target_length}"]
+    )
+    manifest = pd.DataFrame(
+        {
+            "clip_id": [f"c{i}" for i in range(8)],
+            "path": [f"c{i}.wav" for i in range(8)],
+            "label": [i % 2 for i in range(8)],
+            "label_name": [("a", "b")[i % 2] for i in range(8)],
+            "fold": [1 + i % 2 for i in range(8)],
+            "group": [f"g{i}" for i in range(8)],
+            "duration": durations,
+            "sample_rate": 16000,
+        }
+    )
+    report = build_report(study.dataset("synthetic"), study.features("synthetic"), manifest, None)
+    short = [p for p in report["problems"] if "truncated?" in p]
+    assert len(short) == flagged, report["problems"]
+    if flagged:
+        assert short[0].startswith("1 clip(s) shorter than 2.50 s, half the typical clip (5.00 s")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,10 +400,13 @@ def test_skip_bad_caches_the_rest_and_reports_them(synthetic_project, cli):
     assert "cannot decode audio" in skipped[victims[0][0]]["error"]
     assert "NaN or Inf" in skipped[victims[1][0]]["error"]
 
-    report = cli("data-report", "synthetic", *QUICK, "--set", "data.skip_bad=true")
+    # The same flag on every data command; the report counts the clips a study trains on.
+    report = cli("data-report", "synthetic", *QUICK, "--skip-bad")
     assert report.code == 0, report.err
     data = json.loads(skipping.data_report_path("synthetic").read_text())
     assert {item["path"] for item in data["skipped"]} == {str(a) for _, a in victims}
+    assert (data["clips"], data["clips_listed"]) == (70, 72)
+    assert report.out.startswith("dataset synthetic: 70 clips (72 listed, 2 left out as bad)")
     for _, audio in victims:
         assert f"skipped while caching: {audio}" in report.out
         assert any(str(audio) in p for p in data["problems"])

@@ -279,3 +279,54 @@ def test_cli_unknown_dataset_exits_2(project, cli):
     assert result.code == 2
     assert "no dataset named 'synthetc'" in result.err
     assert "did you mean 'synthetic'" in result.err
+
+
+# ---------------------------------------------------------------------------------------------
+# presets that build on others (extends)
+
+
+def test_a_preset_extends_others_in_order_and_its_own_keys_win(project):
+    write_preset("base2", "training:\n  epochs: 7\n  batch_size: 4\nstudy:\n  seeds: [0, 1]\n")
+    write_preset(
+        "mine",
+        "extends: [models, base2]\nexperiment: mine\nstudy:\n  strategies: [full]\n"
+        "training:\n  epochs: 2\n",
+    )
+    cfg = load_study(BASE, "mine").config
+    models = load_config(BASE, "models")
+    # models' tiny Whisper without copying its block; base2 after models; then its own keys.
+    assert cfg["models"]["tiny-whisper"] == models["models"]["tiny-whisper"]
+    assert cfg["study"]["models"] == models["study"]["models"]
+    assert cfg["study"]["seeds"] == [0, 1]
+    assert cfg["study"]["strategies"] == ["full"]
+    assert (cfg["training"]["epochs"], cfg["training"]["batch_size"]) == (2, 4)
+    assert cfg["experiment"] == "mine" and "extends" not in cfg
+
+
+def test_an_error_in_an_extended_preset_names_its_file(project):
+    base = write_preset("base2", "training:\n  epoch: 3\n")
+    write_preset("mine", "extends: [base2]\n")
+    message = config_error(BASE, "mine")
+    assert f"{base}: training.epoch: unknown key (did you mean 'epochs'?)" in message
+
+
+@pytest.mark.parametrize(
+    ("presets", "message"),
+    [
+        (
+            {"mine": "extends: [modles]\n"},
+            "extends: no preset named 'modles' (did you mean 'models'?)",
+        ),
+        ({"mine": "extends: [mine]\n"}, "extends: 'mine' extends itself (mine -> mine)"),
+        (
+            {"mine": "extends: [other]\n", "other": "extends: [mine]\n"},
+            "extends: 'mine' extends itself (mine -> other -> mine)",
+        ),
+        ({"mine": "extends: {models: 1}\n"}, "extends: a list of preset names, e.g. [models]"),
+    ],
+)
+def test_extends_that_cannot_resolve_is_one_line(project, presets, message):
+    for name, text in presets.items():
+        write_preset(name, text)
+    found = config_error(BASE, "mine")
+    assert message in found and "\n" not in found

@@ -205,6 +205,7 @@ def test_fluent_speech_commands_one_csv_per_part(tmp_path, monkeypatch):
                 "test": str(root / "data/test_data.csv"),
             },
             "columns": {"label": ["action", "object", "location"], "group": "speakerId"},
+            "metadata_columns": ["transcription"],
         },
     }
     study = study_of(tmp_path, monkeypatch, dataset)
@@ -236,6 +237,7 @@ def test_a_renamed_column_that_is_not_there_is_named(tmp_path, monkeypatch):
                 "test": str(root / "data/test_data.csv"),
             },
             "columns": {"label": ["action", "objekt"], "group": "speakerId"},
+            "metadata_columns": ["transcription"],
         },
     }
     study = study_of(tmp_path, monkeypatch, dataset)
@@ -551,3 +553,112 @@ def test_a_study_that_does_not_fit_its_data_stops_before_running(
     with pytest.raises(ConfigError) as info:
         study_of(tmp_path, monkeypatch, {**quick, **dataset}, **config)
     assert message in str(info.value)
+
+
+def test_a_column_that_is_not_read_is_named(tmp_path, monkeypatch):
+    # The two silent losses a first study met: a second label column, and the transcription
+    # of a set whose columns are not all audiopetl's.
+    root = tmp_path / "own"
+    rows = []
+    for n in range(6):
+        wav(root / f"c{n}.wav", seed=n)
+        rows.append((f"c{n}.wav", "yes" if n % 2 else "no", "up", f"s{n % 3}", f"take {n}"))
+    table = pd.DataFrame(rows, columns=["path", "label", "label2", "group", "transcription"])
+    table.to_csv(root / "clips.csv", index=False)
+    study = study_of(tmp_path, monkeypatch, {"kind": "folder", "folder": {"root": str(root)}})
+    with pytest.raises(DataError) as info:
+        fetched(study)
+    assert str(info.value).endswith(
+        "clips.csv: column(s) 'label2', 'transcription' not used: name what each holds in "
+        "folder.columns (path, label, group, fold, split), or list it in "
+        "folder.metadata_columns to keep it out on purpose"
+    )
+    # Named as metadata, they are left out on purpose; written by pandas with its index, the
+    # index column is let be.
+    table.to_csv(root / "clips.csv", index=True)
+    dataset = {
+        "kind": "folder",
+        "folder": {"root": str(root), "metadata_columns": ["label2", "transcription"]},
+    }
+    study = study_of(tmp_path / "again", monkeypatch, dataset)
+    assert len(fetched(study)) == 6
+
+
+def test_a_fold_column_called_split_is_not_read_as_groups(tmp_path, monkeypatch):
+    root = tmp_path / "own"
+    rows = []
+    for n in range(6):
+        wav(root / f"c{n}.wav", seed=n)
+        rows.append((f"c{n}.wav", "yes" if n % 2 else "no", f"s{n}", str(1 + n % 3)))
+    pd.DataFrame(rows, columns=["path", "label", "group", "split"]).to_csv(
+        root / "clips.csv", index=False
+    )
+    study = study_of(tmp_path, monkeypatch, {"kind": "folder", "folder": {"root": str(root)}})
+    with pytest.raises(DataError, match=r"its values are numbers: folds\? name the column fold"):
+        fetched(study)
+
+
+# ---------------------------------------------------------------------------------------------
+# splits too small to learn or judge on: refused before any training job
+
+
+def lopsided(root: Path) -> Path:
+    """A 414-clip-like mistake in small: 3 classes, folds by speaker, fold 3 holding one clip
+    and class 'c' only in fold 1."""
+    rows = []
+    layout = {1: [("a", 4), ("b", 4), ("c", 4)], 2: [("a", 4), ("b", 4)], 3: [("a", 1)]}
+    for fold, classes in layout.items():
+        for label, count in classes:
+            for n in range(count):
+                name = f"f{fold}-{label}{n}.wav"
+                wav(root / name, seed=100 * fold + 10 * ord(label) + n)
+                rows.append((name, label, str(fold)))
+    csv = root / "clips.csv"
+    pd.DataFrame(rows, columns=["path", "label", "fold"]).to_csv(csv, index=False)
+    return csv
+
+
+def test_degenerate_splits_are_named_with_their_counts(tmp_path, monkeypatch):
+    from audiopetl.study.splits import check_study_splits, study_split_sizes
+
+    lopsided(tmp_path / "own")
+    dataset = {"kind": "folder", "folder": {"root": str(tmp_path / "own")}}
+    study = study_of(tmp_path, monkeypatch, dataset, study={
+        "datasets": ["mine"], "strategies": ["linear"], "folds": [1, 2, 3]})  # fmt: skip
+    fetched(study)
+    sizes = {s.name: s for s in study_split_sizes(study, "mine")}
+    assert (sizes["fold1"].train, sizes["fold1"].val, sizes["fold1"].test) == (1, 8, 12)
+    assert sizes["fold2"].train_per_class == {"a": 4, "b": 4, "c": 4}
+    with pytest.raises(DataError) as info:
+        check_study_splits(study, "mine")
+    message = str(info.value)
+    assert message.startswith(
+        "dataset mine, split fold1: 2 of 3 classes have no training clip (b, c): the run "
+        "cannot learn them; relax with data.min_split_clips.train_per_class: 0"
+    )
+    assert "more problem(s): `audiopetl splits mine`" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("minimums", "problem"),
+    [
+        ({}, "split fold2: 1 validation clip(s), fewer than data.min_split_clips.validation = 10"),
+        ({"validation": 0}, "split fold3: 1 test clip(s), fewer than data.min_split_clips.test"),
+        ({"validation": 0, "test": 0, "train_per_class": 5}, "have fewer than 5 training clips"),
+    ],
+)
+def test_each_minimum_is_a_setting(tmp_path, monkeypatch, minimums, problem):
+    from audiopetl.data.splits.sizes import size_problems
+    from audiopetl.study.splits import study_split_sizes
+
+    lopsided(tmp_path / "own")
+    dataset = {"kind": "folder", "folder": {"root": str(tmp_path / "own")}}
+    study = study_of(tmp_path, monkeypatch, dataset, study={
+        "datasets": ["mine"], "strategies": ["linear"], "folds": [2, 3]})  # fmt: skip
+    fetched(study)
+    found = [p for s in study_split_sizes(study, "mine") for p in size_problems(s, minimums, "d")]
+    assert any(problem in p for p in found), found
+    relaxed = {"train_per_class": 0, "validation": 0, "test": 0}
+    assert [
+        p for s in study_split_sizes(study, "mine") for p in size_problems(s, relaxed, "d")
+    ] == []

@@ -129,6 +129,11 @@ def test_a_clip_missing_from_the_archive(mini: Mini, tmp_path: Path) -> None:
     message, lines = failure(tmp_path, mini, drop=victim)
     assert "1 problem(s) (1 missing)" in message
     assert lines == [f"missing: {ROOT}/audio/{victim} (listed in {ROOT}/meta/esc50.csv row {row})"]
+    # Only clips missing, the others intact: a part of ESC-50, and the setting that takes one.
+    assert message.splitlines()[0].endswith(
+        "every clip present matches, some are missing: to study the part that is here, set "
+        "the dataset's esc50.subset: true:"
+    )
 
 
 def test_a_clip_the_metadata_does_not_list(mini: Mini, tmp_path: Path) -> None:
@@ -143,6 +148,7 @@ def test_a_clip_the_metadata_does_not_list(mini: Mini, tmp_path: Path) -> None:
 def test_extra_files_are_reported(mini: Mini, tmp_path: Path) -> None:
     message, lines = failure(tmp_path, mini, extra={"audio/9-999-A-0.wav": wav_bytes(99)})
     assert "1 problem(s) (1 unlisted)" in message
+    assert "esc50.subset" not in message  # not a part of ESC-50: something else is wrong
     assert lines == [f"unlisted: {ROOT}/audio/9-999-A-0.wav: not in {ROOT}/meta/esc50.csv"]
 
 

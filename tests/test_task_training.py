@@ -300,3 +300,41 @@ def test_mixup_mixes_multi_hot_targets() -> None:
     assert torch.allclose(mixed, lam * hot + (1 - lam) * hot[perm])
     assert torch.allclose(mixed_x, lam * x + (1 - lam) * x[perm])
     assert ((mixed >= 0) & (mixed <= 1)).all() and not torch.equal(mixed, hot)
+
+
+# ---------------------------------------------------------------------------------------------
+# a run refuses sets too small to mean anything; a run of part of a dataset says so
+
+
+def test_a_run_refuses_a_split_too_small_before_training(
+    quick_project: QuickProject,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "run"
+    args = train_args("linear", out, "data.min_split_clips.validation=30")
+    code, _, err = run_in(quick_project.root, args)
+    assert code == 1
+    assert (
+        "dataset synthetic, split fold3: 24 validation clip(s), fewer than "
+        "data.min_split_clips.validation = 30: too few to select the best epoch on" in err
+    )
+    assert not out.exists() and not resume_state_file(out).parent.exists()
+
+
+def test_a_run_of_part_of_a_dataset_says_so(
+    quick_project: QuickProject,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The synthetic kind is always whole; an ESC-50 subset's line, told to it here.
+    from audiopetl.data.datasets.synthetic import Synthetic
+
+    note = "subset: 72 of 2000 clips"
+    monkeypatch.setattr(Synthetic, "describe", lambda self, options, raw: note)
+    out = tmp_path / "run"
+    code, _, err = run_in(quick_project.root, train_args("linear", out))
+    assert code == 0, err
+    epoch_lines = [line for line in err.splitlines() if " epoch " in line]
+    assert epoch_lines and all(f"synthetic {note}]" in line for line in epoch_lines)
+    assert json.loads((out / "metrics.json").read_text())["partial"] == note
+    assert json.loads((out / "run.json").read_text())["data"]["partial"] == note

@@ -234,6 +234,35 @@ def available_presets(config_file: Path) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
+# A preset's key naming the presets it starts from, applied in order before its own keys.
+EXTENDS = "extends"
+
+
+def merge_preset(layered: _Layered, config_file: Path, name: str, chain: tuple[str, ...]) -> None:
+    """Merge preset ``name`` into ``layered``: first every preset it `extends` (in order, each
+    with its own bases first), then its own keys, which win. A preset reached again along one
+    chain is a cycle; an unknown name is one line naming the presets there are."""
+    preset = preset_path(config_file, name)
+    data = dict(load_yaml_file(preset))
+    bases = data.pop(EXTENDS, None) or []
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{preset}: {EXTENDS}: a list of preset names, e.g. [models]")
+    for base in bases:
+        if base in (*chain, name):
+            loop = " -> ".join([*chain, name, base])
+            raise ConfigError(f"{preset}: {EXTENDS}: {base!r} extends itself ({loop})")
+        if not preset_path(config_file, base).is_file():
+            known = available_presets(config_file)
+            raise ConfigError(
+                f"{preset}: {EXTENDS}: no preset named {base!r}{closest(base, known)} "
+                f"(presets: {', '.join(known)})"
+            )
+        merge_preset(layered, config_file, base, (*chain, name))
+    layered.merge(data, str(preset))
+
+
 def load_config(
     config_file: Path | str = DEFAULT_CONFIG,
     experiment: str | None = None,
@@ -256,7 +285,7 @@ def load_config(
     if experiment is not None or (isinstance(name, str) and name != "default"):
         preset = preset_path(config_file, str(name))
         if preset.is_file():
-            layered.merge(load_yaml_file(preset), str(preset))
+            merge_preset(layered, config_file, str(name), ())
         elif experiment is not None and experiment != "default":
             known = available_presets(config_file)
             hint = closest(experiment, known)

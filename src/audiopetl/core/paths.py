@@ -91,6 +91,10 @@ class Layout:
     def pretrain_dir(self, model: str) -> Path:
         return self.experiment_dir() / PRETRAIN / model
 
+    def split_sizes(self, dataset: str) -> Path:
+        """The sets of every run the study makes of a dataset, checked before they train."""
+        return self.experiment_dir() / "splits" / f"{dataset}.json"
+
     def versioned_dirs(self) -> list[Path]:
         """The folders dvc.yaml names as stage outputs that a study may leave empty (no hub
         checkpoint, no pretraining). The workflow creates them whenever it is loaded, because

@@ -104,10 +104,16 @@ class ClipSettings:
 
     min_frames: int
     skip_bad: bool
+    # The least each run's sets may hold (audiopetl.data.splits.sizes); keys not given keep
+    # their defaults there.
+    min_split_clips: Frozen = field(default_factory=lambda: Frozen({}))
 
     @classmethod
     def of(cls, block: Mapping[str, Any]) -> ClipSettings:
-        return _typed(cls, block)
+        clips = _typed(cls, {k: v for k, v in block.items() if k != "min_split_clips"})
+        return dataclasses.replace(
+            clips, min_split_clips=Frozen(block.get("min_split_clips") or {})
+        )
 
 
 @dataclass(frozen=True)
@@ -407,6 +413,8 @@ class RunSettings:
     manifest: Path  # the manifest that cache was built from
     pretrained: str | None  # where its starting weights come from (None: random)
     config: Frozen = field(repr=False)
+    # The least its sets may hold (data.min_split_clips): a guard, not part of its identity.
+    min_split_clips: Frozen = field(default_factory=lambda: Frozen({}))
 
     @property
     def resume_dir(self) -> Path:

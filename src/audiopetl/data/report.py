@@ -54,11 +54,16 @@ def build_report(
             f"class imbalance: {per_class.idxmax()} has {per_class.max()} clips, "
             f"{per_class.idxmin()} has {per_class.min()}"
         )
-    short = int((manifest["duration"] < target_s).sum())
+    # Padding is what target_length asks for, not a problem (a 5 s clip in 5.12 s of frames, a
+    # 1 s clip in 100 frames); a clip under half the set's typical length, and under the
+    # target, is: a truncated file, or a clip of another kind, mostly padding.
+    typical = float(manifest["duration"].median()) if len(manifest) else 0.0
+    limit = min(target_s, typical) / 2
+    short = int((manifest["duration"] < limit).sum())
     if short:
         problems.append(
-            f"{short} clip(s) shorter than target_length ({target_s:.2f} s): their features "
-            "are padded"
+            f"{short} clip(s) shorter than {limit:.2f} s, half the typical clip "
+            f"({typical:.2f} s, the median): truncated? their features are mostly padding"
         )
     shared = manifest.groupby("group")[part].nunique()
     leaks = shared[shared > 1]
@@ -97,6 +102,9 @@ def build_report(
         report["skipped"] = cache_meta.get("skipped", [])
         for item in report["skipped"]:
             problems.append(f"skipped while caching: {item['path']}: {item['error']}")
+        # What a study trains on: the manifest's clips less those the cache left out.
+        report["clips_listed"] = report["clips"]
+        report["clips"] = report["clips"] - len(report["skipped"])
         observed = cache_meta.get("observed")
         if observed:
             report["observed_log_mel"] = observed
@@ -132,7 +140,13 @@ def _describe(values: pd.Series) -> dict[str, float]:
 
 def format_report(report: Mapping[str, Any], path: Path | None = None) -> str:
     lines = [
-        f"dataset {report['dataset']}: {report['clips']} clips, {report['classes']} classes"
+        f"dataset {report['dataset']}: {report['clips']} clips"
+        + (
+            f" ({report['clips_listed']} listed, {len(report['skipped'])} left out as bad)"
+            if report.get("skipped")
+            else ""
+        )
+        + f", {report['classes']} classes"
         f"{' (multi-label)' if report.get('task') == 'multilabel' else ''}, "
         + ("an official split" if report.get("split") == "official" else f"folds {report['folds']}")
         + f", {report['groups']} groups"

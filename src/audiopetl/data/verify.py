@@ -28,10 +28,11 @@ def raise_problems(
     problems: list[tuple[str, str]],
     order: Sequence[str],
     listing: Path,
+    hint: str | None = None,
 ) -> None:
     """One DataError for all ``(kind, line)`` problems of dataset ``what``: counts per kind in
     ``order`` (the worst first), the first lines shown and the complete list written to
-    ``listing``."""
+    ``listing``; ``hint``, what to do, ends the first line."""
     if not problems:
         return
     problems = sorted(problems, key=lambda p: order.index(p[0]))
@@ -44,9 +45,10 @@ def raise_problems(
         shown.append(f"(the first {MAX_SHOWN} of {len(lines)}; all of them are in {listing})")
     else:
         shown.append(f"(also written to {listing})")
+    advice = f"; {hint}" if hint else ""
     raise DataError(
-        f"{where}: {what} verification failed, {len(problems)} problem(s) ({summary}):\n  "
-        + "\n  ".join(shown)
+        f"{where}: {what} verification failed, {len(problems)} problem(s) ({summary}){advice}:"
+        "\n  " + "\n  ".join(shown)
     )
 
 

@@ -106,6 +106,7 @@ def run_row(data: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
     row: dict[str, Any] = {key: data.get(key) for key in ID_COLUMNS}
     row["split"] = data.get("split") or f"fold{data['fold']}"
     row["task"] = data.get("task", "multiclass")
+    row["partial"] = data.get("partial")  # "subset: 414 of 2000 clips", or None
     row.update({key: data.get(key) for key in RUN_SCALARS})
     for split in SPLITS:
         row.update(_split_scalars(split, data.get(split)))
@@ -148,6 +149,17 @@ def check_comparable(runs: pd.DataFrame) -> None:
                     + ", ".join(first.values())
                     + "): report runs of one split and task together only"
                 )
+
+
+def data_notes(runs: pd.DataFrame) -> list[str]:
+    """A line per dataset whose runs used part of it ("esc50: subset: 414 of 2000 clips"),
+    for every table and figure that shows its numbers."""
+    notes = []
+    for dataset, part in runs.groupby("dataset", sort=False):
+        found = sorted({str(p) for p in part["partial"].dropna()}) if "partial" in part else []
+        if found:
+            notes.append(f"{dataset}: {'; '.join(found)}")
+    return notes
 
 
 def headline_metric(runs: pd.DataFrame, metric: str) -> str:
@@ -225,7 +237,12 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     for column in values:
         out[f"{column}_mean"] = mean[column]
         out[f"{column}_std"] = std[column]
-    return out.reset_index()
+    out = out.reset_index()
+    if "partial" in runs and runs["partial"].notna().any():
+        # Part of a dataset: the summary's rows of it say how much ("subset: 414 of 2000").
+        partial = runs.dropna(subset=["partial"]).groupby("dataset")["partial"].first()
+        out.insert(len(keys), "partial", out["dataset"].map(partial))
+    return out
 
 
 def summary_metrics(summary: pd.DataFrame) -> list[str]:

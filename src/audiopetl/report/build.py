@@ -11,6 +11,7 @@ import pandas as pd
 from audiopetl.report.aggregate import (
     collect_histories,
     collect_runs,
+    data_notes,
     group_columns,
     headline_metric,
     order_runs,
@@ -49,6 +50,8 @@ def _class_figures(
     written = []
     for dataset, model in combos:
         suffix = "" if len(combos) == 1 else f"-{dataset}-{model}"
+        several = len({d for d, _ in combos}) > 1
+        context = f"{model} · {dataset}" if several else str(model)
         in_combo = (runs["dataset"] == dataset) & (runs["model"] == model)
         rows = summary[(summary["dataset"] == dataset) & (summary["model"] == model)]
         per_strategy: dict[str, list[dict[str, Any]]] = {}
@@ -58,7 +61,9 @@ def _class_figures(
         if (runs.loc[in_combo, "task"] == "multilabel").all():
             # No confusion matrix of several labels per clip: each class's AP instead.
             stem = fig_dir / f"per_class_ap{suffix}"
-            written += class_figures.per_class_f1(per_strategy, stem, report_cfg, field="ap")
+            written += class_figures.per_class_f1(
+                per_strategy, stem, report_cfg, field="ap", context=context
+            )
             continue
         best = figures.best_row(rows, report_cfg["metric"])
         # As strings: a missing environment is None, and None == None is False in pandas.
@@ -69,9 +74,10 @@ def _class_figures(
             fig_dir / f"confusion_matrix{suffix}",
             report_cfg,
             title=figures.config_labels(rows).loc[best.name],
+            context=context,
         )
         stem = fig_dir / f"per_class_f1{suffix}"
-        written += class_figures.per_class_f1(per_strategy, stem, report_cfg)
+        written += class_figures.per_class_f1(per_strategy, stem, report_cfg, context=context)
     return written
 
 
@@ -89,6 +95,8 @@ def build_report(cfg: Mapping[str, Any], run_dirs: Sequence[Path], out_dir: Path
     fig_dir = out_dir / FIGURES_DIR
     runs = order_runs(collect_runs(run_dirs), _study_order(cfg))
     report_cfg["metric"] = headline_metric(runs, report_cfg["metric"])
+    # Numbers from part of a dataset say so in every table and figure (not a setting).
+    report_cfg["data_notes"] = data_notes(runs)
     summary = summarize(runs)
     written = write_summary(summary, out_dir)
     written += write_tables(summary, report_cfg, out_dir / "table")
@@ -145,6 +153,13 @@ def _paired_tables(runs: pd.DataFrame, report_cfg: Mapping[str, Any], out_stem: 
         on_test_set = test_set_comparisons(runs[official], within)
         if not on_test_set.empty:
             written = append_tables(on_test_set, metric, scale, written)
+    notes = report_cfg.get("data_notes") or []
+    if notes:
+        from audiopetl.core.atomic import write_text
+        from audiopetl.report.tables import with_notes
+
+        for path in written:
+            write_text(path, with_notes(path.read_text(), path.suffix, notes))
     return written
 
 

@@ -41,9 +41,11 @@ def confusion_matrix(
     out: Path,
     report_cfg: Mapping[str, Any] | None = None,
     title: str | None = None,
+    context: str | None = None,
 ) -> list[Path]:
     """The test confusion matrices of the given runs (one strategy's folds) summed and
-    normalised per true class, so each row reads as recall in percent."""
+    normalised per true class, so each row reads as recall in percent. The title names the
+    strategy (``title``) and ``context``: the model (and dataset) the runs are of."""
     if not run_metrics:
         raise DataError("confusion_matrix: no runs given")
     names = _class_names(run_metrics)
@@ -77,7 +79,9 @@ def confusion_matrix(
         ax.set_xlabel("Predicted class")
         ax.set_ylabel("True class")
         strategy = title or str(run_metrics[0].get("strategy", ""))
-        ax.set_title(f"Confusion matrix · {strategy}" if strategy else "Confusion matrix")
+        model = context or str(run_metrics[0].get("model", ""))
+        named = " · ".join(n for n in (strategy, model) if n)
+        ax.set_title(f"Confusion matrix · {named}" if named else "Confusion matrix")
         return save_figure(fig, out, cfg)
 
 
@@ -113,10 +117,12 @@ def per_class_f1(
     out: Path,
     report_cfg: Mapping[str, Any] | None = None,
     field: str = "f1",
+    context: str | None = None,
 ) -> list[Path]:
     """A classes x strategies heatmap of the per-class test F1 (a multi-label study's: its
     average precision, ``field="ap"``), mean over runs, classes sorted from easiest to
-    hardest so the hard ones group together even with 50 classes."""
+    hardest so the hard ones group together even with 50 classes; ``context`` (the model, and
+    the dataset where there are several) goes into the title."""
     table = per_class_f1_table(runs_metrics, field)
     order = table.mean(axis=1).sort_values(ascending=False, kind="stable").index
     table = table.loc[order]
@@ -144,5 +150,7 @@ def per_class_f1(
         ax.tick_params(axis="x", length=0)
         ax.set_xlabel("Strategy")
         ax.set_ylabel("Class")
-        ax.set_title(f"Per-class test {label}")
+        ax.set_title(
+            f"Per-class test {label} · {context}" if context else f"Per-class test {label}"
+        )
         return save_figure(fig, out, cfg)

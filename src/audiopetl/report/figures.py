@@ -101,6 +101,9 @@ def save_figure(fig: Figure, out: Path, report_cfg: Mapping[str, Any]) -> list[P
     """Write ``out.{fmt}`` for every configured format, each atomically; close the figure."""
     out = Path(out)
     written = []
+    notes = report_cfg.get("data_notes") or []
+    if notes:  # part of a dataset: the figure says so above its panels
+        fig.suptitle("Data: " + "; ".join(notes), fontsize=float(report_cfg["font_size"]) - 1)
     try:
         for fmt in report_cfg["formats"]:
             target = out.parent / f"{out.name}.{fmt}"
@@ -127,6 +130,15 @@ def config_labels(frame: pd.DataFrame) -> pd.Series:
     labels = frame["strategy"].astype(str)
     for column in extra:
         labels = labels + " · " + frame[column].astype(str)
+    return labels
+
+
+def strategy_labels(frame: pd.DataFrame) -> pd.Series:
+    """The strategy, plus the environment where several: what a colour means in figures whose
+    panels already say the dataset and model."""
+    labels = frame["strategy"].astype(str)
+    if "environment" in _varying(frame, ("environment",)):
+        labels = labels + " · " + frame["environment"].astype(str)
     return labels
 
 
@@ -196,7 +208,9 @@ def learning_curves(
     only the training-loss panel is drawn.
     """
     with thesis_style(report_cfg) as cfg:
-        frame = histories.assign(label=config_labels(histories).to_numpy())
+        # The panels name the dataset and model; a line's colour says the strategy (and the
+        # environment, where several), the same in every panel, with one legend for all.
+        frame = histories.assign(label=strategy_labels(histories).to_numpy())
         colors = _colors(list(frame["label"]), cfg["palette"])
         has_val = bool(frame["val_metric"].notna().any())
         val_name = _validation_name(frame)
@@ -220,8 +234,10 @@ def learning_curves(
                     ax.set_title(f"Training · {title}" if title else "Training")
                 if row == len(panels) - 1:  # the shared epoch axis is labelled once
                     ax.set_xlabel("Epoch")
-        handles, labels = axes[0][0].get_legend_handles_labels()
-        axes[0][-1].legend(handles, labels, frameon=False, title="Strategy")
+        from matplotlib.lines import Line2D
+
+        handles = [Line2D([], [], color=c, linewidth=1.2, label=k) for k, c in colors.items()]
+        fig.legend(handles=handles, loc="outside right center", frameon=False, title="Strategy")
         sns.despine(fig=fig)
         return save_figure(fig, out, cfg)
 
@@ -290,10 +306,11 @@ def accuracy_vs_params(
                 # A log axis has no zero; a frozen model would still train its head.
                 x = max(float(row["trainable_params_mean"]), 1.0)
                 y = float(row[mean_col]) * scale
+                one_run = int(row.get("n_runs", 2)) == 1  # no spread to draw
                 ax.errorbar(
                     x,
                     y,
-                    yerr=float(row[std_col]) * scale,
+                    yerr=None if one_run else float(row[std_col]) * scale,
                     marker=markers[row["_shape"]],
                     color=colors[row["_hue"]],
                     markersize=5,
@@ -301,28 +318,19 @@ def accuracy_vs_params(
                     linewidth=1,
                     linestyle="none",
                 )
-                if not by_model:
-                    ax.annotate(
-                        row["label"],
-                        (x, y),
-                        xytext=(4, 4),
-                        textcoords="offset points",
-                        fontsize=float(cfg["font_size"]) - 1,
-                    )
             points = [
                 (max(float(r["trainable_params_mean"]), 1.0), float(r[mean_col]) * scale)
                 for _, r in part.iterrows()
             ]
             front = [points[i] for i in pareto_front(points)]
             if len(front) > 1:
+                # Straight from one front point to the next: the line passes through each.
                 ax.plot(*zip(*front, strict=True), linestyle="--", color="0.5", linewidth=0.8,
-                        drawstyle="steps-post", zorder=0, label="Pareto front")  # fmt: skip
+                        zorder=0, label="Pareto front", gid="pareto-front")  # fmt: skip
             level = (chance or {}).get(str(dataset))
             if level is not None and is_fraction(metric):
                 ax.axhline(level * scale, linestyle=":", color="0.4", linewidth=0.8,
                            label="chance")  # fmt: skip
-            if len(front) > 1 or level is not None:
-                ax.legend(loc="best", frameon=False, fontsize=float(cfg["font_size"]) - 1)
             ax.set_xscale("log")
             ax.xaxis.set_major_formatter(ticker.EngFormatter(sep=""))
             ax.xaxis.set_minor_formatter(ticker.NullFormatter())
@@ -332,23 +340,40 @@ def accuracy_vs_params(
             _percent_axis(ax, metric)
             if len(datasets) > 1:
                 ax.set_title(str(dataset))
-        if by_model:
-            _key_legend(fig, colors, markers, cfg)
+        # A legend, not a label beside each point: labels collide where methods cost about
+        # the same (conformer, lora and adapter in the default study).
+        _key_legend(fig, colors, markers, cfg, by_model, axes[0][0])
         sns.despine(fig=fig)
         return save_figure(fig, out, cfg)
 
 
 def _key_legend(
-    fig: Figure, colors: Mapping[str, Any], markers: Mapping[str, str], cfg: Mapping[str, Any]
+    fig: Figure,
+    colors: Mapping[str, Any],
+    markers: Mapping[str, str],
+    cfg: Mapping[str, Any],
+    by_model: bool,
+    ax: Axes,
 ) -> Any:
-    """One legend for both keys, right of the panels: a coloured line per model, a grey marker
-    per strategy (constrained layout makes room for it)."""
+    """One legend for every key, right of the panels (constrained layout makes room for it):
+    with several models a coloured line per model and a grey marker per strategy, else a
+    coloured marker per strategy; then the Pareto front and chance."""
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color=c, linewidth=2, label=m) for m, c in colors.items()]
-    handles += [
-        Line2D([], [], color="0.3", marker=k, linestyle="none", label=s) for s, k in markers.items()
-    ]
+    if by_model:
+        handles = [Line2D([], [], color=c, linewidth=2, label=m) for m, c in colors.items()]
+        handles += [
+            Line2D([], [], color="0.3", marker=k, linestyle="none", label=s)
+            for s, k in markers.items()
+        ]
+    else:
+        handles = [
+            Line2D([], [], color=colors[s], marker=k, linestyle="none", label=s)
+            for s, k in markers.items()
+        ]
+    own, names = ax.get_legend_handles_labels()
+    seen = {h.get_label() for h in handles}
+    handles += [h for h, n in zip(own, names, strict=True) if n not in seen]
     return fig.legend(
         handles=handles,
         loc="outside right center",
@@ -368,49 +393,68 @@ def _spread(n: int, width: float = 0.5) -> np.ndarray:
 def accuracy_per_strategy(
     runs: pd.DataFrame, out: Path, report_cfg: Mapping[str, Any] | None = None
 ) -> list[Path]:
-    """Bars of the mean test metric per strategy with ±1 std (population, as in the summary)
-    and every fold's value drawn on top; one panel per dataset."""
+    """Bars of the mean test metric per strategy with ±1 std (population, as in the summary;
+    none for a single run) and every run's value drawn on top; one panel per dataset. With
+    several models (or environments) the strategies' bars stand side by side, one colour per
+    model, under one tick per strategy, and a legend names the models."""
     with thesis_style(report_cfg) as cfg:
         metric = cfg["metric"]
         column = f"test_{base_metric(metric)}"
         _require(runs, column, "accuracy_per_strategy")
         scale = _scale(metric)
-        frame = runs.assign(label=config_labels(runs).to_numpy())
-        colors = _colors(list(frame["label"]), cfg["palette"])
+        extra = _varying(runs, ("model", "environment"))
+        group = runs[extra].astype(str).agg(" · ".join, axis=1) if extra else None
+        frame = runs.assign(
+            _group=group.to_numpy() if group is not None else "",
+            _strategy=runs["strategy"].astype(str).to_numpy(),
+        )
+        groups = list(dict.fromkeys(frame["_group"]))
+        keys = groups if extra else list(dict.fromkeys(frame["_strategy"]))
+        colors = _colors(keys, cfg["palette"])
         datasets = list(dict.fromkeys(frame["dataset"]))
         fig, axes = _figure(cfg, 0.45, ncols=len(datasets))
+        width = 0.8 / len(groups)
         for ax, dataset in zip(axes[0], datasets, strict=True):
             part = frame[frame["dataset"] == dataset]
-            labels = list(dict.fromkeys(part["label"]))
-            for i, label in enumerate(labels):
-                values = part.loc[part["label"] == label, column].to_numpy(float) * scale
-                values = values[np.isfinite(values)]
-                ax.bar(
-                    i,
-                    values.mean(),
-                    yerr=values.std(ddof=0),
-                    color=colors[label],
-                    alpha=0.6,
-                    width=0.7,
-                    capsize=3,
-                    error_kw={"linewidth": 1},
-                )
-                ax.scatter(
-                    i + _spread(len(values)),
-                    values,
-                    s=10,
-                    color="black",
-                    zorder=3,
-                    linewidths=0,
-                )
-            ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 6 else 0)
+            strategies = list(dict.fromkeys(part["_strategy"]))
+            for i, strategy in enumerate(strategies):
+                for j, name in enumerate(groups):
+                    chosen = (part["_strategy"] == strategy) & (part["_group"] == name)
+                    values = part.loc[chosen, column].to_numpy(float) * scale
+                    values = values[np.isfinite(values)]
+                    if not len(values):
+                        continue
+                    x = i + (j - (len(groups) - 1) / 2) * width
+                    ax.bar(
+                        x,
+                        values.mean(),
+                        yerr=values.std(ddof=0) if len(values) > 1 else None,
+                        color=colors[name if extra else strategy],
+                        alpha=0.6,
+                        width=width * 0.9,
+                        capsize=3,
+                        error_kw={"linewidth": 1},
+                        label=name if extra and i == 0 else None,
+                    )
+                    ax.scatter(x + _spread(len(values), width * 0.6), values, s=10,
+                               color="black", zorder=3, linewidths=0)  # fmt: skip
+            ax.set_xticks(range(len(strategies)), strategies, rotation=_rotation(strategies))
             ax.set_xlabel("Strategy")
             ax.set_ylabel(f"Test {in_sentence(metric_label(metric))}")
             _percent_axis(ax, metric)
             if len(datasets) > 1:
                 ax.set_title(str(dataset))
+        if extra:
+            handles, labels = axes[0][0].get_legend_handles_labels()
+            fig.legend(handles, labels, loc="outside right center", frameon=False,
+                       title=" · ".join(c.capitalize() for c in extra))  # fmt: skip
         sns.despine(fig=fig)
         return save_figure(fig, out, cfg)
+
+
+def _rotation(labels: Sequence[str]) -> int:
+    # Horizontal while the names fit side by side, slanted once they would touch.
+    return 30 if len(labels) > 6 or sum(len(t) for t in labels) > 48 else 0
 
 
 # -------------------------------------------------------------------- the best strategy

@@ -44,6 +44,7 @@ class Cell:
     mean: float
     std: float
     best: bool = False
+    n: int = 2  # runs behind it: with one there is no spread to show
 
 
 def table_metrics(summary: pd.DataFrame, headline: str) -> list[str]:
@@ -72,28 +73,38 @@ def _cells(summary: pd.DataFrame, metric: str, decimals: int) -> list[Cell | Non
     # Best per dataset on the printed values, so two rows that print the same are both bold.
     shown = means.round(decimals)
     best = shown.groupby(summary["dataset"]).transform("max")
+    runs = summary["n_runs"] if "n_runs" in summary else pd.Series(2, index=summary.index)
     return [
-        None if math.isnan(m) else Cell(float(m), float(s), bool(r == b))
-        for m, s, r, b in zip(means, stds, shown, best, strict=True)
+        None if math.isnan(m) else Cell(float(m), float(s), bool(r == b), int(n))
+        for m, s, r, b, n in zip(means, stds, shown, best, runs, strict=True)
     ]
 
 
 def _plain(cell: Cell | None, decimals: int) -> str:
     if cell is None:
         return "–"
+    if cell.n == 1:  # one run: no spread; say so instead of a ± 0.00
+        return f"{cell.mean:.{decimals}f} (n = 1)"
     return f"{cell.mean:.{decimals}f} ± {cell.std:.{decimals}f}"
 
 
 def _latex_cell(cell: Cell | None, decimals: int) -> str:
     if cell is None:
         return "--"
+    if cell.n == 1:
+        body = f"{cell.mean:.{decimals}f}"
+        return (f"$\\mathbf{{{body}}}$" if cell.best else f"${body}$") + " (n = 1)"
     body = f"{cell.mean:.{decimals}f} \\pm {cell.std:.{decimals}f}"
     return f"$\\mathbf{{{body}}}$" if cell.best else f"${body}$"
 
 
 def _markdown_cell(cell: Cell | None, decimals: int) -> str:
     text = _plain(cell, decimals)
-    return f"**{text}**" if cell is not None and cell.best else text
+    if cell is None or not cell.best:
+        return text
+    if cell.n == 1:
+        return f"**{cell.mean:.{decimals}f}** (n = 1)"
+    return f"**{text}**"
 
 
 def _params(value: float) -> str:
@@ -102,6 +113,11 @@ def _params(value: float) -> str:
 
 def _percent(value: float, decimals: int) -> str:
     return "–" if math.isnan(value) else f"{value:.{decimals}f}"
+
+
+def in_sentence(label: str) -> str:
+    """A label after another word: "Accuracy (%)" -> "accuracy (%)"; "mAP" stays."""
+    return label[:1].lower() + label[1:]
 
 
 def latex_escape(text: str) -> str:
@@ -181,6 +197,8 @@ def to_csv(summary: pd.DataFrame, layout: TableLayout) -> str:
     """Numbers, not typeset strings: the CSV is for other programs, in the table's units."""
     ids = [c for c in ID_HEADERS if c in summary.columns]
     out = summary[[*ids, "n_runs"]].copy()
+    if "partial" in summary.columns and summary["partial"].notna().any():
+        out["partial"] = summary["partial"]  # "subset: 414 of 2000 clips"
     out["trainable_params"] = summary["trainable_params_mean"].round().astype("Int64")
     out["trainable_percent"] = summary["trainable_percent_mean"].round(layout.decimals + 2)
     for metric in layout.metrics:
@@ -189,6 +207,17 @@ def to_csv(summary: pd.DataFrame, layout: TableLayout) -> str:
             value = summary[f"test_{metric}_{stat}"].astype(float) * _scale(metric)
             out[f"test_{metric}_{stat}{unit}"] = value.round(layout.decimals)
     return out.to_csv(index=False, lineterminator="\n")
+
+
+def with_notes(text: str, suffix: str, notes: Sequence[str]) -> str:
+    """A table's text with a line saying which of its datasets are partial, below it (CSV
+    files, read by programs, carry it in a column instead)."""
+    if not notes or suffix == ".csv":
+        return text
+    line = "Data: " + "; ".join(notes) + "."
+    if suffix == ".tex":
+        return text + f"\\par\\footnotesize {latex_escape(line)}\n"
+    return text + f"\n_{line}_\n"
 
 
 def write_tables(
@@ -201,11 +230,12 @@ def write_tables(
         decimals=int(report_cfg["decimals"]),
     )
     out_stem = Path(out_stem)
+    notes = report_cfg.get("data_notes") or []
     written = []
     for suffix, render in ((".csv", to_csv), (".md", to_markdown), (".tex", to_latex)):
         # name + suffix, not with_suffix: a stem like "table.v2" must keep its dot.
         target = out_stem.parent / f"{out_stem.name}{suffix}"
-        write_text(target, render(summary, layout))
+        write_text(target, with_notes(render(summary, layout), suffix, notes))
         written.append(target)
     return written
 
@@ -233,7 +263,12 @@ def model_strategy_grid(summary: pd.DataFrame, metric: str, decimals: int) -> pd
             row[strategy] = (
                 None
                 if r is None or math.isnan(r["_mean"])
-                else Cell(float(r["_mean"]), float(r["_std"]), bool(r["_shown"] == r["_best"]))
+                else Cell(
+                    float(r["_mean"]),
+                    float(r["_std"]),
+                    bool(r["_shown"] == r["_best"]),
+                    int(r["n_runs"]) if "n_runs" in r else 2,
+                )
             )
         rows.append(row)
     return pd.DataFrame(rows, columns=["dataset", "model", *strategies])
@@ -261,7 +296,8 @@ def write_model_table(
             ]
     headers = [ID_HEADERS[c] for c in ids] + strategies
     md = [
-        f"Test {_metric_header(metric).lower()}, mean ± std over folds and seeds.",
+        f"Test {in_sentence(_metric_header(metric))}, mean ± std over the runs (folds and "
+        "seeds; one run: its value, n = 1).",
         "",
         _md_line(headers),
         _md_line(["---"] * len(ids) + ["---:"] * len(strategies)),
@@ -286,6 +322,6 @@ def write_model_table(
         (".tex", "\n".join(tex) + "\n"),
     ):
         target = out_stem.parent / f"{out_stem.name}{suffix}"
-        write_text(target, text)
+        write_text(target, with_notes(text, suffix, report_cfg.get("data_notes") or []))
         written.append(target)
     return written

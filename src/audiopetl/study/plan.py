@@ -230,6 +230,7 @@ def format_plan(
     sources = {e.throughput.source for e in estimates if e.throughput is not None}
     lines.extend(f"throughput {text}" for text in sorted(sources))
     lines += _memory_table(estimates)
+    lines += split_lines(study)
     known = [e.seconds for e in estimates if e.seconds is not None]
     if known:
         gpus = sum((e.seconds or 0) * (e.resources.get("gpu") or 0) for e in estimates) / 3600
@@ -239,6 +240,14 @@ def format_plan(
         lines.append("no runtime estimates: give --samples-per-s or --measure")
 
     notes: list[tuple[str | None, str]] = []  # (job, what to say of it)
+    for dataset in study.config["study"]["datasets"]:
+        if study.manifest_path(dataset).is_file():
+            from audiopetl.data.splits.sizes import size_problems
+            from audiopetl.study.splits import study_split_sizes
+
+            minimums = dict(study.clips.min_split_clips)
+            for sizes in study_split_sizes(study, dataset):
+                notes += [(None, p) for p in size_problems(sizes, minimums, f"dataset {dataset}")]
     if any(
         e.throughput and e.throughput.device == "cpu" and e.resources.get("gpu") for e in estimates
     ):
@@ -287,6 +296,62 @@ def format_plan(
             text += f" (the profile allows {retries} retries)"
         notes.append((e.job.name, text))
     return "\n".join(lines), _grouped(notes)
+
+
+RULE_WORDS = {
+    "train_val_test": "validation the fold after the test fold (the last wraps to the first)",
+    "train_val_test_before": "validation the fold before the test fold (the first wraps to "
+    "the last)",
+    "train_test": "no validation: the last epoch is tested",
+}
+
+
+def split_lines(study: Study) -> list[str]:
+    """How each dataset's folds (or official split) become each run's sets, per split rule:
+    "fold1: test 1 · validation 2 · training 3, 4, 5"."""
+    lines = []
+    rules = list(
+        dict.fromkeys(study.training(s).split for s in study.config["study"]["strategies"])
+    )
+    for dataset in study.config["study"]["datasets"]:
+        settings = study.dataset(dataset)
+        for rule in rules:
+            if settings.scheme == "official":
+                val = "validation" if rule != "train_test" else "no validation"
+                lines.append(
+                    f"splits of {dataset} ({rule}): official: the publisher's training and test "
+                    f"sets, {val}"
+                )
+                continue
+            if settings.scheme != "folds":
+                lines.append(f"splits of {dataset} ({rule}): {settings.scheme}")
+                continue
+            folds = _dataset_folds(study, dataset)
+            if folds is None:
+                lines.append(f"splits of {dataset} ({rule}): its folds come from its files")
+                continue
+            lines.append(f"splits of {dataset} ({rule}: {RULE_WORDS[rule]}):")
+            for name in study.split_names(dataset):
+                parts = split_folds(folds, fold_of(name), rule)
+                val = f" · validation {_folds_text(parts.val)}" if parts.val else ""
+                lines.append(
+                    f"  {name}: test {_folds_text(parts.test)}{val} · training "
+                    f"{_folds_text(parts.train)}"
+                )
+    return lines
+
+
+def _dataset_folds(study: Study, dataset: str) -> list[int] | None:
+    """The dataset's folds: from its manifest once fetched, else those its kind declares."""
+    if study.manifest_path(dataset).is_file():
+        manifest, _ = dataset_shape(study, dataset)
+        return sorted(int(f) for f in manifest["fold"].unique())
+    declared = study.dataset(dataset).folds
+    return list(range(1, declared + 1)) if declared else None
+
+
+def _folds_text(folds: list[int]) -> str:
+    return ", ".join(str(f) for f in folds)
 
 
 def _memory_table(estimates: list[Estimate]) -> list[str]:

@@ -44,6 +44,10 @@ from audiopetl.study.checks import CHECKS
 RESOLVE = object()
 
 
+# The `data` settings that decide which clips a cache holds.
+CACHE_KEYS = ("min_frames", "skip_bad")
+
+
 def load_study(
     config_file: Path | str = DEFAULT_CONFIG,
     experiment: str | None = None,
@@ -149,7 +153,8 @@ class Study:
             {
                 "version": FEATURE_VERSION,
                 "data": data.data_id,
-                "clips": dict(self.config["data"]),  # which clips make it into the cache
+                # Which clips make it into the cache (not the guards on the splits' sizes).
+                "clips": {k: v for k, v in self.config["data"].items() if k in CACHE_KEYS},
                 **values,
             },
             10,
@@ -257,6 +262,7 @@ class Study:
             manifest=self.manifest_path(dataset),
             pretrained=self.weights_source(model) if pretrained is RESOLVE else pretrained,
             config=Frozen(self.config),
+            min_split_clips=self.clips.min_split_clips,
         )
 
     def pretrain_run(self, model: str, out: Path | None = None) -> RunSettings:
@@ -287,6 +293,7 @@ class Study:
             manifest=self.manifest_path(pretrain.dataset),
             pretrained=resolve_pretrained(source, self.layout.mirror(model)),
             config=Frozen(config),
+            min_split_clips=self.clips.min_split_clips,
         )
 
     def run_params(self, model: str, strategy: str) -> dict[str, Any]:
@@ -329,6 +336,16 @@ class Study:
         self, dataset: str, model: str, strategy: str, split: int | str, seed: int | str
     ) -> Path:
         return self.layout.run_dir(dataset, model, strategy, split, seed)
+
+    def split_check_params(self, dataset: str) -> dict[str, Any]:
+        """What decides the `splits` job's check of a dataset (its rule's params): the splits
+        the study runs, the rules its strategies split by, and the minimums."""
+        strategies = self.config["study"]["strategies"]
+        return {
+            "splits": self.split_names(dataset),
+            "rules": sorted({self.training(s).split for s in strategies}),
+            "min_split_clips": thaw(self.clips.min_split_clips),
+        }
 
     def split_names(self, dataset: str, folds: Iterable[int] | None = None) -> list[str]:
         """The splits a study runs of ``dataset``: one per study fold (``folds``, default the

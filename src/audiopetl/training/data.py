@@ -11,10 +11,12 @@ import numpy as np
 import torch
 
 from audiopetl.core.checksums import file_sha256
-from audiopetl.core.errors import TrainingError
+from audiopetl.core.errors import DataError, TrainingError
 from audiopetl.core.settings import RunSettings
+from audiopetl.data.datasets import describe
 from audiopetl.data.manifest import check_manifest, label_sets, read_manifest
 from audiopetl.data.splits import Splits, get_scheme
+from audiopetl.data.splits.sizes import size_problems, split_sizes
 from audiopetl.features.cache import FeatureSet, read_clips, read_metadata
 
 
@@ -53,12 +55,19 @@ def load_run_data(run: RunSettings) -> RunData:
         "manifest_sha256": meta["manifest_sha256"],
         "rows": meta.get("rows"),
     }
+    partial = describe(run.dataset, manifest.parent)
+    if partial is not None:
+        record["partial"] = partial  # "subset: 414 of 2000 clips"
     table = read_manifest(manifest)
     table = check_manifest(table, str(manifest), task=run.dataset.task)
     scheme = get_scheme(run.dataset.scheme)
     scheme.check(table, str(manifest), run.dataset.split)
     splits = scheme.splits(table, run.split, run.training.split)
     class_names = list(meta["class_names"])
+    sizes = split_sizes(table, class_names, splits, run.split, run.training.split)
+    problems = size_problems(sizes, run.min_split_clips, f"dataset {run.dataset.name}")
+    if problems:
+        raise DataError(problems[0])
     sets = dict(zip(table["clip_id"], label_sets(table), strict=True))
     parts = [
         _with_targets(read_clips(path, ids), sets, len(class_names), run.dataset.multilabel)

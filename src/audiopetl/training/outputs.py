@@ -88,6 +88,9 @@ def write(
     }
     if trainer.multilabel:
         metrics.update(task="multilabel", chance_mAP=chance)
+    if trainer.data_record.get("partial"):
+        # Part of a dataset (an ESC-50 subset): every table and figure of it says so.
+        metrics["partial"] = trainer.data_record["partial"]
     if at_chance and margin is None:
         log.warning(
             "run %s: test %s %.4f is at chance level (%.4f); the guard is "

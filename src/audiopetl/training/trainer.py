@@ -392,8 +392,10 @@ class Trainer:
             else ""
         )
         run = self.run
+        partial = self.data_record.get("partial")
+        where = f" {run.dataset.name} {partial}" if partial else ""
         message = (
-            f"[{run.strategy.name} {run.split} seed{run.seed}] "
+            f"[{run.strategy.name} {run.split} seed{run.seed}{where}] "
             f"epoch {row['epoch']}/{self.training.epochs} train_loss "
             f"{row['train_loss']:.4f}{val} lr {row['lr']:.3g} "
             f"{row['samples_per_s']:.1f} samples/s"

@@ -86,7 +86,8 @@ def fetch_esc50(
             problems = _problems(
                 tmp, _shipped_md5_index(), lambda rel: prefix + rel, meta_source, subset
             )
-            raise_problems(str(archive), "ESC-50", problems, PROBLEM_ORDER, listing)
+            hint = None if subset else _subset_hint(problems)
+            raise_problems(str(archive), "ESC-50", problems, PROBLEM_ORDER, listing, hint)
         except DataError as err:
             if cached:
                 raise DataError(f"{err}\n(the downloaded archive is kept at {archive})") from err
@@ -233,7 +234,19 @@ def verify_esc50(root: Path, md5_index: dict | None = None, *, subset: bool = Fa
     root = Path(root)
     index = _shipped_md5_index() if md5_index is None else md5_index
     problems = _problems(root, index, lambda rel: str(root / rel), str(root / META), subset)
-    raise_problems(str(root), "ESC-50", problems, PROBLEM_ORDER, problems_file(root))
+    hint = None if subset else _subset_hint(problems)
+    raise_problems(str(root), "ESC-50", problems, PROBLEM_ORDER, problems_file(root), hint)
+
+
+def _subset_hint(problems: list[tuple[str, str]]) -> str | None:
+    """Only clips missing, every present one matching: a part of ESC-50, meant or not."""
+    kinds = {kind for kind, _ in problems}
+    if kinds and kinds <= {"missing", "not in metadata"}:
+        return (
+            "every clip present matches, some are missing: to study the part that is here, "
+            "set the dataset's esc50.subset: true"
+        )
+    return None
 
 
 # The order problems are listed in: a wrong clip first, whatever else is wrong.

@@ -22,7 +22,7 @@ wherever the root sits.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,8 +87,34 @@ ROLES = ("path", "label", "group", "fold", "split")
 LABEL_JOIN = "_"
 
 
+def check_columns_used(
+    df: pd.DataFrame, used: set[str], metadata: Sequence[str], source: Path
+) -> None:
+    """Every column of a user's CSV is read, or named as metadata: a fold column called
+    `split`, or a second label column, must not vanish silently. A leading unnamed column
+    holding 0, 1, 2, ... is pandas' written index, and is let be."""
+    unused = [c for c in df.columns if c not in used and c not in metadata]
+    first = df.columns[0] if len(df.columns) else None
+    index = [str(i) for i in range(len(df))]
+    if unused and unused[0] == first and str(first).startswith("Unnamed: ") and (
+        df[first].tolist() == index
+    ):
+        unused = unused[1:]
+    if unused:
+        names = ", ".join(repr(c) for c in unused)
+        raise DataError(
+            f"{source}: column(s) {names} not used: name what each holds in folder.columns "
+            "(path, label, group, fold, split), or list it in folder.metadata_columns to keep "
+            "it out on purpose"
+        )
+
+
 def _from_csv(
-    root: Path, manifest: Path, official: bool, columns: Mapping[str, Any] | None = None
+    root: Path,
+    manifest: Path,
+    official: bool,
+    columns: Mapping[str, Any] | None = None,
+    metadata: Sequence[str] = (),
 ) -> pd.DataFrame:
     if not manifest.is_file():
         raise DataError(f"{manifest}: folder.manifest not found")
@@ -111,6 +137,8 @@ def _from_csv(
         missing.append("fold or group")
     if missing:
         raise DataError(f"{manifest}: missing column(s): {', '.join(missing)}")
+    used = {named.get(r, r) for r in ("path", "group", "fold", "split")} | set(labels)
+    check_columns_used(df, used, metadata, manifest)
     paths = []
     for p in df[named.get("path", "path")]:
         path = Path(p) if Path(p).is_absolute() else root / p
@@ -141,7 +169,7 @@ SPLIT_FOLDERS = {
 METADATA = "metadata.csv"
 
 
-def _from_audiofolder(root: Path) -> pd.DataFrame:
+def _from_audiofolder(root: Path, metadata: Sequence[str] = ()) -> pd.DataFrame:
     """An audiofolder: ``metadata.csv`` (``file_name`` relative to it, a ``label`` or ``labels``
     column) at the root, or one per split subfolder, whose name is the clip's part."""
     tables = []
@@ -152,6 +180,7 @@ def _from_audiofolder(root: Path) -> pd.DataFrame:
         missing = [c for c in ("file_name", label) if c not in df.columns]
         if missing:
             raise DataError(f"{meta}: an audiofolder metadata.csv needs {', '.join(missing)}")
+        check_columns_used(df, {"file_name", label, "group", "fold"}, metadata, meta)
         part = None
         if where.parts:
             part = SPLIT_FOLDERS.get(where.parts[0].lower())
@@ -174,15 +203,17 @@ def _from_audiofolder(root: Path) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True)
 
 
-def _discover(root: Path, official: bool) -> tuple[pd.DataFrame, str]:
+def _discover(
+    root: Path, official: bool, columns: Mapping[str, Any] | None, metadata: Sequence[str]
+) -> tuple[pd.DataFrame, str]:
     """Only ``root`` given: an audiofolder, or the one CSV at the root with a path column."""
     if any(root.rglob(METADATA)):
-        return _from_audiofolder(root), f"{root} (audiofolder)"
+        return _from_audiofolder(root, metadata), f"{root} (audiofolder)"
     candidates = [
         p for p in sorted(root.glob("*.csv")) if "path" in pd.read_csv(p, nrows=0).columns
     ]
     if len(candidates) == 1:
-        return _from_csv(root, candidates[0], official), str(candidates[0])
+        return _from_csv(root, candidates[0], official, columns, metadata), str(candidates[0])
     found = ", ".join(p.name for p in candidates) or "none"
     raise DataError(
         f"{root}: set folder.manifest or folder.pattern, or lay the folder out as an "
@@ -270,6 +301,10 @@ def _folds(df: pd.DataFrame, settings: Mapping[str, Any], source: str) -> pd.Ser
     return assign_folds(df["group"], settings.get("folds"))
 
 
+def _own_group(path: str) -> str:
+    return Path(path).with_suffix("").as_posix()
+
+
 def folder_manifest(
     settings: Mapping[str, Any],
     base: Path = Path("."),
@@ -282,13 +317,14 @@ def folder_manifest(
     if not root.is_dir():
         raise DataError(f"{root}: folder.root is not a directory")
     official = scheme == "official"
+    metadata = [str(c) for c in settings.get("metadata_columns") or ()]
     manifests = settings.get("manifest")
     if isinstance(manifests, Mapping):
         # One CSV per part (Fluent Speech Commands' train_data.csv, valid_data.csv, ...).
         parts = []
         for part, name in manifests.items():
             path = Path(name) if Path(name).is_absolute() else base / name
-            found = _from_csv(root, path, official=True, columns=settings.get("columns"))
+            found = _from_csv(root, path, True, settings.get("columns"), metadata)
             if found["split"].notna().any():
                 raise DataError(f"{path}: a split column in the CSV of part {part!r}")
             parts.append(found.assign(split=part))
@@ -298,12 +334,12 @@ def folder_manifest(
         manifest = Path(manifests)
         source = str(manifest)
         csv = manifest if manifest.is_absolute() else base / manifest
-        df = _from_csv(root, csv, official, settings.get("columns"))
+        df = _from_csv(root, csv, official, settings.get("columns"), metadata)
     elif settings.get("pattern"):
         source = f"{root} (folder.pattern)"
         df = _from_pattern(root, settings["pattern"])
     else:
-        df, source = _discover(root, official)
+        df, source = _discover(root, official, settings.get("columns"), metadata)
     if settings.get("lists"):
         if df["split"].notna().any():
             raise DataError(f"{source}: the split is given twice (folder.lists and the data)")
@@ -325,12 +361,11 @@ def folder_manifest(
                 "(a split column, the pattern's (?P<split>...), split folders or folder.lists)"
             )
         df["fold"] = 0
-        df["group"] = df["group"].fillna(
-            df["path"].map(lambda p: Path(p).with_suffix("").as_posix())
-        )
     else:
         df = df.drop(columns="split")
         df["fold"] = _folds(df, settings, source)
+    # A clip without a group (folds or parts given per file) is a group of its own.
+    df["group"] = df["group"].where(df["group"].notna(), df["path"].map(_own_group))
     df["group"] = df["group"].astype(str)
     infos, skipped = [], []
     for rel in df["path"]:
@@ -409,7 +444,7 @@ class Folder(DatasetKind):
     """A user's own folder: the audio stays where it is; the raw folder holds the manifest."""
 
     identity_keys = ("root", "manifest", "pattern", "folds", "labels")
-    optional_identity_keys = ("lists", "labels_separator", "columns")
+    optional_identity_keys = ("lists", "labels_separator", "columns", "metadata_columns")
     # Skipping unreadable files decides which of a user's files the folder lists.
     skip_bad_decides_files = True
     tasks = ("multiclass", "multilabel")

@@ -26,7 +26,8 @@ RANKS = {
     "training": 4,
     "report": 4,
     "study": 5,
-    "cli": 6,
+    "inference": 6,
+    "cli": 7,
 }
 MAX_LINES = 500
 

@@ -31,6 +31,7 @@ WARM_PRELOAD = (
     "audiopetl.cli.data",
     "audiopetl.training.run",
     "audiopetl.training.evaluate",
+    "audiopetl.inference.predict",
     "audiopetl.features.cache",
     "audiopetl.study",
     "audiopetl.report",
@@ -59,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     from audiopetl.cli import train as cli_train
 
     cli_train.register(add)
+    from audiopetl.cli import infer as cli_infer
+
+    cli_infer.register(add)
     from audiopetl.cli import doctor
 
     doctor.register(add)

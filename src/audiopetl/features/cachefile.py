@@ -114,7 +114,8 @@ def feature_values(table: pa.Table, shape: list[int]) -> np.ndarray:
 
 def check_finite(path: Path, table: pa.Table, values: np.ndarray, metadata: dict) -> None:
     """NaN or Inf features are damage too: name the rows and clips."""
-    bad = np.flatnonzero(~np.isfinite(values).reshape(len(values), -1).all(axis=1))
+    # Over every axis but the rows' (a reshape to (rows, -1) fails when no row matched).
+    bad = np.flatnonzero(~np.isfinite(values).all(axis=tuple(range(1, values.ndim))))
     if len(bad):
         clips = table.column("clip_id").take(pa.array(bad[:5])).to_pylist()
         raise DataError(

@@ -108,7 +108,13 @@ def write(
         )
     record = provenance.run_record(
         cfg=thaw(run.config),
-        run={**run.names, "pretrained": run.pretrained, "splits": dict(trainer.splits.record)},
+        run={
+            **run.names,
+            "pretrained": run.pretrained,
+            "splits": dict(trainer.splits.record),
+            # In the model's output order: what `audiopetl predict` and exports name.
+            "classes": list(trainer.class_names),
+        },
         device=trainer.device,
         determinism=trainer.determinism,
         runtime=trainer.runtime.record(),

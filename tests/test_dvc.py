@@ -153,7 +153,7 @@ def test_first_repro_runs_the_study(repo: Path) -> None:
     assert set(recorded) == {"data", "features", "training", "report"}
     # Settings are recorded per stage: the training stage's own keys, not the report's.
     training_params = recorded["training"]["params"]["config/config.yaml"]
-    assert set(training_params) == {"env", "models", "strategies", "training", "study"}
+    assert set(training_params) == {"env", "data", "models", "strategies", "training", "study"}
     assert training_params["strategies"]["lora"]["rank"] == 8
     assert set(recorded["report"]["params"]["config/config.yaml"]) == {"env", "study", "report"}
     for run in run_dirs(repo):

@@ -180,7 +180,11 @@ def test_plan_measures_peak_memory_of_every_kind(project: Path) -> None:
     assert code == 0, err
     lines = out.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("peak training memory"))
-    rows = [line.split() for line in lines[start + 1 :] if line.startswith("  ")]
+    rows = []
+    for line in lines[start + 1 :]:  # the table's indented rows, up to the next section
+        if not line.startswith("  "):
+            break
+        rows.append(line.split())
     measured = {(r[0], r[1]): float(r[2]) for r in rows}
     assert set(measured) == {(m, s) for m in MODELS for s in ("full", "linear", "lora")}
     assert all(gib > 0 for gib in measured.values()), measured

@@ -435,6 +435,7 @@ def test_a_large_study_submits_one_job_per_run(tmp_path: Path) -> None:
     counts = {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", stats.group(1), re.M)}
     assert counts["train"] == 5 * 8 * 3 and "evaluate" not in counts
     # SLURM jobs: one per run, plus the caches, the pretraining, the data report and the
-    # report; the downloads (fetch) and the target rule run on the submitting machine.
-    local = counts["fetch"] + counts["all"]
+    # report; the downloads (fetch), the split check and the target rule run on the
+    # submitting machine.
+    local = counts["fetch"] + counts["splits"] + counts["all"]
     assert sum(counts.values()) - local == 120 + 2 + 1 + 1 + 1

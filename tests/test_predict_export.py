@@ -598,3 +598,32 @@ def test_a_multilabel_run_predicts_by_the_max_and_exports_with_sigmoids(
     fresh(sys.executable, TRANSFORMERS_ONLY, folder, waves, result, cwd=tmp_path)
     for name in ("pipeline", "model"):
         assert np.abs(np.load(result / f"{name}.npy") - first).max() <= TOLERANCE, name
+
+
+@needs_esc50
+@needs_fsdd
+def test_a_waveform_models_exported_extractor_computes_its_front_end(tmp_path: Path) -> None:
+    """Wav2Vec2FeatureExtractor at a waveform run's settings (normalised per clip or not)
+    gives the run's input on real clips cut to the training length."""
+    from transformers import AutoFeatureExtractor
+
+    from audiopetl.features.frontends import make_extractor
+    from audiopetl.inference.export import feature_extractor
+    from audiopetl.study import load_study
+
+    fsdd = sorted(FSDD.glob("*.wav"), key=lambda p: p.stat().st_size)
+    paths = [*sorted((ESC50_SUBSET / "audio").glob("*.wav"))[:4], *fsdd[:2], *fsdd[-2:]]
+    for model in ("tiny-wav2vec2", "tiny-hubert"):  # normalised, and not
+        study = load_study(Path("config/config.yaml").resolve(), "models", [])
+        run = study.run("synthetic", model, "full", 1, 0, pretrained=None)
+        folder = tmp_path / model
+        feature_extractor(run).save_pretrained(str(folder))
+        loaded = AutoFeatureExtractor.from_pretrained(str(folder))
+        values = run.features.values
+        length = int(values["target_length"])
+        waves = [read_audio(p, RATE)[:length] for p in paths]
+        theirs = loaded(waves, sampling_rate=RATE, padding="max_length", max_length=length,
+                        return_tensors="np")["input_values"]  # fmt: skip
+        ours, _ = make_extractor(values)(waves)
+        assert loaded.do_normalize == bool(values["normalize"])
+        np.testing.assert_allclose(theirs, ours[..., 0].numpy(), atol=1e-5, rtol=0)

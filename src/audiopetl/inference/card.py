@@ -107,7 +107,7 @@ def model_card(
 
 # {names["model"]} · {names["strategy"]} on {names["dataset"]}
 
-A {run.model.kind} model adapted with **{run.strategy.kind}** (strategy `{names["strategy"]}`)
+A model of kind `{run.model.kind}` adapted with **{run.strategy.kind}** (strategy `{names["strategy"]}`)
 to the dataset `{names["dataset"]}`{f" ({partial})" if partial else ""}, split
 `{names.get("split") or f"fold{names.get('fold')}"}` ({split_text}), seed {names["seed"]}.
 {metrics.get("trainable_params", 0):,} of {metrics.get("total_params", 0):,} parameters trained

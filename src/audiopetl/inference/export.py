@@ -109,7 +109,8 @@ def feature_extractor(run: RunSettings) -> Any | None:
         return Wav2Vec2FeatureExtractor(
             sampling_rate=int(values["sample_rate"]),
             do_normalize=bool(values["normalize"]),
-            return_attention_mask=False,
+            # With the mask, a padded clip is normalised over its own samples, as ours.
+            return_attention_mask=True,
             padding_value=0.0,
         )
     return None

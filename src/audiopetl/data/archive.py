@@ -104,3 +104,24 @@ def write_member(archive: Path, name: str, member: Member, out: Path) -> None:
                     dst.write(chunk)
         except ARCHIVE_READ_ERRORS as err:
             raise BrokenArchive(f"{archive}: {name}: cannot read: {err}") from err
+
+
+def extract_folders(
+    archive: Path, members: list[Member], root: str, folders: tuple[str, ...], target: Path
+) -> None:
+    """Unpack the ``members`` of the open ``archive`` under the prefix ``root`` ("" or "dir/")
+    whose path below it starts with one of ``folders`` ("audio/", "meta/") into ``target``,
+    straight into the final layout; anything but regular files and folders is refused."""
+    for member in members:
+        name = safe_name(archive, member.name)
+        rel = name[len(root) :]
+        if not name.startswith(root) or not rel.startswith(folders):
+            continue
+        out = target / rel
+        if member.kind == "dir":
+            out.mkdir(parents=True, exist_ok=True)
+        elif member.kind == "file":
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_member(archive, name, member, out)
+        else:
+            raise DataError(f"{archive}: refusing archive member {name!r} (not a regular file)")

@@ -16,7 +16,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -208,3 +210,31 @@ def _range_start(header: str) -> int | None:
 def _range_total(header: str) -> int | None:
     match = _CONTENT_RANGE.match(header.strip())
     return int(match.group(2)) if match and match.group(2) != "*" else None
+
+
+def obtain_archive(
+    settings: Mapping[str, Any], downloads: Path, what: str, key: str, progress: bool
+) -> tuple[Path, bool]:
+    """A verified dataset's archive: the local ``archive`` its settings name, or the
+    download of its ``url`` cached under ``downloads`` (only a complete download is ever
+    renamed to its name, so an existing one is reused and a broken one resumes); and whether
+    it is that cached download. ``what`` and ``key`` name the dataset and its settings block
+    in errors."""
+    from audiopetl.data.archive import archive_name
+
+    if settings.get("archive"):
+        archive = Path(str(settings["archive"])).expanduser()
+        if not archive.is_file():
+            raise DataError(f"{archive}: {what} archive not found ({key}.archive)")
+        return archive, False
+    url = str(settings["url"])
+    cached = downloads / archive_name(url, f"{key}-archive")
+    if not cached.is_file():
+        download(
+            url,
+            cached,
+            retries=int(settings["retries"]),
+            timeout_s=float(settings["timeout_s"]),
+            progress=progress,
+        )
+    return cached, True

@@ -95,6 +95,7 @@ def model_card(
     splits = names.get("splits") or {}
     split_text = ", ".join(f"{k} {v}" for k, v in splits.items()) or names.get("split", "")
     partial = metrics.get("partial")
+    part = f" ({partial})" if partial else ""
     rows = "\n".join(f"| {name} | {value:.4f} |" for name, value in _headline(metrics, multilabel))
     git = info.get("git") or {}
     data = info.get("data") or {}
@@ -107,8 +108,8 @@ def model_card(
 
 # {names["model"]} · {names["strategy"]} on {names["dataset"]}
 
-A model of kind `{run.model.kind}` adapted with **{run.strategy.kind}** (strategy `{names["strategy"]}`)
-to the dataset `{names["dataset"]}`{f" ({partial})" if partial else ""}, split
+A model of kind `{run.model.kind}` adapted with **{run.strategy.kind}**
+(strategy `{names["strategy"]}`) to the dataset `{names["dataset"]}`{part}, split
 `{names.get("split") or f"fold{names.get('fold')}"}` ({split_text}), seed {names["seed"]}.
 {metrics.get("trainable_params", 0):,} of {metrics.get("total_params", 0):,} parameters trained
 ({metrics.get("trainable_percent", 0.0):.2f}%), best epoch {metrics.get("best_epoch")} of

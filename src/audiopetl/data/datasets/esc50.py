@@ -20,16 +20,10 @@ from audiopetl.core.atomic import atomic_dir, write_json
 from audiopetl.core.checksums import file_sha256
 from audiopetl.core.errors import DataError
 from audiopetl.core.settings import DatasetSettings
-from audiopetl.data.archive import (
-    BrokenArchive,
-    archive_name,
-    open_archive,
-    safe_name,
-    write_member,
-)
+from audiopetl.data.archive import BrokenArchive, extract_folders, open_archive, safe_name
 from audiopetl.data.audio import audio_info
 from audiopetl.data.datasets.base import RECORD, DatasetKind, register
-from audiopetl.data.download import download
+from audiopetl.data.download import obtain_archive
 from audiopetl.data.manifest import COLUMNS, check_manifest, write_manifest
 from audiopetl.data.verify import hash_all, problems_file, raise_problems
 
@@ -143,23 +137,9 @@ def _obtain_archive(
     settings: Mapping[str, Any], dest: Path, progress: bool, downloads: Path | None
 ) -> tuple[Path, bool]:
     """The archive to unpack, and whether it is our own cached download."""
-    if settings.get("archive"):
-        archive = Path(str(settings["archive"])).expanduser()
-        if not archive.is_file():
-            raise DataError(f"{archive}: ESC-50 archive not found (esc50.archive)")
-        return archive, False
-    url = str(settings["url"])
-    cached = (downloads or dest.parent / ".downloads") / archive_name(url, "esc50-archive")
-    # Only a complete download is ever renamed to this name, so an existing one is reusable.
-    if not cached.is_file():
-        download(
-            url,
-            cached,
-            retries=int(settings["retries"]),
-            timeout_s=float(settings["timeout_s"]),
-            progress=progress,
-        )
-    return cached, True
+    return obtain_archive(
+        settings, downloads or dest.parent / ".downloads", "ESC-50", "esc50", progress
+    )
 
 
 def _find_root(archive: Path, names: list[str], kinds: list[str]) -> str:
@@ -191,18 +171,7 @@ def _extract_esc50(archive: Path, target: Path) -> str:
     with open_archive(archive) as members:
         names = [safe_name(archive, m.name) for m in members]
         root = _find_root(archive, names, [m.kind for m in members])
-        for name, member in zip(names, members, strict=True):
-            rel = name[len(root) :]
-            if not name.startswith(root) or not rel.startswith(("audio/", "meta/")):
-                continue
-            out = target / rel
-            if member.kind == "dir":
-                out.mkdir(parents=True, exist_ok=True)
-            elif member.kind == "file":
-                out.parent.mkdir(parents=True, exist_ok=True)
-                write_member(archive, name, member, out)
-            else:
-                raise DataError(f"{archive}: refusing archive member {name!r} (not a regular file)")
+        extract_folders(archive, members, root, ("audio/", "meta/"), target)
     return root
 
 

@@ -34,16 +34,10 @@ from audiopetl.core.atomic import atomic_dir, write_json, write_text
 from audiopetl.core.checksums import file_digest
 from audiopetl.core.errors import DataError
 from audiopetl.core.settings import DatasetSettings
-from audiopetl.data.archive import (
-    BrokenArchive,
-    archive_name,
-    open_archive,
-    safe_name,
-    write_member,
-)
+from audiopetl.data.archive import BrokenArchive, extract_folders, open_archive, safe_name
 from audiopetl.data.audio import audio_info
 from audiopetl.data.datasets.base import RECORD, DatasetKind, register
-from audiopetl.data.download import download
+from audiopetl.data.download import obtain_archive
 from audiopetl.data.manifest import COLUMNS, check_manifest, write_manifest
 from audiopetl.data.verify import hash_all, problems_file, raise_problems
 
@@ -56,28 +50,6 @@ FOLDS = 10
 FOLD_SIZES = {1: 873, 2: 888, 3: 925, 4: 990, 5: 936, 6: 823, 7: 838, 8: 806, 9: 816, 10: 837}
 CLASSES = 10
 PROBLEM_ORDER = ("archive md5", "missing", "unlisted", "misplaced", "metadata")
-
-
-def _obtain_archive(
-    settings: Mapping[str, Any], dest: Path, progress: bool, downloads: Path
-) -> tuple[Path, bool]:
-    """The archive to unpack, and whether it is our own cached download."""
-    if settings.get("archive"):
-        archive = Path(str(settings["archive"])).expanduser()
-        if not archive.is_file():
-            raise DataError(f"{archive}: UrbanSound8K archive not found (urbansound8k.archive)")
-        return archive, False
-    url = str(settings["url"])
-    cached = downloads / archive_name(url, "urbansound8k-archive")
-    if not cached.is_file():  # only a complete download is ever renamed to this name
-        download(
-            url,
-            cached,
-            retries=int(settings["retries"]),
-            timeout_s=float(settings["timeout_s"]),
-            progress=progress,
-        )
-    return cached, True
 
 
 def _check_archive(settings: Mapping[str, Any], archive: Path, cached: bool) -> dict[str, Any]:
@@ -111,18 +83,7 @@ def _extract(archive: Path, target: Path) -> str:
         if len(metas) > 1:
             raise DataError(f"{archive}: several UrbanSound8K folders in archive: {metas}")
         root = metas[0][: -len(META)]
-        for name, member in zip(names, members, strict=True):
-            rel = name[len(root) :]
-            if not name.startswith(root) or not rel.startswith(("audio/", "metadata/")):
-                continue
-            out = target / rel
-            if member.kind == "dir":
-                out.mkdir(parents=True, exist_ok=True)
-            elif member.kind == "file":
-                out.parent.mkdir(parents=True, exist_ok=True)
-                write_member(archive, name, member, out)
-            else:
-                raise DataError(f"{archive}: refusing archive member {name!r} (not a regular file)")
+        extract_folders(archive, members, root, ("audio/", "metadata/"), target)
     return root
 
 
@@ -235,7 +196,7 @@ def fetch_urbansound8k(
     """Make ``dest`` hold verified UrbanSound8K (``audio/``, ``metadata/``, ``manifest.csv``,
     ``SHA256SUMS``); nothing appears there unless it is complete and verified."""
     listing = problems_file(dest)
-    archive, cached = _obtain_archive(settings, dest, progress, downloads)
+    archive, cached = obtain_archive(settings, downloads, "UrbanSound8K", "urbansound8k", progress)
     source = _check_archive(settings, archive, cached)
     subset = bool(settings.get("subset"))
     with atomic_dir(dest) as tmp:

@@ -62,7 +62,7 @@ def test_sigkill_then_rerun_equals_the_uninterrupted_run(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["SIGTERM", "SIGUSR1"])
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGUSR1", "stream-SIGTERM"])
 def test_signal_saves_exits_75_and_the_rerun_resumes(
     how: str,
     subprocess_runs: SubprocessRuns,  # noqa: F811
@@ -79,6 +79,8 @@ def test_signal_saves_exits_75_and_the_rerun_resumes(
     assert "resuming" in run.second_err
     assert f"at epoch {stopped['epoch'] + 1}, batch {stopped['batch_pos']}" in run.second_err
     assert_same_as_uninterrupted(run.out, subprocess_runs.reference[run.strategy])
+    streamed = json.loads((run.out / "run.json").read_text())["runtime"]["streamed"]
+    assert streamed is how.startswith("stream")  # the reference held its features in memory
 
 
 @pytest.mark.slow

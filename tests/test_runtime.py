@@ -88,6 +88,7 @@ def test_auto_on_the_cpu_is_plain_fp32() -> None:
         "fused_optimizer": False,
         "compile": False,
         "log_every_steps": 50,
+        "streamed": False,  # the features in memory unless the loader streamed them
     }
     assert chosen.amp_dtype is None
     assert runtime.resolve(settings(precision="bf16"), CPU, "eager", 0).amp_dtype is torch.bfloat16
@@ -168,6 +169,7 @@ def test_run_json_records_how_the_run_computed(quick_lora_run: Path) -> None:  #
         "fused_optimizer": False,
         "compile": False,
         "log_every_steps": 50,
+        "streamed": False,
     }
 
 

@@ -301,7 +301,12 @@ def test_bookkeeping_settings_are_not_part_of_the_resume_identity(
         return {**trainer.run.identity(), "precision": trainer.precision}
 
     plain = settings_identity(Trainer(run))
-    changed = {"log_every_steps": 1, "save_state_every_s": 600}
+    changed = {
+        "log_every_steps": 1,
+        "save_state_every_s": 600,
+        "stream": True,  # bit-identical: neither a rerun nor another resume identity
+        "feature_memory_gb": 0.5,
+    }
     assert settings_identity(Trainer(run.with_training(**changed))) == plain
     assert settings_identity(Trainer(run.with_training(precision="bf16"))) != plain
 

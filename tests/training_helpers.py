@@ -299,7 +299,8 @@ class Interrupted:
 class SubprocessRuns:
     reference: dict[str, Path]  # strategy -> an uninterrupted run (seed 0)
     lora_twin: Path  # a second uninterrupted lora run, same seed, another process
-    interrupted: dict[str, Interrupted]  # "SIGKILL" | "SIGTERM" | "SIGUSR1"
+    # "SIGKILL" | "SIGTERM" | "SIGUSR1" | "stream-SIGTERM" (a streamed run's SIGTERM)
+    interrupted: dict[str, Interrupted]
 
 
 _RUNS: SubprocessRuns | None = None
@@ -323,14 +324,17 @@ def make_subprocess_runs(root: Path, work: Path) -> SubprocessRuns:
         "lora-twin": ("lora", work / "lora-b"),
         "full": ("full", work / "full-a"),
     }
-    stops = {"SIGKILL": "lora", "SIGTERM": "lora", "SIGUSR1": "full"}
+    stops = {"SIGKILL": "lora", "SIGTERM": "lora", "SIGUSR1": "full", "stream-SIGTERM": "lora"}
+    # The streamed one reads its features from the cache's row file, before and after the
+    # stop, and must still end as the in-memory reference.
+    extra = {how: ("training.stream=true",) if how.startswith("stream") else () for how in stops}
     procs = {
         name: start_cli(train_args(strategy, out, *LONG_RUN), root, logs, name)
         for name, (strategy, out) in plain.items()
     }
     slow = {
         how: start_cli(
-            train_args(strategy, work / f"stop-{how}", *LONG_RUN),
+            train_args(strategy, work / f"stop-{how}", *LONG_RUN, *extra[how]),
             root,
             logs,
             f"stop-{how}",
@@ -344,7 +348,7 @@ def make_subprocess_runs(root: Path, work: Path) -> SubprocessRuns:
         for how, proc in list(pending.items()):
             out = work / f"stop-{how}"
             if resume_state_file(out).exists():
-                proc.popen.send_signal(getattr(signal, how))
+                proc.popen.send_signal(getattr(signal, how.split("-")[-1]))
                 del pending[how]
             elif proc.popen.poll() is not None:
                 raise AssertionError(f"{how}: ended before it could be interrupted:\n{proc.err}")
@@ -357,7 +361,10 @@ def make_subprocess_runs(root: Path, work: Path) -> SubprocessRuns:
         first[how] = (code, state.is_file(), out.exists(), _stopped_at(state))
     again = {
         how: start_cli(
-            train_args(stops[how], work / f"stop-{how}", *LONG_RUN), root, logs, f"again-{how}"
+            train_args(stops[how], work / f"stop-{how}", *LONG_RUN, *extra[how]),
+            root,
+            logs,
+            f"again-{how}",
         )
         for how in stops
     }

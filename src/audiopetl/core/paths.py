@@ -116,3 +116,19 @@ def split_name(split: int | str) -> str:
     """A run's split by name: a fold number N is fold{N}; a name (official, fold3, a
     Snakemake wildcard) stays."""
     return f"fold{split}" if isinstance(split, int) or str(split).isdigit() else str(split)
+
+
+def stream_rows(cache: Path) -> Path:
+    """The fixed-size row copy of a cache that streaming runs read (audiopetl.features.rows),
+    hidden beside it and left out of DVC's hash of the features folder (.dvcignore)."""
+    return cache.with_name(f".{cache.stem}.rows")
+
+
+def recorded_checksums(raw: Path, kind: str, root: Path) -> Path:
+    """The sha256 list a local-copy dataset's files got at their first use (a dataset with no
+    published checksums: Fluent Speech Commands, IEMOCAP), kept under the raw data folder by
+    the copy's resolved path, so a later fetch of the same copy is checked against it."""
+    import hashlib
+
+    key = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:12]
+    return raw / ".checksums" / f"{kind}-{key}.SHA256SUMS"

@@ -321,6 +321,9 @@ class TrainingSettings:
     sampler: str = "uniform"  # uniform | balanced
     loss: str = "cross_entropy"  # cross_entropy | focal
     focal_gamma: float = 2.0
+    # Where a run's features live: memory, or streamed from disk (bit-identical results).
+    stream: str | bool = "auto"  # auto | true | false
+    feature_memory_gb: float = 8.0
 
     # Settings added after the first runs were made, with the value every earlier run had:
     # at that value they are left out of what a run depends on (its rerun trigger and resume
@@ -330,12 +333,15 @@ class TrainingSettings:
         "sampler": "uniform",
         "loss": "cross_entropy",
         "focal_gamma": 2.0,
+        "stream": "auto",
+        "feature_memory_gb": 8.0,
     }
 
     # Settings that change how often a run reads its losses from the device or saves its
-    # resume state, never what it computes: left out of what reruns a job and of what a
+    # resume state, or whether it reads its features from memory or streams them from disk
+    # (bit-identical), never what it computes: left out of what reruns a job and of what a
     # resume must share, so changing them costs nothing.
-    BOOKKEEPING = ("log_every_steps", "save_state_every_s")
+    BOOKKEEPING = ("log_every_steps", "save_state_every_s", "stream", "feature_memory_gb")
     # Settings that decide where and how fast a run is scored, not what it computes: a GPU run
     # may be scored again on a CPU (`evaluate --set training.device=cpu`).
     EXECUTION = (

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -58,3 +58,40 @@ def hash_all(root: Path, rels: list[str], algorithm: str) -> list[str]:
     workers = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(lambda rel: file_digest(root / rel, algorithm), rels))
+
+
+def read_sums(path: Path) -> dict[str, str]:
+    """A ``sha256sum``-style list: relative path -> digest."""
+    sums = {}
+    for line in path.read_text().splitlines():
+        digest, _, name = line.partition("  ")
+        if name:
+            sums[name] = digest
+    return sums
+
+
+def sums_text(files: Sequence[str], digests: Sequence[str]) -> str:
+    return "".join(f"{d}  {n}\n" for n, d in zip(files, digests, strict=True))
+
+
+def against_recorded(
+    root: Path, files: list[str], record: Path, show: Callable[[str], str], subset: bool = False
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """Hash ``files`` under ``root`` and compare them with the list ``record`` holds from the
+    copy's first use (nothing to compare at the first): problems as (kind, line) among
+    "sha256", "missing", "unlisted", and the digests. A subset may lack recorded files."""
+    digests = hash_all(root, files, "sha256")
+    if not record.is_file():
+        return [], digests
+    recorded = read_sums(record)
+    found: list[tuple[str, str]] = []
+    for name, digest in zip(files, digests, strict=True):
+        if name not in recorded:
+            found.append(("unlisted", f"unlisted: {show(name)}: not in {record}"))
+        elif recorded[name] != digest:
+            found.append(("sha256", f"sha256 mismatch: {show(name)}: {digest}, recorded "
+                          f"{recorded[name]} ({record})"))  # fmt: skip
+    if not subset:
+        found += [("missing", f"missing: {show(name)} (recorded in {record})")
+                  for name in sorted(set(recorded) - set(files))]  # fmt: skip
+    return found, digests

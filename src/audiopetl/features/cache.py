@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
@@ -30,6 +31,7 @@ from audiopetl.data.audio import read_audio
 from audiopetl.data.manifest import class_names
 from audiopetl.features import FEATURE_VERSION, cachefile
 from audiopetl.features.frontends import make_extractor
+from audiopetl.features.rows import StreamedFeatures, open_rows
 
 
 def library_versions() -> dict[str, str]:
@@ -234,9 +236,10 @@ read_metadata = cachefile.read_metadata
 
 @dataclass
 class FeatureSet:
-    """Rows of the cache loaded into memory: features stay float16 until a batch is used."""
+    """Rows of the cache: features stay float16 until a batch is used, in memory (a tensor)
+    or, for a run whose features exceed its memory (training.stream), on disk."""
 
-    features: torch.Tensor  # (N, T, M) float16
+    features: torch.Tensor | StreamedFeatures  # (N, T, M) float16
     labels: torch.Tensor  # (N,) int64
     folds: np.ndarray
     clip_ids: list[str]
@@ -248,6 +251,16 @@ class FeatureSet:
     def __len__(self) -> int:
         return len(self.clip_ids)
 
+    @property
+    def nbytes(self) -> int:
+        if isinstance(self.features, StreamedFeatures):
+            return self.features.nbytes
+        return self.features.numel() * self.features.element_size()  # 1.13: no Tensor.nbytes
+
+    @property
+    def streamed(self) -> bool:
+        return isinstance(self.features, StreamedFeatures)
+
 
 def read_folds(path: Path, folds: Sequence[int] | None = None) -> FeatureSet:
     """Load the rows of ``folds`` (all rows when None) into one tensor; every page's checksum
@@ -258,6 +271,29 @@ def read_folds(path: Path, folds: Sequence[int] | None = None) -> FeatureSet:
 def read_clips(path: Path, clip_ids: Sequence[str]) -> FeatureSet:
     """Load the rows of ``clip_ids``, in the cache's order (the manifest's)."""
     return _read(path, [("clip_id", "in", list(clip_ids))])
+
+
+def stream_clips(path: Path, clip_ids: Sequence[str]) -> FeatureSet:
+    """The rows of ``clip_ids`` as :func:`read_clips` gives them (same order, labels, ids),
+    their features left on disk in the cache's row file (made once, audiopetl.features.rows).
+    Memory: the clips' ids and labels, not their features."""
+    metadata = read_metadata(path)
+    rows = open_rows(path, metadata)
+    columns = ["clip_id", "label", "fold", "n_frames"]
+    table = cachefile.read_table(path, metadata, columns=columns)
+    if table.num_rows != rows.rows:
+        raise DataError(f"{path}: {table.num_rows} rows, its row file {rows.rows}; rerun")
+    wanted = pa.array(list(clip_ids), pa.string())
+    positions = np.flatnonzero(pc.is_in(table.column("clip_id"), value_set=wanted).to_numpy())
+    table = table.take(pa.array(positions))
+    return FeatureSet(
+        features=StreamedFeatures(rows, positions),
+        labels=torch.from_numpy(table.column("label").to_numpy().astype(np.int64)),
+        folds=table.column("fold").to_numpy(),
+        clip_ids=[str(c) for c in table.column("clip_id").to_pylist()],
+        n_frames=table.column("n_frames").to_numpy(),
+        metadata=metadata,
+    )
 
 
 def _read(path: Path, filters: Any) -> FeatureSet:

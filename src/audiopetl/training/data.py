@@ -4,6 +4,9 @@ and served to the device in batches in an order that depends on the seed and the
 
 from __future__ import annotations
 
+import logging
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +20,11 @@ from audiopetl.data.datasets import describe
 from audiopetl.data.manifest import check_manifest, label_sets, read_manifest
 from audiopetl.data.splits import Splits, get_scheme
 from audiopetl.data.splits.sizes import size_problems, split_sizes
-from audiopetl.features.cache import FeatureSet, read_clips, read_metadata
+from audiopetl.features.cache import FeatureSet, read_clips, read_metadata, stream_clips
+from audiopetl.features.rows import StreamedFeatures
+
+log = logging.getLogger(__name__)
+GB = 1 << 30
 
 
 @dataclass
@@ -69,8 +76,10 @@ def load_run_data(run: RunSettings) -> RunData:
     if problems:
         raise DataError(problems[0])
     sets = dict(zip(table["clip_id"], label_sets(table), strict=True))
+    n_clips = len(splits.train) + len(splits.val or []) + len(splits.test)
+    read = stream_clips if should_stream(run, meta["shape"], n_clips) else read_clips
     parts = [
-        _with_targets(read_clips(path, ids), sets, len(class_names), run.dataset.multilabel)
+        _with_targets(read(path, ids), sets, len(class_names), run.dataset.multilabel)
         if ids
         else None
         for ids in (splits.train, splits.val, splits.test)
@@ -82,6 +91,21 @@ def load_run_data(run: RunSettings) -> RunData:
             f"{len(splits.test)} test clips ({splits.record})"
         )
     return RunData(train, val, test, splits, class_names, record)
+
+
+def should_stream(run: RunSettings, shape: list[int], n_clips: int) -> bool:
+    """Whether the run reads its features from disk a batch at a time (training.stream)."""
+    wanted = run.training.stream
+    size = n_clips * 2 * shape[0] * shape[1]
+    if wanted == "auto":
+        wanted = size > run.training.feature_memory_gb * GB
+        if wanted:
+            log.info(
+                "streaming the features from disk: %.2f GB exceed training.feature_memory_gb = %g",
+                size / GB,
+                run.training.feature_memory_gb,
+            )
+    return bool(wanted)
 
 
 def _with_targets(
@@ -109,16 +133,60 @@ def epoch_order(n: int, seed: int, epoch: int, weights: torch.Tensor | None = No
 class BatchSource:
     """Batches of a feature set for the device: indexed where the features live (the
     device, after one copy, with training.data_on_device; else host memory, one copy per
-    batch), always float32 on the device."""
+    batch), always float32 on the device.
+
+    A streamed set (training.stream) is read from disk a batch at a time, by one background
+    thread that reads the batches :meth:`prefetch` announces while the current one trains
+    (into pinned memory for a CUDA device), so memory holds a few batches, not the set."""
 
     def __init__(self, data: FeatureSet, device: torch.device, on_device: bool) -> None:
         self.device = device
         # A multi-label set's targets are its 0/1 rows; a multiclass one's its labels.
         labels = data.labels if data.targets is None else data.targets
-        self.features = data.features.to(device) if on_device else data.features
+        self.stream: StreamedFeatures | None = None
+        if isinstance(data.features, StreamedFeatures):
+            if on_device:  # it fits the device: copied there in batch-sized pieces
+                self.features = _to_device(data.features, device)
+            else:
+                self.stream = data.features
+                self.pin = device.type == "cuda"
+                self.reader = ThreadPoolExecutor(1, thread_name_prefix="audiopetl-stream")
+                self.ahead: deque[tuple[torch.Tensor, Future]] = deque()
+        else:
+            self.features = data.features.to(device) if on_device else data.features
         self.labels = labels.to(device) if on_device else labels
 
+    def prefetch(self, indices: list[torch.Tensor]) -> None:
+        """Start reading the batches that come next (a no-op for a set in memory)."""
+        if self.stream is not None:
+            for idx in indices:
+                rows = idx.numpy()
+                self.ahead.append((idx, self.reader.submit(self.stream.take, rows, self.pin)))
+
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = idx.to(self.features.device)
-        x = self.features[idx].to(self.device, non_blocking=True).float()
-        return x, self.labels[idx].to(self.device, non_blocking=True)
+        if self.stream is not None:
+            x = self._streamed(idx)
+            y = self.labels[idx]
+        else:
+            idx = idx.to(self.features.device)
+            x, y = self.features[idx], self.labels[idx]
+        return (
+            x.to(self.device, non_blocking=True).float(),
+            y.to(self.device, non_blocking=True),
+        )
+
+    def _streamed(self, idx: torch.Tensor) -> torch.Tensor:
+        while self.ahead:
+            ahead, future = self.ahead.popleft()
+            if ahead is idx or torch.equal(ahead, idx):
+                return future.result()
+            future.cancel()  # announced but not asked for (a stop): dropped
+        return self.stream.take(idx.numpy(), self.pin)
+
+
+def _to_device(features: StreamedFeatures, device: torch.device, rows: int = 256) -> torch.Tensor:
+    out = torch.empty(features.shape, dtype=torch.float16, device=device)
+    for start in range(0, len(features), rows):
+        part = np.arange(start, min(start + rows, len(features)))
+        out[start : start + len(part)] = features.take(part).to(device)
+    return out

@@ -40,6 +40,8 @@ class Runtime:
     fused_optimizer: bool
     compile: bool
     log_every_steps: int
+    # The features read from disk a batch at a time (training.stream), not held in memory.
+    streamed: bool = False
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
@@ -72,7 +74,11 @@ def resolve_fused(requested: str | bool, device: torch.device) -> bool:
 
 
 def resolve(
-    settings: TrainingSettings, device: torch.device, attention: str, feature_bytes: int
+    settings: TrainingSettings,
+    device: torch.device,
+    attention: str,
+    feature_bytes: int,
+    streamed: bool = False,
 ) -> Runtime:
     """What this run will do on ``device``; an impossible request is a TrainingError."""
     if settings.compile and not compat.HAS_COMPILE:
@@ -96,6 +102,7 @@ def resolve(
         fused_optimizer=resolve_fused(settings.fused_optimizer, device),
         compile=bool(settings.compile),
         log_every_steps=int(settings.log_every_steps),
+        streamed=streamed,
     )
 
 

@@ -89,12 +89,14 @@ class Trainer:
         t = self.training
         self.weights = weights_record(self.run.pretrained, self.run.model.revision)
         base = self.base_model()
-        feature_bytes = sum(
-            d.features.numel() * d.features.element_size()  # torch 1.13 has no Tensor.nbytes
-            for d in (self.train, self.val, self.test)
-            if d is not None
+        sets = [d for d in (self.train, self.val, self.test) if d is not None]
+        self.runtime = runtime.resolve(
+            t,
+            self.device,
+            compat.model_attention(base),
+            sum(d.nbytes for d in sets),
+            streamed=self.train.streamed,
         )
-        self.runtime = runtime.resolve(t, self.device, compat.model_attention(base), feature_bytes)
         runtime.apply_matmul_settings(self.runtime, self.device)
         self.sources: dict[int, BatchSource] = {}
         batches = math.ceil(len(self.train) / t.batch_size)
@@ -183,8 +185,12 @@ class Trainer:
         t = self.training
         order = epoch_order(len(self.train), self.run.seed, state.epoch, self.sample_weights)
         batches = list(order.split(t.batch_size))
-        for start in range(state.batch_pos, len(batches), t.grad_accum_steps):
-            yield batches[start : start + t.grad_accum_steps]
+        source, step = self.source(self.train), t.grad_accum_steps
+        source.prefetch(batches[state.batch_pos : state.batch_pos + step])
+        for start in range(state.batch_pos, len(batches), step):
+            # A streamed set's next step is read from disk while this one trains.
+            source.prefetch(batches[start + step : start + 2 * step])
+            yield batches[start : start + step]
 
     def train_step(self, chunk: list[torch.Tensor], state: TrainState) -> None:
         """One optimizer step. Nothing here waits for the device: losses and the gradient norm
@@ -357,10 +363,12 @@ class Trainer:
     def predict(self, data: FeatureSet) -> torch.Tensor:
         self.model.eval()
         source = self.source(data)
-        logits = [
-            self.forward(source.batch(idx)[0])
-            for idx in torch.arange(len(data)).split(self.training.eval_batch_size)
-        ]
+        batches = list(torch.arange(len(data)).split(self.training.eval_batch_size))
+        source.prefetch(batches[:1])
+        logits = []
+        for k, idx in enumerate(batches):
+            source.prefetch(batches[k + 1 : k + 2])
+            logits.append(self.forward(source.batch(idx)[0]))
         self.strategy.train_mode(self.model)
         return torch.cat(logits).cpu()  # one wait for the device, not one per batch
 

@@ -29,7 +29,8 @@ def build_report(
     names = manifest["label_name"].astype(str)
     if "labels" in manifest.columns:
         names = names.str.split(SEPARATOR)
-    long = manifest.assign(label_name=names).explode("label_name")
+    # A fresh index: crosstab of pandas 3.0 refuses the repeated one explode leaves.
+    long = manifest.assign(label_name=names).explode("label_name", ignore_index=True)
     counts = pd.crosstab(long["label_name"], long[part])
     declared = dataset.folds
     if declared is not None and part == "fold":  # declared but empty folds stay visible

@@ -152,11 +152,17 @@ def check_comparable(runs: pd.DataFrame) -> None:
 
 
 def data_notes(runs: pd.DataFrame) -> list[str]:
-    """A line per dataset whose runs used part of it ("esc50: subset: 414 of 2000 clips"),
-    for every table and figure that shows its numbers."""
+    """A line per dataset whose runs used part of it ("esc50: subset: 414 of 2000 clips") or
+    chose their epochs on the test fold, for every table and figure that shows its numbers."""
     notes = []
     for dataset, part in runs.groupby("dataset", sort=False):
         found = sorted({str(p) for p in part["partial"].dropna()}) if "partial" in part else []
+        chosen = part["selected_by"].dropna().astype(str) if "selected_by" in part else []
+        if any(c.startswith("test_") for c in chosen):  # training.split train_select_on_test
+            found.append(
+                "epochs selected on the test fold (the reference's UrbanSound8K protocol: "
+                "optimistic, for comparison only)"
+            )
         if found:
             notes.append(f"{dataset}: {'; '.join(found)}")
     return notes

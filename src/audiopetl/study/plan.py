@@ -303,6 +303,8 @@ RULE_WORDS = {
     "train_val_test_before": "validation the fold before the test fold (the first wraps to "
     "the last)",
     "train_test": "no validation: the last epoch is tested",
+    "train_select_on_test": "the epoch selected ON THE TEST FOLD (the reference's UrbanSound8K "
+    "protocol: optimistic, for comparison only)",
 }
 
 

@@ -15,6 +15,7 @@ from torch import nn
 from audiopetl.core import provenance
 from audiopetl.core.errors import TrainingError
 from audiopetl.core.settings import thaw
+from audiopetl.data.splits import SELECTS_ON_TEST
 from audiopetl.process import timings
 from audiopetl.training.multilabel import DEFAULT_THRESHOLD, chance_map, choose_threshold
 from audiopetl.training.run_folder import RunOutputs, write_run_folder
@@ -28,6 +29,12 @@ log = logging.getLogger(__name__)
 
 
 def selected_by(trainer: Trainer) -> str:
+    if trainer.training.split in SELECTS_ON_TEST:
+        return (
+            f"test_{trainer.training.select_metric} (training.split {trainer.training.split}: "
+            "the epoch chosen on the test fold, the reference's UrbanSound8K protocol; "
+            "optimistic, for comparison only)"
+        )
     if trainer.val is None:
         return "last epoch (train_test split)"
     if not trainer.test_from_best:

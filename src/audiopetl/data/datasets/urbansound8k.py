@@ -4,7 +4,9 @@ classes, in 10 official folds. Download (or a local archive), verify, describe a
 Its folds are never re-split: the excerpts of one Freesound recording (``fsID``) sit in one
 fold, and results are only comparable over the official folds. The study's `folds` scheme
 rotates them (test fold i, validation fold i+1, training the other 8); the reference study
-trained on 9 folds and selected epochs on the test fold (a test-set selection, not offered).
+trained on 9 folds and selected epochs on the test fold: a test-set selection, offered only by
+``training.split: train_select_on_test`` (the urbansound8k-reference-protocol preset), named so
+wherever its numbers appear.
 
 Facts, from the publisher's Zenodo record 1203745 and soundata's UrbanSound8K loader (its
 REMOTES entry): the archive ``UrbanSound8K.tar.gz`` and its md5

@@ -6,6 +6,7 @@ runs a study makes of it, and gives each run its three sets of clips."""
 
 from audiopetl.data.splits.base import (
     RULES,
+    SELECTS_ON_TEST,
     SCHEMES,
     Splits,
     SplitScheme,
@@ -13,4 +14,4 @@ from audiopetl.data.splits.base import (
     register,
 )
 
-__all__ = ["RULES", "SCHEMES", "SplitScheme", "Splits", "get_scheme", "register"]
+__all__ = ["RULES", "SCHEMES", "SELECTS_ON_TEST", "SplitScheme", "Splits", "get_scheme", "register"]

@@ -16,8 +16,13 @@ from audiopetl.core.errors import ConfigError, DataError
 # The values of training.split: how a run uses a dataset's parts. `train_val_test`: select the
 # best epoch on the validation set (folds: the fold after the test fold); `train_val_test_before`
 # (folds only): validation on the fold before the test fold, as PETL_AST rotates them;
-# `train_test`: no validation (a fixed number of epochs, no model selection).
-RULES = ("train_val_test", "train_val_test_before", "train_test")
+# `train_test`: no validation (a fixed number of epochs, no model selection);
+# `train_select_on_test` (folds only): the reference study's UrbanSound8K protocol, training on
+# every fold but the test fold and picking the epoch on the test fold itself, a test-set
+# selection whose numbers are optimistic, offered to reproduce the reference and named as such.
+RULES = ("train_val_test", "train_val_test_before", "train_test", "train_select_on_test")
+# The rules whose selection sees the test set: every output says so.
+SELECTS_ON_TEST = ("train_select_on_test",)
 # The split column's values of an official split.
 PARTS = ("train", "validation", "test")
 _REGISTRY: dict[str, type[SplitScheme]] = {}

@@ -33,8 +33,9 @@ class FoldSplits:
 
 def split_folds(folds: Sequence[int], test: int, rule: str) -> FoldSplits:
     """The train, validation and test folds of the run testing on ``test``: validation the
-    fold after it (train_val_test) or before it (train_val_test_before), none (train_test);
-    folds wrap around."""
+    fold after it (train_val_test) or before it (train_val_test_before), none (train_test),
+    the test fold itself (train_select_on_test, the reference's UrbanSound8K protocol); folds
+    wrap around."""
     return FoldSplits(*rotate(list(folds), test, rule))
 
 
@@ -45,6 +46,8 @@ def rotate(folds: list[int], test: int, rule: str) -> tuple[list[int], list[int]
         raise DataError(f"fold {test} is not among the dataset's folds {folds}")
     if rule == "train_test":
         return [f for f in folds if f != test], [], [test]
+    if rule == "train_select_on_test":  # the reference's UrbanSound8K protocol (base.RULES)
+        return [f for f in folds if f != test], [test], [test]
     if len(folds) < 3:
         raise DataError(f"training.split {rule} needs 3 folds, the data has {folds}")
     val = folds[(folds.index(test) + STEP[rule]) % len(folds)]
@@ -53,7 +56,12 @@ def rotate(folds: list[int], test: int, rule: str) -> tuple[list[int], list[int]
 
 @register("folds")
 class Folds(SplitScheme):
-    rules: ClassVar[tuple[str, ...]] = ("train_val_test", "train_val_test_before", "train_test")
+    rules: ClassVar[tuple[str, ...]] = (
+        "train_val_test",
+        "train_val_test_before",
+        "train_test",
+        "train_select_on_test",
+    )
 
     def check(self, manifest: pd.DataFrame, source: str, options: Mapping[str, Any]) -> None:
         check_groups_apart(manifest, "fold", source, "folds")

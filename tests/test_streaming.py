@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -65,8 +66,6 @@ def test_streamed_run_is_bitwise_the_in_memory_run(
     for name in ("metrics.json", "predictions.parquet", "history.csv"):
         if name == "history.csv":  # its seconds and samples/s columns are timings
             cols = ["epoch", "step", "train_loss", "val_loss", "val_metric", "lr"]
-            import pandas as pd
-
             a, b = (pd.read_csv(d / name)[cols] for d in (out, quick_lora_run))
             assert a.equals(b)
         else:

@@ -95,3 +95,31 @@ def against_recorded(
         found += [("missing", f"missing: {show(name)} (recorded in {record})")
                   for name in sorted(set(recorded) - set(files))]  # fmt: skip
     return found, digests
+
+
+SUMS = "SHA256SUMS"
+
+
+def write_sums(root: Path, files: list[str], digests: Sequence[str] | None = None) -> list[str]:
+    """Record the sha256 of ``files`` under ``root`` in ``root/SHA256SUMS`` (hashing them
+    unless ``digests`` are given); return the digests."""
+    digests = list(digests) if digests is not None else hash_all(root, files, "sha256")
+    write_text(root / SUMS, sums_text(files, digests))
+    return digests
+
+
+def tree_files(root: Path, leave_out: Sequence[str] = ("manifest.csv",)) -> list[str]:
+    """Every file under ``root`` (relative, sorted) but the names ``leave_out``."""
+    return sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and p.name not in leave_out
+    )
+
+
+def record_first_use(record: Path, files: list[str], digests: Sequence[str]) -> None:
+    """Keep a local copy's sha256 list from its first use, for every later fetch of it
+    (:func:`against_recorded`); an existing list is never replaced."""
+    if not record.exists():
+        record.parent.mkdir(parents=True, exist_ok=True)
+        write_text(record, sums_text(files, digests))

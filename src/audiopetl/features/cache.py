@@ -273,27 +273,42 @@ def read_clips(path: Path, clip_ids: Sequence[str]) -> FeatureSet:
     return _read(path, [("clip_id", "in", list(clip_ids))])
 
 
+class CacheStream:
+    """A cache opened for streaming, once per run: its metadata, its row file (made once,
+    audiopetl.features.rows) and every row's id and label; :meth:`clips` gives the rows of a
+    split as :func:`read_clips` does (same order, labels, ids), features left on disk."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.metadata = read_metadata(path)
+        self.rows = open_rows(path, self.metadata)
+        columns = ["clip_id", "label", "fold", "n_frames"]
+        self.table = cachefile.read_table(path, self.metadata, columns=columns)
+        if self.table.num_rows != self.rows.rows:
+            raise DataError(
+                f"{path}: {self.table.num_rows} rows, its row file {self.rows.rows}; rerun"
+            )
+
+    def clips(self, clip_ids: Sequence[str]) -> FeatureSet:
+        """Memory: the clips' ids and labels, not their features."""
+        wanted = pa.array(list(clip_ids), pa.string())
+        chosen = pc.is_in(self.table.column("clip_id"), value_set=wanted).to_numpy()
+        positions = np.flatnonzero(chosen)
+        table = self.table.take(pa.array(positions))
+        return FeatureSet(
+            features=StreamedFeatures(self.rows, positions),
+            labels=torch.from_numpy(table.column("label").to_numpy().astype(np.int64)),
+            folds=table.column("fold").to_numpy(),
+            clip_ids=[str(c) for c in table.column("clip_id").to_pylist()],
+            n_frames=table.column("n_frames").to_numpy(),
+            metadata=self.metadata,
+        )
+
+
 def stream_clips(path: Path, clip_ids: Sequence[str]) -> FeatureSet:
-    """The rows of ``clip_ids`` as :func:`read_clips` gives them (same order, labels, ids),
-    their features left on disk in the cache's row file (made once, audiopetl.features.rows).
-    Memory: the clips' ids and labels, not their features."""
-    metadata = read_metadata(path)
-    rows = open_rows(path, metadata)
-    columns = ["clip_id", "label", "fold", "n_frames"]
-    table = cachefile.read_table(path, metadata, columns=columns)
-    if table.num_rows != rows.rows:
-        raise DataError(f"{path}: {table.num_rows} rows, its row file {rows.rows}; rerun")
-    wanted = pa.array(list(clip_ids), pa.string())
-    positions = np.flatnonzero(pc.is_in(table.column("clip_id"), value_set=wanted).to_numpy())
-    table = table.take(pa.array(positions))
-    return FeatureSet(
-        features=StreamedFeatures(rows, positions),
-        labels=torch.from_numpy(table.column("label").to_numpy().astype(np.int64)),
-        folds=table.column("fold").to_numpy(),
-        clip_ids=[str(c) for c in table.column("clip_id").to_pylist()],
-        n_frames=table.column("n_frames").to_numpy(),
-        metadata=metadata,
-    )
+    """The rows of ``clip_ids`` of one cache, streamed (a run opens a :class:`CacheStream`
+    once for all its splits)."""
+    return CacheStream(path).clips(clip_ids)
 
 
 def _read(path: Path, filters: Any) -> FeatureSet:

@@ -18,6 +18,7 @@ copy is written atomically and under a lock, so jobs that start together make it
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import zlib
@@ -42,11 +43,13 @@ def _source(cache: Path, metadata: dict[str, Any]) -> dict[str, Any]:
     """What identifies the cache a row file was copied from: its metadata's digest (the data
     and settings it holds) and the file itself (a rebuilt cache is another file)."""
     stat = cache.stat()
-    envelope = json.loads(pq.read_metadata(cache).metadata[cachefile.META_KEY])
     return {
         "format": ROW_FORMAT,
         "cache": cache.name,
-        "metadata_sha256": envelope["sha256"],
+        # The metadata as read (and verified) already: no second read of the footer.
+        "metadata_sha256": hashlib.sha256(
+            json.dumps(metadata, sort_keys=True).encode()
+        ).hexdigest(),
         "size": stat.st_size,
         "mtime_ns": stat.st_mtime_ns,
         "shape": list(metadata["shape"]),

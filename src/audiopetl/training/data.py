@@ -20,7 +20,7 @@ from audiopetl.data.datasets import describe
 from audiopetl.data.manifest import check_manifest, label_sets, read_manifest
 from audiopetl.data.splits import Splits, get_scheme
 from audiopetl.data.splits.sizes import size_problems, split_sizes
-from audiopetl.features.cache import FeatureSet, read_clips, read_metadata, stream_clips
+from audiopetl.features.cache import CacheStream, FeatureSet, read_clips, read_metadata
 from audiopetl.features.rows import StreamedFeatures
 
 log = logging.getLogger(__name__)
@@ -77,11 +77,11 @@ def load_run_data(run: RunSettings) -> RunData:
         raise DataError(problems[0])
     sets = dict(zip(table["clip_id"], label_sets(table), strict=True))
     n_clips = len(splits.train) + len(splits.val or []) + len(splits.test)
-    read = stream_clips if should_stream(run, meta["shape"], n_clips) else read_clips
+    streamed = should_stream(run, meta["shape"], n_clips)
+    # A stream is opened once for the three sets: one row file, one read of the ids.
+    read = CacheStream(path).clips if streamed else lambda ids: read_clips(path, ids)
     parts = [
-        _with_targets(read(path, ids), sets, len(class_names), run.dataset.multilabel)
-        if ids
-        else None
+        _with_targets(read(ids), sets, len(class_names), run.dataset.multilabel) if ids else None
         for ids in (splits.train, splits.val, splits.test)
     ]
     train, val, test = parts

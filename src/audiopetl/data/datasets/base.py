@@ -12,6 +12,7 @@ audio (or where it stays) and a checked ``manifest.csv``.
 from __future__ import annotations
 
 import importlib
+import json
 import pkgutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -119,6 +120,10 @@ class DatasetKind:
             return None
         if scheme == "folds":
             return planned[0], 0
+        if scheme == "official":
+            # An official split's parts as folds: the planner tests on the last and validates
+            # on the fold after it, wrapping to the first (so: 1 validation, 2 training, 3 test).
+            return planned[0], max(planned[0])
         return None
 
     def make(
@@ -142,3 +147,24 @@ class DatasetKind:
     def describe(self, options: Mapping[str, Any], raw_dir: Path) -> str | None:
         """A line for a partial dataset ("subset: 83 of 2000 clips"); None for a whole one."""
         return None
+
+
+def subset_line(
+    options: Mapping[str, Any],
+    record: Path,
+    total: int | None,
+    noun: str = "clips",
+    unchecked: str = "",
+) -> str | None:
+    """The ``describe`` line of a kind with a ``subset`` setting: how many ``noun`` its raw
+    folder holds (``record``'s ``clips``) of ``total``, and ``unchecked`` (what the subset is
+    not checked against); None for a whole dataset."""
+    if not options.get("subset"):
+        return None
+    note = f" ({unchecked})" if unchecked else ""
+    try:
+        clips = json.loads(record.read_text())["clips"]
+    except (OSError, ValueError, KeyError):
+        return f"subset ({noun} {unchecked})" if unchecked else "subset"
+    of = f" of {total}" if total is not None else ""
+    return f"subset: {clips}{of} {noun}{note}"

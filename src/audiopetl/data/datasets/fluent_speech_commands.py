@@ -32,16 +32,27 @@ from audiopetl.core.atomic import atomic_dir, write_json, write_text
 from audiopetl.core.errors import DataError
 from audiopetl.core.settings import DatasetSettings
 from audiopetl.data.audio import audio_info
-from audiopetl.data.datasets.base import RECORD, DatasetKind, prepare_manifest, register
+from audiopetl.data.datasets.base import (
+    RECORD,
+    DatasetKind,
+    prepare_manifest,
+    register,
+    subset_line,
+)
 from audiopetl.data.manifest import COLUMNS, write_manifest
-from audiopetl.data.verify import against_recorded, problems_file, raise_problems, sums_text
+from audiopetl.data.verify import (
+    against_recorded,
+    problems_file,
+    raise_problems,
+    record_first_use,
+    write_sums,
+)
 
 PARTS = {"train": "data/train_data.csv", "validation": "data/valid_data.csv",
          "test": "data/test_data.csv"}  # fmt: skip
 COLUMNS_READ = ("path", "speakerId", "transcription", "action", "object", "location")
 SIZES = {"train": 23132, "validation": 3118, "test": 3793}
 INTENTS = 31
-SUMS = "SHA256SUMS"
 PROBLEM_ORDER = ("sha256", "missing", "unlisted", "metadata")
 
 
@@ -131,13 +142,11 @@ def fetch_fluent(
     with atomic_dir(dest) as tmp:
         df = prepare_manifest(dataset, df, str(dest / "manifest.csv"))
         write_manifest(df, tmp / "manifest.csv")
-        write_text(tmp / SUMS, sums_text(files, digests))
+        write_sums(tmp, files, digests)
         write_json(tmp / RECORD, {**record, "clips": len(df), "skipped": [],
                                   "checksums": "recorded" if not recorded.exists() else
                                   "checked against the first use's"})  # fmt: skip
-    if not recorded.exists():  # the first use of this copy: its list, for every later fetch
-        recorded.parent.mkdir(parents=True, exist_ok=True)
-        write_text(recorded, sums_text(files, digests))
+    record_first_use(recorded, files, digests)
     listing.unlink(missing_ok=True)
 
 
@@ -151,11 +160,6 @@ class FluentSpeechCommands(DatasetKind):
     def planned_sizes(self, options: Mapping[str, Any]) -> tuple[dict[int, int], int]:
         # As folds for the planner (validation: the fold after the test's, wrapping around).
         return {1: SIZES["validation"], 2: SIZES["train"], 3: SIZES["test"]}, INTENTS
-
-    def planned_parts(
-        self, options: Mapping[str, Any], scheme: str
-    ) -> tuple[dict[int, int], int] | None:
-        return (self.planned_sizes(options)[0], 3) if scheme == "official" else None
 
     def make(
         self,
@@ -173,11 +177,4 @@ class FluentSpeechCommands(DatasetKind):
         return root_of(options)
 
     def describe(self, options: Mapping[str, Any], raw_dir: Path) -> str | None:
-        if not options.get("subset"):
-            return None
-        with contextlib.suppress(OSError, ValueError, KeyError):
-            import json
-
-            clips = json.loads((raw_dir / RECORD).read_text())["clips"]
-            return f"subset: {clips} of {sum(SIZES.values())} utterances"
-        return "subset"
+        return subset_line(options, raw_dir / RECORD, sum(SIZES.values()), "utterances")

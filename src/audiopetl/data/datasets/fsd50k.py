@@ -38,10 +38,16 @@ from audiopetl.core.errors import DataError
 from audiopetl.core.settings import DatasetSettings
 from audiopetl.data.archive import BrokenArchive, extract_folders, open_archive
 from audiopetl.data.audio import audio_info
-from audiopetl.data.datasets.base import RECORD, DatasetKind, prepare_manifest, register
+from audiopetl.data.datasets.base import (
+    RECORD,
+    DatasetKind,
+    prepare_manifest,
+    register,
+    subset_line,
+)
 from audiopetl.data.download import download
 from audiopetl.data.manifest import COLUMNS, SEPARATOR, write_manifest
-from audiopetl.data.verify import hash_all, problems_file, raise_problems, sums_text
+from audiopetl.data.verify import problems_file, raise_problems, tree_files, write_sums
 
 # Each archive as its parts, in the order zip joins them (the .zip, the last, names them all).
 ARCHIVES = {
@@ -52,7 +58,7 @@ ARCHIVES = {
 DEV, EVAL, TRUTH = "FSD50K.dev_audio", "FSD50K.eval_audio", "FSD50K.ground_truth"
 SIZES = {"train": 36796, "validation": 4170, "test": 10231}
 CLASSES = 200
-SUMS, SOURCE_RECORD = "SHA256SUMS", "source.json"
+SOURCE_RECORD = "source.json"
 PROBLEM_ORDER = ("md5", "missing", "unlisted", "metadata")
 
 
@@ -251,9 +257,7 @@ def fetch_fsd50k(
         raise_problems(str(folder), "FSD50K", found, PROBLEM_ORDER, listing)
         table = prepare_manifest(dataset, manifest(tmp, dev, ev, names), str(dest / "manifest.csv"))
         write_manifest(table, tmp / "manifest.csv")
-        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*")
-                       if p.is_file() and p.name != "manifest.csv")  # fmt: skip
-        write_text(tmp / SUMS, sums_text(files, hash_all(tmp, files, "sha256")))
+        write_sums(tmp, tree_files(tmp))
         source.update(clips=len(table), parts=table["split"].value_counts().to_dict())
         write_json(tmp / SOURCE_RECORD, source)
         if record is not None:
@@ -277,11 +281,6 @@ class FSD50K(DatasetKind):
         # As folds for the planner (validation: the fold after the test's, wrapping around).
         return {1: SIZES["validation"], 2: SIZES["train"], 3: SIZES["test"]}, CLASSES
 
-    def planned_parts(
-        self, options: Mapping[str, Any], scheme: str
-    ) -> tuple[dict[int, int], int] | None:
-        return (self.planned_sizes(options)[0], 3) if scheme == "official" else None
-
     def make(
         self,
         dataset: DatasetSettings,
@@ -295,10 +294,5 @@ class FSD50K(DatasetKind):
         fetch_fsd50k(dataset, dest, downloads=downloads, progress=progress, record=record)
 
     def describe(self, options: Mapping[str, Any], raw_dir: Path) -> str | None:
-        if not options.get("subset"):
-            return None
-        with contextlib.suppress(OSError, ValueError, KeyError):
-            clips = json.loads((raw_dir / SOURCE_RECORD).read_text())["clips"]
-            return (f"subset: {clips} of {sum(SIZES.values())} clips (not checked against the "
-                    "publisher's md5)")  # fmt: skip
-        return "subset (clips not checked against the publisher's md5)"
+        return subset_line(options, raw_dir / SOURCE_RECORD, sum(SIZES.values()),
+                           unchecked="not checked against the publisher's md5")  # fmt: skip

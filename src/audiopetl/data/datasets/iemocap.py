@@ -38,16 +38,27 @@ from audiopetl.core.atomic import atomic_dir, write_json, write_text
 from audiopetl.core.errors import DataError
 from audiopetl.core.settings import DatasetSettings
 from audiopetl.data.audio import audio_info
-from audiopetl.data.datasets.base import RECORD, DatasetKind, prepare_manifest, register
+from audiopetl.data.datasets.base import (
+    RECORD,
+    DatasetKind,
+    prepare_manifest,
+    register,
+    subset_line,
+)
 from audiopetl.data.manifest import COLUMNS, write_manifest
-from audiopetl.data.verify import against_recorded, problems_file, raise_problems, sums_text
+from audiopetl.data.verify import (
+    against_recorded,
+    problems_file,
+    raise_problems,
+    record_first_use,
+    write_sums,
+)
 
 CLASSES = {"neu": "neutral", "hap": "happy", "exc": "happy", "sad": "sad", "ang": "angry"}
 NAMES = ("angry", "happy", "neutral", "sad")
 SESSION_SIZES = {1: 1085, 2: 1023, 3: 1151, 4: 1031, 5: 1241}
 LINE = re.compile(r"^\[(\d+(?:\.\d+)?) - (\d+(?:\.\d+)?)\]\t(\S+)\t(\S+)\t\[")
 TURN = re.compile(r"^(Ses0[1-5])[FM]_\S+_([FM])\d+$")
-SUMS = "SHA256SUMS"
 PROBLEM_ORDER = ("sha256", "missing", "unlisted", "metadata")
 
 
@@ -129,11 +140,9 @@ def fetch_iemocap(
     with atomic_dir(dest) as tmp:
         df = prepare_manifest(dataset, df, str(dest / "manifest.csv"))
         write_manifest(df, tmp / "manifest.csv")
-        write_text(tmp / SUMS, sums_text(files, digests))
+        write_sums(tmp, files, digests)
         write_json(tmp / RECORD, {**record, "clips": len(df), "skipped": []})
-    if not recorded.exists():  # the first use of this copy: its list, for every later fetch
-        recorded.parent.mkdir(parents=True, exist_ok=True)
-        write_text(recorded, sums_text(files, digests))
+    record_first_use(recorded, files, digests)
     listing.unlink(missing_ok=True)
 
 
@@ -149,11 +158,6 @@ class Iemocap(DatasetKind):
 
     def planned_sizes(self, options: Mapping[str, Any]) -> tuple[dict[int, int], int]:
         return dict(SESSION_SIZES), len(NAMES)
-
-    def planned_parts(
-        self, options: Mapping[str, Any], scheme: str
-    ) -> tuple[dict[int, int], int] | None:
-        return None  # a session's split between its two speakers is known from the files
 
     def make(
         self,
@@ -171,9 +175,4 @@ class Iemocap(DatasetKind):
         return root_of(options)
 
     def describe(self, options: Mapping[str, Any], raw_dir: Path) -> str | None:
-        if not options.get("subset"):
-            return None
-        with contextlib.suppress(OSError, ValueError, KeyError):
-            clips = json.loads((raw_dir / RECORD).read_text())["clips"]
-            return f"subset: {clips} of {sum(SESSION_SIZES.values())} utterances"
-        return "subset"
+        return subset_line(options, raw_dir / RECORD, sum(SESSION_SIZES.values()), "utterances")

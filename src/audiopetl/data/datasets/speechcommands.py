@@ -46,10 +46,16 @@ from audiopetl.core.errors import DataError
 from audiopetl.core.settings import DatasetSettings
 from audiopetl.data.archive import BrokenArchive, extract_folders, open_archive, safe_name
 from audiopetl.data.audio import audio_info
-from audiopetl.data.datasets.base import RECORD, DatasetKind, prepare_manifest, register
+from audiopetl.data.datasets.base import (
+    RECORD,
+    DatasetKind,
+    prepare_manifest,
+    register,
+    subset_line,
+)
 from audiopetl.data.download import obtain_archive
 from audiopetl.data.manifest import COLUMNS, write_manifest
-from audiopetl.data.verify import hash_all, problems_file, raise_problems
+from audiopetl.data.verify import problems_file, raise_problems, tree_files, write_sums
 
 WORDS = (
     "backward", "bed", "bird", "cat", "dog", "down", "eight", "five", "follow", "forward",
@@ -289,13 +295,7 @@ def fetch_speechcommands(
             cut_silence(tmp, tmp / SILENCE)
         table = prepare_manifest(dataset, manifest(tmp, classes), str(dest / "manifest.csv"))
         write_manifest(table, tmp / "manifest.csv")
-        files = sorted(
-            p.relative_to(tmp).as_posix()
-            for p in tmp.rglob("*")
-            if p.is_file() and p.name != "manifest.csv"
-        )
-        digests = hash_all(tmp, files, "sha256")
-        write_text(tmp / SUMS, "".join(f"{d}  {n}\n" for n, d in zip(files, digests, strict=True)))
+        write_sums(tmp, tree_files(tmp))
         source.update(clips=len(table), parts=table["split"].value_counts().to_dict())
         write_json(tmp / SOURCE_RECORD, source)
         if record is not None:
@@ -324,12 +324,6 @@ class SpeechCommands(DatasetKind):
         # around): validation 1, training 2, test 3.
         return {1: SIZES_35["validation"], 2: SIZES_35["train"], 3: SIZES_35["test"]}, 35
 
-    def planned_parts(
-        self, options: Mapping[str, Any], scheme: str
-    ) -> tuple[dict[int, int], int] | None:
-        planned = self.planned_sizes(options)
-        return None if planned is None or scheme != "official" else (planned[0], 3)
-
     def make(
         self,
         dataset: DatasetSettings,
@@ -343,14 +337,6 @@ class SpeechCommands(DatasetKind):
         fetch_speechcommands(dataset, dest, downloads=downloads, progress=progress, record=record)
 
     def describe(self, options: Mapping[str, Any], raw_dir: Path) -> str | None:
-        if not options.get("subset"):
-            return None
-        try:
-            source = json.loads((raw_dir / SOURCE_RECORD).read_text())
-        except (OSError, ValueError):
-            return "subset (clips not checked against the publisher's md5)"
-        total = sum(SIZES_35.values())
-        of = f" of {total}" if int(options["classes"]) == 35 else ""
-        return f"subset: {source['clips']}{of} clips (not checked against the publisher's md5)"
-
-
+        total = sum(SIZES_35.values()) if int(options["classes"]) == 35 else None
+        return subset_line(options, raw_dir / SOURCE_RECORD, total,
+                           unchecked="not checked against the publisher's md5")  # fmt: skip

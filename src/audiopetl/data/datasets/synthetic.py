@@ -254,13 +254,6 @@ class Synthetic(DatasetKind):
         per_fold = int(options["classes"]) * int(options["clips_per_class_per_fold"])
         return {f: per_fold for f in range(1, int(options["folds"]) + 1)}, int(options["classes"])
 
-    def planned_parts(
-        self, options: Mapping[str, Any], scheme: str
-    ) -> tuple[dict[int, int], int] | None:
-        sizes = self.planned_sizes(options)[0]
-        # An official synthetic split tests on the last fold, validates on the one before.
-        return sizes, (max(sizes) if scheme == "official" else 0)
-
     def make(
         self,
         dataset: DatasetSettings,

@@ -38,10 +38,10 @@ from audiopetl.core.errors import DataError
 from audiopetl.core.settings import DatasetSettings
 from audiopetl.data.archive import BrokenArchive, extract_folders, open_archive, safe_name
 from audiopetl.data.audio import audio_info
-from audiopetl.data.datasets.base import RECORD, DatasetKind, register
+from audiopetl.data.datasets.base import RECORD, DatasetKind, register, subset_line
 from audiopetl.data.download import obtain_archive
 from audiopetl.data.manifest import COLUMNS, check_manifest, write_manifest
-from audiopetl.data.verify import hash_all, problems_file, raise_problems
+from audiopetl.data.verify import problems_file, raise_problems, write_sums
 
 META = "metadata/UrbanSound8K.csv"
 SOURCE_RECORD = "source.json"
@@ -215,9 +215,7 @@ def fetch_urbansound8k(
         raise_problems(str(archive), "UrbanSound8K", found, PROBLEM_ORDER, listing)
         table = manifest(tmp, meta_source, subset)
         write_manifest(table, tmp / "manifest.csv")
-        files = sorted([META, *audio_files(tmp)])
-        digests = hash_all(tmp, files, "sha256")
-        write_text(tmp / SUMS, "".join(f"{d}  {n}\n" for n, d in zip(files, digests, strict=True)))
+        write_sums(tmp, sorted([META, *audio_files(tmp)]))
         source.update(clips=len(table), index_clips=sum(FOLD_SIZES.values()))
         write_json(tmp / SOURCE_RECORD, source)
         if record is not None:
@@ -257,13 +255,5 @@ class UrbanSound8K(DatasetKind):
         )
 
     def describe(self, options: Mapping[str, Any], raw_dir: Path) -> str | None:
-        if not options.get("subset"):
-            return None
-        try:
-            source = json.loads((raw_dir / SOURCE_RECORD).read_text())
-        except (OSError, ValueError):
-            return "subset (clips not checked against the publisher's md5)"
-        return (
-            f"subset: {source['clips']} of {source['index_clips']} clips (not checked against "
-            "the publisher's md5)"
-        )
+        return subset_line(options, raw_dir / SOURCE_RECORD, sum(FOLD_SIZES.values()),
+                           unchecked="not checked against the publisher's md5")  # fmt: skip

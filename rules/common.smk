@@ -70,6 +70,7 @@ RUN = str(LAYOUT.run_dir("{dataset}", "{model}", "{strategy}", "{split}", "{seed
 RUN_LOG = str(
     appaths.run_log("{dataset}", "{model}", "{strategy}", "{split}", "{seed}")
 )
+SELECTION = str(LAYOUT.sweep_selection("{dataset}", "{model}", "{strategy}"))
 LOGS = str(LAYOUT.logs())
 # dvc.yaml names these folders as outputs, and a study may leave some of them empty (no hub
 # checkpoint, no pretraining): DVC refuses an output that does not exist. Made here, not in an
@@ -132,8 +133,16 @@ def pretrain_inputs(model):
     return []
 
 
-def all_runs():
-    return [str(run) for run in STUDY.runs()]
+def selected_runs(wildcards):
+    """Every run the report reads: a sweep selected on its first split adds its winner's
+    runs on the other splits once the selection is made."""
+    winners = {}
+    for key in STUDY.selections():
+        if STUDY.select_on(key[2]) == "first_fold":
+            done = checkpoints.select.get(dataset=key[0], model=key[1], strategy=key[2])
+            with open(done.output.selection) as handle:
+                winners[key] = json.load(handle)["selected"]
+    return [str(run) for run in STUDY.runs(winners)]
 
 
 def report_outputs():

@@ -3,11 +3,37 @@
 
 from audiopetl.report.dvc_views import dvc_view_outputs
 
+# A swept strategy's variant is chosen on validation (audiopetl select; never on test): a
+# checkpoint, since with sweep_select_on: first_fold only the winner runs on the other splits.
+
+
+checkpoint select:
+    input:
+        metrics=lambda wc: [
+            f"{run}/evaluation.json"
+            for runs in STUDY.selection_runs(
+                wc.dataset, wc.model, wc.strategy
+            ).values()
+            for run in runs
+        ],
+    output:
+        selection=SELECTION,
+    log:
+        f"{LOGS}/select/{{dataset}}/{{model}}/{{strategy}}.log",
+    conda:
+        ENV
+    resources:
+        **resources_of("report"),
+    shell:
+        "audiopetl select --quiet --dataset {wildcards.dataset} --model {wildcards.model}"
+        " --strategy {wildcards.strategy} --out {output.selection} --log {log}"
+
 
 rule report:
     input:
-        evaluations=[f"{run}/evaluation.json" for run in all_runs()],
-        histories=[f"{run}/history.csv" for run in all_runs()],
+        evaluations=lambda wc: [f"{run}/evaluation.json" for run in selected_runs(wc)],
+        histories=lambda wc: [f"{run}/history.csv" for run in selected_runs(wc)],
+        selections=[str(STUDY.selection_path(*key)) for key in STUDY.selections()],
     output:
         report_entries(),
         resolved=report(

@@ -94,16 +94,44 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_select(args: argparse.Namespace) -> int:
+    from audiopetl.study.selection import select, write_selection
+
+    study = study_of(args)
+    key = (args.dataset, args.model, args.strategy)
+    runs = study.selection_runs(*key)  # a ConfigError when the strategy is not swept
+    sweep = study.sweeps()[args.strategy]
+    metric = study.training(next(iter(sweep["variants"]))).select_metric
+    record = {
+        "dataset": args.dataset,
+        "model": args.model,
+        "method": args.strategy,
+        "select_on": sweep["select_on"],
+        **select(runs, sweep["variants"], metric),
+    }
+    out = Path(args.out) if args.out else study.selection_path(*key)
+    write_selection(out, record)
+    best = next(row for row in record["variants"] if row["variant"] == record["selected"])
+    print(
+        f"{out}: {record['selected']} ({record['metric']} {best[record['metric']]:.4f}, mean of "
+        f"{best['runs']} run(s); {len(record['variants'])} variants)"
+    )
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     import yaml
 
     from audiopetl.core.atomic import write_text
     from audiopetl.report.build import build_report
+    from audiopetl.study.selection import read_selection
 
     study = study_of(args)
     cfg = study.config
     out = Path(args.out) if args.out else study.layout.experiment_dir()
-    written = build_report(cfg, study.runs(), out)
+    selections = {key: read_selection(study.selection_path(*key)) for key in study.selections()}
+    winners = {key: str(record["selected"]) for key, record in selections.items()}
+    written = build_report(cfg, study.runs(winners), out, selections)
     resolved = out / "config.resolved.yaml"
     write_text(resolved, yaml.safe_dump(cfg, sort_keys=False))
     for path in [*written, resolved]:
@@ -196,6 +224,19 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--model", required=True)
     p.add_argument(
         "--force", action="store_true", help="mirror again, replacing the existing mirror"
+    )
+
+    p = add(
+        "select",
+        cmd_select,
+        "choose a swept strategy's variant on its runs' mean validation metric "
+        "(training.select_metric; never a test number) and write the choice",
+    )
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--strategy", required=True, help="the swept strategy (its method's name)")
+    p.add_argument(
+        "--out", help="file (default: results/EXPERIMENT/sweeps/DATASET/MODEL/STRATEGY.json)"
     )
 
     p = add("report", cmd_report, "summary, tables and thesis figures of the study")

@@ -21,6 +21,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from audiopetl.core import sweeps
 from audiopetl.core.errors import ConfigError
 
 DEFAULT_CONFIG = Path("config/config.yaml")
@@ -296,8 +297,23 @@ def load_config(
         layered.origin[("experiment",)] = str(preset) if preset.is_file() else "--experiment"
     for text in overrides:
         layered.merge(parse_override(text), "--set")
+    expand_sweeps(layered)
     validate(layered, training=training, checks=checks)
     return layered.data
+
+
+def expand_sweeps(layered: _Layered) -> None:
+    """Each swept strategy replaced by its variants (audiopetl.core.sweeps), before the
+    schema sees them: every variant is then checked like any strategy."""
+
+    def where(path: list[str]) -> str:
+        return f"{layered.source_of(path)}: {_key_path(path)}"
+
+    def origin(variant: list[str], method: list[str]) -> None:
+        layered.origin[tuple(variant)] = layered.source_of(method)
+
+    training_keys = _schema()["$defs"]["training"]["properties"]
+    sweeps.expand(layered.data, training_keys, where, origin)
 
 
 def apply_overrides(
@@ -311,6 +327,7 @@ def apply_overrides(
     layered.origin[()] = source
     for text in overrides:
         layered.merge(parse_override(text), "--set")
+    expand_sweeps(layered)
     validate(layered, checks=checks)
     return layered.data
 
@@ -443,6 +460,14 @@ def _check_references(
                         f"{layered.source_of(path)}: {_key_path(path)}: {pretrain[key]!r} is "
                         f"not defined under {section}{closest(pretrain[key], cfg[section])}"
                     )
+    for method, sweep in (cfg.get("sweeps") or {}).items():
+        for variant in sweep["variants"]:
+            if variant not in cfg["strategies"]:
+                path = ["sweeps", method, "variants", variant]
+                problems.append(
+                    f"{layered.source_of(path)}: {_key_path(path)}: no strategy of that name "
+                    "(the loader writes `sweeps` from the strategies' `sweep` blocks)"
+                )
     for model_name in cfg["resources"].get("models") or {}:
         if model_name not in cfg["models"]:
             path = ["resources", "models", model_name]

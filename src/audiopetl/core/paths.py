@@ -91,6 +91,10 @@ class Layout:
     def pretrain_dir(self, model: str) -> Path:
         return self.experiment_dir() / PRETRAIN / model
 
+    def sweep_selection(self, dataset: str, model: str, method: str) -> Path:
+        """Which variant of a swept strategy (its method) won on validation, and on what."""
+        return self.experiment_dir() / "sweeps" / dataset / model / f"{method}.json"
+
     def split_sizes(self, dataset: str) -> Path:
         """The sets of every run the study makes of a dataset, checked before they train."""
         return self.experiment_dir() / "splits" / f"{dataset}.json"

@@ -81,11 +81,18 @@ def _class_figures(
     return written
 
 
-def build_report(cfg: Mapping[str, Any], run_dirs: Sequence[Path], out_dir: Path) -> list[Path]:
+def build_report(
+    cfg: Mapping[str, Any],
+    run_dirs: Sequence[Path],
+    out_dir: Path,
+    selections: Mapping[tuple[str, str, str], Mapping[str, Any]] | None = None,
+) -> list[Path]:
     """Write summary.csv/json, table.csv/md/tex, models.csv/md/tex (model x strategy), the
     figures under ``out_dir/figures`` and
     the flat views for DVC (metrics.json, plots/); return every written path, in the order
-    written."""
+    written. ``selections``: each sweep's choice ((dataset, model, method) -> its record,
+    audiopetl.study.selection): only the chosen variant of a sweep is reported, and
+    sweep.{csv,md} lists them all."""
     # Imported here, not at the top: matplotlib and seaborn take over a second to import, and
     # the workflow imports this module in every job only for expected_outputs().
     from audiopetl.report import figures
@@ -95,10 +102,18 @@ def build_report(cfg: Mapping[str, Any], run_dirs: Sequence[Path], out_dir: Path
     fig_dir = out_dir / FIGURES_DIR
     runs = order_runs(collect_runs(run_dirs), _study_order(cfg))
     report_cfg["metric"] = headline_metric(runs, report_cfg["metric"])
+    written: list[Path] = []
+    if selections:
+        from audiopetl.report import sweeps
+
+        written += sweeps.write_sweep_tables(sweeps.sweep_table(runs, selections), out_dir)
+        runs = sweeps.keep_selected(runs, selections)
     # Numbers from part of a dataset say so in every table and figure (not a setting).
     report_cfg["data_notes"] = data_notes(runs)
+    if selections:
+        report_cfg["data_notes"] += sweeps.notes(selections)
     summary = summarize(runs)
-    written = write_summary(summary, out_dir)
+    written += write_summary(summary, out_dir)
     written += write_tables(summary, report_cfg, out_dir / "table")
     written += write_model_table(summary, report_cfg, out_dir / "models")
     histories = collect_histories(runs)
@@ -110,7 +125,11 @@ def build_report(cfg: Mapping[str, Any], run_dirs: Sequence[Path], out_dir: Path
     written += figures.accuracy_per_strategy(runs, fig_dir / "accuracy_per_strategy", report_cfg)
     written += _class_figures(runs, summary, report_cfg, fig_dir)
     written += _paired_tables(runs, report_cfg, out_dir / "paired")
-    written += write_dvc_views(summary, histories, out_dir, report_cfg["metric"])
+    from audiopetl.core.sweeps import method_of
+
+    written += write_dvc_views(
+        summary, histories, out_dir, report_cfg["metric"], lambda s: method_of(cfg, s)
+    )
     return written
 
 
@@ -191,4 +210,6 @@ def expected_outputs(cfg: Mapping[str, Any], out_dir: Path) -> list[Path]:
             ("paired", "tex"),
         )
     ]
+    if cfg.get("sweeps"):
+        tables += [out_dir / "sweep.csv", out_dir / "sweep.md"]
     return tables + [out_dir / FIGURES_DIR / f"{n}.{f}" for n in names for f in formats]

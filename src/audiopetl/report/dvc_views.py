@@ -17,13 +17,14 @@ Every number comes from the same summary and histories as the tables and figures
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from audiopetl.core.atomic import write_json, write_text
+from audiopetl.core.sweeps import methods
 from audiopetl.report.aggregate import _json_value, summary_metrics
 
 METRICS_FILE = "metrics.json"
@@ -63,7 +64,8 @@ def dvc_view_outputs(cfg: Mapping[str, Any], out_dir: Path) -> list[Path]:
             curves / _curve_name(d, m, s, several)
             for d in study["datasets"]
             for m in study["models"]
-            for s in study["strategies"]
+            # A sweep's curve is its selected variant's, under its method's name.
+            for s in methods(cfg)
         ),
     ]
 
@@ -97,10 +99,16 @@ def _learning_curves(histories: pd.DataFrame) -> dict[tuple[str, str, str], pd.D
 
 
 def write_dvc_views(
-    summary: pd.DataFrame, histories: pd.DataFrame, out_dir: Path, metric: str = "accuracy"
+    summary: pd.DataFrame,
+    histories: pd.DataFrame,
+    out_dir: Path,
+    metric: str = "accuracy",
+    name_of: Callable[[str], str] = str,
 ) -> list[Path]:
     """Write metrics.json and the plot data under ``out_dir``; return the paths written.
-    ``metric``: the headline (accuracy, or a multi-label study's mAP), plotted as test_metric."""
+    ``metric``: the headline (accuracy, or a multi-label study's mAP), plotted as test_metric.
+    ``name_of``: a strategy's name in the curves' file names (a sweep variant's method: the
+    files must be known before the selection is made)."""
     out_dir = Path(out_dir)
     written = [out_dir / METRICS_FILE]
     write_json(written[0], _metrics_document(summary))
@@ -121,7 +129,8 @@ def write_dvc_views(
     curves = _learning_curves(histories)
     several = _several([(d, m) for d, m, _ in curves])
     for (dataset, model, strategy), curve in curves.items():
-        target = out_dir / PLOTS_DIR / CURVES_DIR / _curve_name(dataset, model, strategy, several)
+        name = _curve_name(dataset, model, name_of(strategy), several)
+        target = out_dir / PLOTS_DIR / CURVES_DIR / name
         write_text(target, curve.to_csv(index=False, lineterminator="\n"))
         written.append(target)
     return written

@@ -142,4 +142,29 @@ def masks_fit_front_ends(cfg: Mapping[str, Any], where: Where, training: bool) -
 
 MULTICLASS_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 MULTILABEL_METRICS = ("mAP",)
-CHECKS = (strategies_fit_models, folds_exist, splits_fit_datasets, masks_fit_front_ends)
+
+
+def sweeps_select_on_validation(cfg: Mapping[str, Any], where: Where, training: bool) -> list[str]:
+    """A sweep chooses its variant on validation: its runs need a validation split that is
+    not the test fold (no train_test, no train_select_on_test)."""
+    problems = []
+    for method, sweep in (cfg.get("sweeps") or {}).items():
+        variant = next(iter(sweep["variants"]))
+        own = cfg["strategies"][variant].get("training") or {}
+        split = own.get("split", cfg["training"]["split"])
+        if split in ("train_test", "train_select_on_test"):
+            problems.append(
+                f"{where(['strategies', method, 'sweep'])}: training.split {split} has no "
+                "validation set to choose a variant on; use train_val_test (or "
+                "train_val_test_before)"
+            )
+    return problems
+
+
+CHECKS = (
+    strategies_fit_models,
+    folds_exist,
+    splits_fit_datasets,
+    masks_fit_front_ends,
+    sweeps_select_on_validation,
+)

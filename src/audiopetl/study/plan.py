@@ -47,12 +47,16 @@ class TrainingJob:
     split: str  # fold3, official
     settings: TrainingSettings  # training settings of the run
     clips: tuple[int, int, int]  # train, validation, test clips
+    # A sweep's winner on a split after its first (sweep_select_on: first_fold): its method;
+    # `strategy` is then the sweep's first variant, which stands in for it in the estimates.
+    winner_of: str | None = None
 
     @property
     def name(self) -> str:
         if self.rule == "pretrain":
             return f"pretrain {self.model} ({self.dataset})"
-        return f"train {self.dataset}/{self.model}/{self.strategy}/seed{self.seed}/{self.split}"
+        strategy = self.strategy if self.winner_of is None else f"{self.winner_of}:winner"
+        return f"train {self.dataset}/{self.model}/{strategy}/seed{self.seed}/{self.split}"
 
 
 def dataset_shape(study: Study, dataset: str) -> tuple[Any, int]:
@@ -108,15 +112,33 @@ def study_jobs(study: Study) -> list[TrainingJob]:
                 settings, clips,
             )  # fmt: skip
             jobs.append(job)
+    # A sweep selected on its first split runs every variant there and one winner (not known
+    # yet: counted with its first variant's settings) on each other split.
+    first_fold = {method for method in study.sweeps() if study.select_on(method) == "first_fold"}
     for d in matrix["datasets"]:
+        splits = study.split_names(d)
         for m in matrix["models"]:
             for s in matrix["strategies"]:
                 settings = study.training(s)
+                method = study_method(study, s)
                 for seed in matrix["seeds"]:
-                    for split in study.split_names(d):
+                    for split in splits:
+                        winner_of = None
+                        if method in first_fold and split != splits[0]:
+                            if s != next(iter(study.sweeps()[method]["variants"])):
+                                continue
+                            winner_of = method
                         clips = split_clips(study, d, split, settings.split)
-                        jobs.append(TrainingJob("train", d, m, s, seed, split, settings, clips))
+                        jobs.append(
+                            TrainingJob("train", d, m, s, seed, split, settings, clips, winner_of)
+                        )
     return jobs
+
+
+def study_method(study: Study, strategy: str) -> str:
+    from audiopetl.core.sweeps import method_of
+
+    return method_of(study.config, strategy)
 
 
 # -- estimates and the plan ---------------------------------------------------------------------

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from audiopetl.core import sweeps
 from audiopetl.core.checksums import stable_hash
 from audiopetl.core.config import DEFAULT_CONFIG, apply_overrides, closest, load_config
 from audiopetl.core.errors import ConfigError, TrainingError
@@ -353,17 +354,81 @@ class Study:
         scheme = get_scheme(self.dataset(dataset).scheme)
         return scheme.names(list(self.config["study"]["folds"] if folds is None else folds))
 
-    def runs(self) -> list[Path]:
-        """Every run folder of the configured study matrix, in the study's order."""
+    def runs(self, winners: Mapping[tuple[str, str, str], str] | None = None) -> list[Path]:
+        """Every run folder of the configured study matrix, in the study's order.
+
+        A sweep selected on its first split (``sweep_select_on: first_fold``) runs every
+        variant there and only its winner on the other splits: ``winners`` ((dataset, model,
+        method) -> variant, from :meth:`read_winners`) adds those; without it only the first
+        split's runs of such a sweep are listed (what its selection needs)."""
         study = self.config["study"]
+        winners = winners or {}
+        runs = []
+        for d in study["datasets"]:
+            splits = self.split_names(d)
+            for m in study["models"]:
+                for s in study["strategies"]:
+                    method = sweeps.method_of(self.config, s)
+                    first_only = self.select_on(method) == "first_fold"
+                    chosen = winners.get((d, m, method))
+                    for seed in study["seeds"]:
+                        for split in splits:
+                            if first_only and split != splits[0] and chosen != s:
+                                continue
+                            runs.append(self.run_dir(d, m, s, split, seed))
+        return runs
+
+    # -- sweeps -------------------------------------------------------------------------------
+    def sweeps(self) -> dict[str, dict[str, Any]]:
+        """method -> {select_on, variants: {variant: its values}} (audiopetl.core.sweeps)."""
+        return dict(self.config.get("sweeps") or {})
+
+    def select_on(self, method: str) -> str | None:
+        sweep = self.sweeps().get(method)
+        return None if sweep is None else str(sweep["select_on"])
+
+    def selections(self) -> list[tuple[str, str, str]]:
+        """(dataset, model, method) of every selection the study makes, in its order."""
+        study = self.config["study"]
+        methods = sweeps.methods(self.config)
         return [
-            self.run_dir(d, m, s, split, seed)
+            (d, m, method)
             for d in study["datasets"]
             for m in study["models"]
-            for s in study["strategies"]
-            for seed in study["seeds"]
-            for split in self.split_names(d)
+            for method in methods
+            if method in self.sweeps()
         ]
+
+    def selection_path(self, dataset: str, model: str, method: str) -> Path:
+        return self.layout.sweep_selection(dataset, model, method)
+
+    def selection_runs(self, dataset: str, model: str, method: str) -> dict[str, list[Path]]:
+        """variant -> the runs its validation metric is averaged over: every split and seed,
+        or the first split's seeds (first_fold)."""
+        sweep = self.sweeps().get(method)
+        if sweep is None:
+            raise ConfigError(
+                f"strategies.{method}: not swept (swept: {', '.join(self.sweeps()) or 'none'})"
+            )
+        splits = self.split_names(dataset)
+        if sweep["select_on"] == "first_fold":
+            splits = splits[:1]
+        return {
+            variant: [
+                self.run_dir(dataset, model, variant, split, seed)
+                for seed in self.config["study"]["seeds"]
+                for split in splits
+            ]
+            for variant in sweep["variants"]
+        }
+
+    def read_winners(self) -> dict[tuple[str, str, str], str]:
+        """Every selection's winner, read from its file (written by `audiopetl select`)."""
+        from audiopetl.study.selection import read_selection
+
+        return {
+            key: read_selection(self.selection_path(*key))["selected"] for key in self.selections()
+        }
 
     def datasets(self) -> list[str]:
         """Every dataset the study reads: its own, and its models' source tasks."""

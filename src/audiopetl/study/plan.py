@@ -20,6 +20,7 @@ import yaml
 
 from audiopetl.core.errors import DataError
 from audiopetl.core.settings import TrainingSettings
+from audiopetl.core.sweeps import method_of
 from audiopetl.data.datasets import get_kind
 from audiopetl.data.splits import get_scheme
 from audiopetl.data.splits.base import fold_of
@@ -120,7 +121,7 @@ def study_jobs(study: Study) -> list[TrainingJob]:
         for m in matrix["models"]:
             for s in matrix["strategies"]:
                 settings = study.training(s)
-                method = study_method(study, s)
+                method = method_of(study.config, s)
                 for seed in matrix["seeds"]:
                     for split in splits:
                         winner_of = None
@@ -133,12 +134,6 @@ def study_jobs(study: Study) -> list[TrainingJob]:
                             TrainingJob("train", d, m, s, seed, split, settings, clips, winner_of)
                         )
     return jobs
-
-
-def study_method(study: Study, strategy: str) -> str:
-    from audiopetl.core.sweeps import method_of
-
-    return method_of(study.config, strategy)
 
 
 # -- estimates and the plan ---------------------------------------------------------------------

@@ -359,7 +359,7 @@ class Study:
 
         A sweep selected on its first split (``sweep_select_on: first_fold``) runs every
         variant there and only its winner on the other splits: ``winners`` ((dataset, model,
-        method) -> variant, from :meth:`read_winners`) adds those; without it only the first
+        method) -> variant, the selections' files) adds those; without it only the first
         split's runs of such a sweep are listed (what its selection needs)."""
         study = self.config["study"]
         winners = winners or {}
@@ -420,14 +420,6 @@ class Study:
                 for split in splits
             ]
             for variant in sweep["variants"]
-        }
-
-    def read_winners(self) -> dict[tuple[str, str, str], str]:
-        """Every selection's winner, read from its file (written by `audiopetl select`)."""
-        from audiopetl.study.selection import read_selection
-
-        return {
-            key: read_selection(self.selection_path(*key))["selected"] for key in self.selections()
         }
 
     def datasets(self) -> list[str]:

@@ -2,7 +2,8 @@
 
     python benchmarks/default_study.py [--cores N] [--experiment NAME] [--keep DIR]
 
-Target: the default study (six methods x 5 folds) in at most 5 minutes on a 2-core machine; the
+Target: the default study (seven methods, LoRA's 3 learning rates as a sweep, x 5 folds) in at
+most 5 minutes on a 2-core machine; the
 same for `--experiment models` (three model kinds x three methods x 5 folds).
 Prints the wall time, the results table and the paired comparisons, and where the jobs' time
 went: every audiopetl process appends its start, its first training step and its end to

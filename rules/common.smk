@@ -70,6 +70,7 @@ RUN = str(LAYOUT.run_dir("{dataset}", "{model}", "{strategy}", "{split}", "{seed
 RUN_LOG = str(
     appaths.run_log("{dataset}", "{model}", "{strategy}", "{split}", "{seed}")
 )
+EMBEDDINGS = str(LAYOUT.embeddings("{dataset}", "{model}", "{eid}"))
 SELECTION = str(LAYOUT.sweep_selection("{dataset}", "{model}", "{strategy}"))
 LOGS = str(LAYOUT.logs())
 # dvc.yaml names these folders as outputs, and a study may leave some of them empty (no hub
@@ -100,6 +101,7 @@ wildcard_constraints:
     strategy=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     did=r"[0-9a-f]{10}",
     fid=r"[0-9a-f]{10}",
+    eid=r"[0-9a-f]{10}",
     split=r"fold\d+|official",
     seed=r"\d+",
 
@@ -130,6 +132,13 @@ def pretrain_inputs(model):
         return [str(LAYOUT.pretrain_dir(model) / "metrics.json")]
     if settings.pretrained and aphub.is_hub_id(settings.pretrained):
         return [str(LAYOUT.mirror(model) / aphub.MIRROR_RECORD)]
+    return []
+
+
+def embedding_inputs(dataset, model, strategy):
+    """A probe's embedding cache (none for the other strategies)."""
+    if STUDY.strategy(strategy).on_embeddings:
+        return [str(STUDY.embedding_path(dataset, model))]
     return []
 
 

@@ -1,4 +1,5 @@
-# Training: the source-task pretraining of the default, then one job per
+# Training: the source-task pretraining of the default, the embeddings a probe trains on (once
+# per dataset and model), then one job per
 # dataset x model x strategy x split (a test fold, or an official split) x seed, which also rebuilds its run from the files it wrote
 # and scores it again (evaluation.json): a run whose weights do not reproduce its reported
 # numbers fails. A job resumes from its resume folder (beside the run folder, so Snakemake's
@@ -35,10 +36,33 @@ rule pretrain:
         " --out {params.out} --log {log}"
 
 
+rule embed:
+    input:
+        cache=lambda wc: cache_file(wc.dataset, wc.model),
+        pretrained=lambda wc: pretrain_inputs(wc.model),
+    output:
+        embeddings=EMBEDDINGS,
+    log:
+        f"{LOGS}/embed/{{dataset}}/{{model}}-{{eid}}.log",
+    conda:
+        ENV
+    threads: CFG["training"]["threads"]
+    resources:
+        **resources_of("train"),
+    params:
+        settings=lambda wc: settings_json(
+            STUDY.embedding_identity(wc.dataset, wc.model)
+        ),
+    shell:
+        "HF_HUB_OFFLINE=1 exec audiopetl embed --dataset {wildcards.dataset}"
+        " --model {wildcards.model} --quiet --log {log}"
+
+
 rule train:
     input:
         cache=lambda wc: cache_file(wc.dataset, wc.model),
         pretrained=lambda wc: pretrain_inputs(wc.model),
+        embeddings=lambda wc: embedding_inputs(wc.dataset, wc.model, wc.strategy),
         splits=lambda wc: ancient(split_sizes_file(wc.dataset)),
     output:
         metrics=f"{RUN}/metrics.json",

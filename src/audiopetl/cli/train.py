@@ -67,6 +67,14 @@ def _evaluate(
     return evaluate_run(run_dir, recorded_run(run_dir, info, given, overrides), info, out)
 
 
+def cmd_embed(args: argparse.Namespace) -> int:
+    from audiopetl.training.embeddings import build_embeddings
+
+    settings = study_of(args).embedding(args.dataset, args.model)
+    print(build_embeddings(settings, progress=progress(args)))
+    return 0
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from audiopetl.training.run import pretrain
 
@@ -214,6 +222,15 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--model", required=True)
     p.add_argument("--out", help="folder (default: results/EXPERIMENT/pretrain/MODEL)")
+
+    p = add(
+        "embed",
+        cmd_embed,
+        "compute a frozen model's embeddings of a dataset once, for its probe runs (cached "
+        "under data/embeddings/DATASET/MODEL/)",
+    )
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--model", required=True)
 
     p = add(
         "fetch-model",

@@ -346,7 +346,9 @@ def validate(layered: _Layered, *, training: bool = True, checks: Iterable[Check
     validator = validator_cls(schema())
     errors = sorted(validator.iter_errors(layered.data), key=lambda e: list(e.absolute_path))
     if errors:
-        lines = [_describe(err, layered) for err in _leaf_errors(errors)]
+        # A block whose keys are all known may still be "unevaluated" beside an error in one
+        # of them: that describes as nothing, the error itself says what is wrong.
+        lines = [line for err in _leaf_errors(errors) if (line := _describe(err, layered))]
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(dict.fromkeys(lines)))
     _check_references(layered, training=training, checks=checks)
 

@@ -64,6 +64,11 @@ class Layout:
         """The report describes a dataset's raw folder and its cache: named like the cache."""
         return self.data / "reports" / f"{dataset}-{fid}.json"
 
+    def embeddings(self, dataset: str, model: str, eid: str) -> Path:
+        """A probe's cache of a frozen backbone's embeddings of a dataset; ``eid`` hashes its
+        feature cache, the model and where its weights come from (Study.embedding)."""
+        return self.data / "embeddings" / dataset / model / f"{eid}.parquet"
+
     def models(self) -> Path:
         """Local mirrors of hub checkpoints (audiopetl fetch-model)."""
         return self.data / "models"
@@ -105,6 +110,7 @@ class Layout:
         DVC fails on an output that does not exist and has no optional outputs."""
         return [
             self.data / "raw",
+            self.data / "embeddings",
             self.models(),
             self.experiment_dir() / PRETRAIN,
             self.runs(),

@@ -210,8 +210,13 @@ def expand(
             "pretraining needs one strategy (define an unswept one for it)"
         )
     config["strategies"] = rebuilt
-    config["sweeps"] = sweeps
     study = config.get("study")
+    studied = study.get("strategies") if isinstance(study, dict) else None
+    if isinstance(studied, list):
+        # A sweep defined and not studied (the default's, under another preset) leaves its
+        # variants defined and selects nothing.
+        sweeps = {m: v for m, v in sweeps.items() if m not in swept or m in studied}
+    config["sweeps"] = sweeps
     if isinstance(study, dict) and isinstance(study.get("strategies"), list):
         names: list[str] = []
         for name in study["strategies"]:

@@ -314,7 +314,7 @@ def stream_clips(path: Path, clip_ids: Sequence[str]) -> FeatureSet:
 def _read(path: Path, filters: Any) -> FeatureSet:
     metadata = read_metadata(path)
     table = cachefile.read_table(path, metadata, filters=filters)
-    values = cachefile.feature_values(table, metadata["shape"])
+    values = cachefile.feature_values(table, metadata["shape"], metadata.get("dtype", "float16"))
     cachefile.check_finite(path, table, values, metadata)
     # Copy once: a zero-copy view would be read-only and tie the tensor to arrow's buffer.
     features = torch.from_numpy(values.copy())

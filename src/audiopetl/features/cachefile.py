@@ -29,7 +29,9 @@ FORMAT = 2
 COLUMNS = ["clip_id", "label", "fold", "group", "n_frames", "features"]
 
 
-def schema(n_values: int) -> pa.Schema:
+def schema(n_values: int, itemsize: int = 2) -> pa.Schema:
+    """The columns of a cache whose rows hold ``n_values`` values of ``itemsize`` bytes each
+    (float16 features; a probe's embedding cache holds float32)."""
     return pa.schema(
         [
             ("clip_id", pa.string()),
@@ -37,7 +39,7 @@ def schema(n_values: int) -> pa.Schema:
             ("fold", pa.int32()),
             ("group", pa.string()),
             ("n_frames", pa.int32()),
-            ("features", pa.binary(2 * n_values)),
+            ("features", pa.binary(itemsize * n_values)),
         ]
     )
 
@@ -99,14 +101,15 @@ def read_table(path: Path, metadata: dict[str, Any], filters: Any = None, column
         ) from err
 
 
-def feature_values(table: pa.Table, shape: list[int]) -> np.ndarray:
-    """The features column as a read-only (rows, frames, bins) float16 view."""
+def feature_values(table: pa.Table, shape: list[int], dtype: str = "float16") -> np.ndarray:
+    """The features column as a read-only (rows, frames, bins) view, of the cache's dtype."""
     column = table.column("features").combine_chunks()
-    width = 2 * shape[0] * shape[1]
+    kind = np.dtype(dtype)
+    width = kind.itemsize * shape[0] * shape[1]
     values = np.frombuffer(
         column.buffers()[1],
-        dtype=np.float16,
-        count=len(column) * width // 2,
+        dtype=kind,
+        count=len(column) * width // kind.itemsize,
         offset=column.offset * width,
     )
     return values.reshape(len(column), *shape)
@@ -134,7 +137,8 @@ def verify(path: Path) -> dict[str, Any]:
         groups = range(parquet.num_row_groups)
         for group in groups:
             table = parquet.read_row_group(group)
-            check_finite(path, table, feature_values(table, metadata["shape"]), metadata)
+            values = feature_values(table, metadata["shape"], metadata.get("dtype", "float16"))
+            check_finite(path, table, values, metadata)
     except (OSError, pa.ArrowException) as err:
         raise DataError(
             f"{path}: the feature cache is damaged ({str(err).splitlines()[0]}); "

@@ -148,7 +148,10 @@ def sweeps_select_on_validation(cfg: Mapping[str, Any], where: Where, training: 
     """A sweep chooses its variant on validation: its runs need a validation split that is
     not the test fold (no train_test, no train_select_on_test)."""
     problems = []
+    used = set(cfg["study"]["strategies"])
     for method, sweep in (cfg.get("sweeps") or {}).items():
+        if not used & set(sweep["variants"]):
+            continue  # defined, not studied (the default's sweep under another preset)
         variant = next(iter(sweep["variants"]))
         own = cfg["strategies"][variant].get("training") or {}
         split = own.get("split", cfg["training"]["split"])
@@ -161,10 +164,39 @@ def sweeps_select_on_validation(cfg: Mapping[str, Any], where: Where, training: 
     return problems
 
 
+def probes_fit(cfg: Mapping[str, Any], where: Where, training: bool) -> list[str]:
+    """A probe trains on cached embeddings of a pretrained backbone: a random one's would
+    depend on the seed, and SpecAugment has no spectrogram to mask there."""
+    problems = []
+    probes = [s for s in cfg["study"]["strategies"] if cfg["strategies"][s]["kind"] == "probe"]
+    for name in probes:
+        own = (cfg["strategies"][name].get("training") or {}).get("specaugment")
+        masks = own or cfg["training"]["specaugment"]
+        if masks["freq_mask"] or masks["time_mask"]:
+            path = ["strategies", name, "training", "specaugment"] if own else [
+                "training", "specaugment"]  # fmt: skip
+            problems.append(
+                f"{where(path)}: strategy {name!r} is a probe, trained on embeddings: there is "
+                f"no spectrogram to mask; set strategies.{name}.training.specaugment to 0 "
+                "(or use kind `linear`, which runs the backbone on every batch)"
+            )
+    for model_name in cfg["study"]["models"] if probes else []:
+        model = cfg["models"][model_name]
+        if not model.get("pretrained") and not model.get("pretrain"):
+            problems.append(
+                f"{where(['models', model_name, 'pretrained'])}: strategy "
+                f"{', '.join(map(repr, probes))} probes the embeddings of model {model_name!r}, "
+                "which starts at random: give it pretrained weights (`pretrained` or a "
+                "`pretrain` block)"
+            )
+    return list(dict.fromkeys(problems))
+
+
 CHECKS = (
     strategies_fit_models,
     folds_exist,
     splits_fit_datasets,
     masks_fit_front_ends,
     sweeps_select_on_validation,
+    probes_fit,
 )

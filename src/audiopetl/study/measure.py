@@ -145,11 +145,26 @@ def _measure(
     dtype = AMP_DTYPES[resolve_precision(s.precision, device)]  # what training will use
     shape = input_shape(features.values)
 
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        return model(input_values=x).logits.float()
+
+    if strategy.settings.on_embeddings:
+        # A probe's steps run its head on embeddings (their one-off computation is an
+        # evaluation pass over the data, the embed job's).
+        from audiopetl.training.embeddings import Embedder
+
+        embedder = Embedder(model, device)
+        shape = tuple(embedder(torch.randn(1, *shape)).shape)
+        embedder.remove()
+
+        def logits(x: torch.Tensor) -> torch.Tensor:
+            return strategy.head_logits(model, x).float()
+
     def forward(x: torch.Tensor) -> torch.Tensor:
         if dtype is None:
-            return model(input_values=x).logits.float()
+            return logits(x)
         with torch.autocast(device_type=device.type, dtype=dtype):
-            return model(input_values=x).logits.float()
+            return logits(x)
 
     def timed(n: int, step: Any, batch: int) -> float:
         for i in range(warmup + n):

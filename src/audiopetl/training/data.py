@@ -38,10 +38,16 @@ class RunData:
     record: dict[str, Any]
 
 
-def load_run_data(run: RunSettings) -> RunData:
+def load_run_data(run: RunSettings, embeddings: bool = False) -> RunData:
     """The run's splits, by its dataset's split scheme over the manifest, read from its cache
-    after checking that the cache holds its features and was built from that manifest."""
+    after checking that the cache holds its features and was built from that manifest.
+    ``embeddings``: from its probe's embedding cache instead (it carries the metadata of the
+    feature cache it was computed from; always held in memory: it is small)."""
     path, manifest = run.cache, run.manifest
+    if embeddings:
+        if run.embeddings is None:
+            raise TrainingError(f"strategy {run.strategy.name!r}: no embedding cache named")
+        path = run.embeddings
     meta = read_metadata(path)
     if meta["features"] != run.features.record():
         raise TrainingError(f"{path}: built with other feature settings; rerun `audiopetl cache`")
@@ -57,7 +63,9 @@ def load_run_data(run: RunSettings) -> RunData:
             f"cache does not hold this data; {fix}"
         )
     record = {
-        "cache": str(path),
+        "cache": str(run.cache),
+        # A probe's embeddings: the file it trained on (the weights are recorded beside).
+        **({"embeddings": str(path), "embeddings_sha256": file_sha256(path)} if embeddings else {}),
         "manifest": str(manifest),
         "manifest_sha256": meta["manifest_sha256"],
         "rows": meta.get("rows"),
@@ -77,7 +85,7 @@ def load_run_data(run: RunSettings) -> RunData:
         raise DataError(problems[0])
     sets = dict(zip(table["clip_id"], label_sets(table), strict=True))
     n_clips = len(splits.train) + len(splits.val or []) + len(splits.test)
-    streamed = should_stream(run, meta["shape"], n_clips)
+    streamed = not embeddings and should_stream(run, meta["shape"], n_clips)
     # A stream is opened once for the three sets: one row file, one read of the ids.
     read = CacheStream(path).clips if streamed else lambda ids: read_clips(path, ids)
     parts = [

@@ -18,6 +18,7 @@ import torch
 from audiopetl.core.atomic import write_json
 from audiopetl.core.errors import DataError, TrainingError
 from audiopetl.core.settings import RunSettings
+from audiopetl.features.cache import read_clips
 from audiopetl.training.determinism import make_deterministic, select_device
 from audiopetl.training.run_folder import verify_run_folder
 from audiopetl.training.trainer import Trainer
@@ -81,6 +82,15 @@ def evaluate_run(
         raise TrainingError(f"{run_dir}: the test clips differ from those of the stored run")
     stored_logits = np.stack(stored.column("logits").to_numpy(zero_copy_only=False))
     diff = float(np.abs(stored_logits - logits.numpy()).max())
+    # A probe was tested on cached embeddings: the whole model (backbone and trained head)
+    # must give the same logits from the features, or the cache was not this model's.
+    full_diff = None
+    if trainer.on_embeddings:
+        features = read_clips(run.cache, trainer.test.clip_ids)
+        if features.clip_ids != trainer.test.clip_ids:
+            raise TrainingError(f"{run.cache}: holds other test clips than {run.embeddings}")
+        trainer.on_embeddings = False
+        full_diff = float(np.abs(stored_logits - trainer.predict(features).numpy()).max())
     # The export for other tools (a peft adapter) must give the same predictions.
     exported = trainer.strategy.load_export(trainer.base_model(), model_dir)
     export_diff = None
@@ -97,13 +107,17 @@ def evaluate_run(
         "test": metrics,
         "max_abs_logit_difference": diff,
         "export_max_abs_logit_difference": export_diff,
+        "full_model_max_abs_logit_difference": full_diff,
         "matches_reported": diff <= LOGIT_TOLERANCE
         and (export_diff is None or export_diff <= EXPORT_TOLERANCE)
+        and (full_diff is None or full_diff <= EXPORT_TOLERANCE)
         and abs(reported[headline] - metrics[headline]) < 1e-12,
     }
     write_json(out or run_dir / "evaluation.json", result)
     if not result["matches_reported"]:
         export = "" if export_diff is None else f", exported adapter {export_diff:.3g}"
+        if full_diff is not None:
+            export += f", the whole model on the features {full_diff:.3g}"
         raise TrainingError(
             f"{run_dir}: re-evaluation disagrees with the stored run (max logit difference "
             f"{diff:.3g}{export}, {headline} {metrics[headline]:.4f} vs reported "

@@ -43,6 +43,7 @@ from audiopetl.training import losses, optim, outputs, resume, runtime
 from audiopetl.training.augment import augment
 from audiopetl.training.data import BatchSource, epoch_order, load_run_data
 from audiopetl.training.determinism import seed_everything, select_device
+from audiopetl.training.embeddings import check_embeddings
 from audiopetl.training.metrics import classification_metrics
 from audiopetl.training.multilabel import DEFAULT_THRESHOLD, multilabel_metrics
 from audiopetl.training.signals import StopRequested, interruption
@@ -70,10 +71,12 @@ class Trainer:
         self.determinism: dict[str, Any] | None = None
         self.test_from_best = run.training.test_epoch == "best"
         self.multilabel = run.dataset.multilabel
+        # A probe trains its head on the frozen backbone's cached embeddings, not the features.
+        self.on_embeddings = run.strategy.on_embeddings
 
     # -- setup ------------------------------------------------------------------------------
     def load_data(self) -> None:
-        data = load_run_data(self.run)
+        data = load_run_data(self.run, embeddings=self.on_embeddings)
         self.splits, self.class_names, self.data_record = data.splits, data.class_names, data.record
         self.train, self.val, self.test = data.train, data.val, data.test
 
@@ -88,6 +91,8 @@ class Trainer:
     def build(self) -> None:
         t = self.training
         self.weights = weights_record(self.run.pretrained, self.run.model.revision)
+        if self.on_embeddings:
+            check_embeddings(self.train.metadata, self.weights)
         base = self.base_model()
         sets = [d for d in (self.train, self.val, self.test) if d is not None]
         self.runtime = runtime.resolve(
@@ -303,6 +308,8 @@ class Trainer:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with self.autocast():
+            if self.on_embeddings:  # the head alone, on the backbone's cached output
+                return self.strategy.head_logits(self.model, x).float()
             return self.module()(input_values=x).logits.float()
 
     def source(self, data: FeatureSet) -> BatchSource:

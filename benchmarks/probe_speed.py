@@ -123,7 +123,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    from audiopetl.study import load_study
+    from audiopetl.study import embeddings, load_study
     from audiopetl.training.embeddings import build_embeddings
 
     with tempfile.TemporaryDirectory(prefix="audiopetl-probe-bench-") as folder:
@@ -133,7 +133,7 @@ def main() -> None:
             study = load_study(Path("config/config.yaml"), EXPERIMENT)
             linear = train(study, "linear", root)
             started = time.perf_counter()
-            build_embeddings(study.embedding(DATASET, MODEL))
+            build_embeddings(embeddings.settings(study, DATASET, MODEL))
             embed_s = time.perf_counter() - started
             probe = train(study, "probe", root)
     clips = 10 * 5 * args.clips

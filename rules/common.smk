@@ -17,6 +17,7 @@ from audiopetl.models import hub as aphub
 from audiopetl.process import warm as apwarm
 from audiopetl.report.build import expected_outputs
 from audiopetl.study import load_study
+from audiopetl.study import embeddings as apembeddings
 from audiopetl.study import resources as apresources
 
 ALLOWED_CONFIG_KEYS = {"experiment", "config_file"}
@@ -137,8 +138,8 @@ def pretrain_inputs(model):
 
 def embedding_inputs(dataset, model, strategy):
     """A probe's embedding cache (none for the other strategies)."""
-    if STUDY.strategy(strategy).on_embeddings:
-        return [str(STUDY.embedding_path(dataset, model))]
+    if apembeddings.trains_on_embeddings(STUDY.strategy(strategy)):
+        return [str(apembeddings.path(STUDY, dataset, model))]
     return []
 
 

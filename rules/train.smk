@@ -51,7 +51,7 @@ rule embed:
         **resources_of("train"),
     params:
         settings=lambda wc: settings_json(
-            STUDY.embedding_identity(wc.dataset, wc.model)
+            apembeddings.identity(STUDY, wc.dataset, wc.model)
         ),
     shell:
         "HF_HUB_OFFLINE=1 exec audiopetl embed --dataset {wildcards.dataset}"

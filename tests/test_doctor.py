@@ -313,8 +313,12 @@ def healthy(**changes: object) -> Facts:
     return dataclasses.replace(facts, **changes)
 
 
+# The default's methods, each once (its study also sweeps LoRA's learning rate: lora-lr).
+METHODS = "study.strategies=[full, linear, lora, adapter, conformer, prompt]"
+
+
 def study(*overrides: str) -> Study:
-    return audiopetl.study.load_study(CONFIG_DIR / "config.yaml", None, overrides)
+    return audiopetl.study.load_study(CONFIG_DIR / "config.yaml", None, [METHODS, *overrides])
 
 
 def levels(findings: list[Finding], word: str) -> list[str]:

@@ -15,7 +15,7 @@ from project_copy import copy_workflow
 from test_workflow import job_counts, snakemake
 
 from audiopetl.core.errors import ConfigError, TrainingError
-from audiopetl.study import load_study
+from audiopetl.study import embeddings, load_study
 
 EXPERIMENT = "quick-probe"
 CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
@@ -60,14 +60,14 @@ def test_probe_runs_read_one_embedding_cache_per_dataset_and_model() -> None:
     study = load_study(CONFIG, EXPERIMENT)
     probe = study.run("synthetic", "tiny-ast", "probe", 1, 0, pretrained=None)
     mlp = study.run("synthetic", "tiny-ast", "probe-mlp", 2, 0, pretrained=None)
-    assert probe.embeddings == mlp.embeddings == study.embedding_path("synthetic", "tiny-ast")
+    assert probe.embeddings == mlp.embeddings == embeddings.path(study, "synthetic", "tiny-ast")
     assert study.run("synthetic", "tiny-ast", "linear", 1, 0, pretrained=None).embeddings is None
     # Its name changes with what decides the embeddings (the pretraining's settings here),
     # not with a probe's own settings.
     other = load_study(CONFIG, EXPERIMENT, ["models.tiny-ast.pretrain.epochs=5"])
-    assert other.embedding_path("synthetic", "tiny-ast") != probe.embeddings
+    assert embeddings.path(other, "synthetic", "tiny-ast") != probe.embeddings
     lr = load_study(CONFIG, EXPERIMENT, ["strategies.probe.lr=0.1"])
-    assert lr.embedding_path("synthetic", "tiny-ast") == probe.embeddings
+    assert embeddings.path(lr, "synthetic", "tiny-ast") == probe.embeddings
 
 
 def test_a_probe_cannot_train_layernorms() -> None:
@@ -89,6 +89,20 @@ def test_stale_embeddings_are_refused() -> None:
         check_embeddings(metadata, {"kind": "folder", "files": {"model.safetensors": "ab"}})
     with pytest.raises(TrainingError, match="a feature cache, not an embedding cache"):
         check_embeddings({"dataset": "synthetic"}, {"kind": "random"})
+
+
+def test_a_missing_embedding_cache_names_the_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from audiopetl.training.data import load_run_data
+
+    monkeypatch.chdir(tmp_path)
+    run = load_study(CONFIG, EXPERIMENT).run(
+        "synthetic", "tiny-ast", "probe", 1, 0, pretrained=None
+    )
+    with pytest.raises(TrainingError) as err:
+        load_run_data(run, embeddings=True)
+    assert "`audiopetl embed --dataset synthetic --model tiny-ast` first" in str(err.value)
 
 
 # -- a study with probes ------------------------------------------------------------------------

@@ -173,7 +173,11 @@ def test_written_paths_are_deterministic(experiment: dict[str, Any]) -> None:
     paired = ["paired.csv", "paired.md", "paired.tex"]
     assert names[8 + len(figures) : 11 + len(figures)] == paired
     dvc_views = dvc_view_outputs(experiment["cfg"], out)
-    assert names[11 + len(figures) :] == [p.relative_to(out).as_posix() for p in dvc_views]
+    views = [p.relative_to(out).as_posix() for p in dvc_views]
+    assert names[11 + len(figures) :] == [*views, "sweep.csv", "sweep.md"]
+    # A study without a sweep says so (DVC versions the files for every study).
+    assert "No sweep in this study" in (out / "sweep.md").read_text()
+    assert (out / "sweep.csv").read_text() == "dataset,model,method,variant,selected,runs\n"
     assert all(p.is_file() for p in experiment["written"])
 
 

@@ -68,9 +68,10 @@ def _evaluate(
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
+    from audiopetl.study import embeddings
     from audiopetl.training.embeddings import build_embeddings
 
-    settings = study_of(args).embedding(args.dataset, args.model)
+    settings = embeddings.settings(study_of(args), args.dataset, args.model)
     print(build_embeddings(settings, progress=progress(args)))
     return 0
 

@@ -276,37 +276,6 @@ class StrategySettings:
     def record(self) -> dict[str, Any]:
         return thaw(self.block)
 
-    @property
-    def on_embeddings(self) -> bool:
-        """Whether the strategy trains on the frozen backbone's cached embeddings instead of
-        the features (``probe``): its runs read an embedding cache (EmbeddingSettings)."""
-        return self.kind in EMBEDDING_KINDS
-
-
-# The strategy kinds whose runs train a head on cached embeddings of the frozen backbone.
-EMBEDDING_KINDS = frozenset({"probe"})
-# Bumped when what an embedding cache holds changes; older caches get a new name.
-EMBEDDING_VERSION = 1
-
-
-@dataclass(frozen=True)
-class EmbeddingSettings:
-    """The embeddings of one (dataset, model): the frozen backbone's pooled output (the input
-    of its head) for every clip of a feature cache, computed once for every probe run."""
-
-    dataset: str
-    model: ModelSettings
-    features: FeatureSettings
-    cache: Path  # the feature cache it is computed from
-    out: Path  # the embedding cache
-    pretrained: str | None  # the backbone's weights (None: at random)
-    # What decides the embeddings (their cache's name hashes it; the rule's params).
-    identity: Frozen
-    device: str
-    batch_size: int
-    threads: int
-    deterministic: bool
-
 
 # -- training -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -452,7 +421,7 @@ class RunSettings:
     config: Frozen = field(repr=False)
     # The least its sets may hold (data.min_split_clips): a guard, not part of its identity.
     min_split_clips: Frozen = field(default_factory=lambda: Frozen({}))
-    # A probe's embedding cache (strategy.on_embeddings); None for every other strategy.
+    # A probe's embedding cache (audiopetl.study.embeddings); None for every other strategy.
     embeddings: Path | None = None
 
     @property

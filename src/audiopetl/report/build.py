@@ -102,11 +102,12 @@ def build_report(
     fig_dir = out_dir / FIGURES_DIR
     runs = order_runs(collect_runs(run_dirs), _study_order(cfg))
     report_cfg["metric"] = headline_metric(runs, report_cfg["metric"])
+    from audiopetl.report import sweeps
+
+    # Every variant, from the runs before the winners are kept (written last).
+    sweep_rows = sweeps.sweep_table(runs, selections or {})
     written: list[Path] = []
     if selections:
-        from audiopetl.report import sweeps
-
-        written += sweeps.write_sweep_tables(sweeps.sweep_table(runs, selections), out_dir)
         runs = sweeps.keep_selected(runs, selections)
     # Numbers from part of a dataset say so in every table and figure (not a setting).
     report_cfg["data_notes"] = data_notes(runs)
@@ -130,7 +131,9 @@ def build_report(
     written += write_dvc_views(
         summary, histories, out_dir, report_cfg["metric"], lambda s: method_of(cfg, s)
     )
-    return written
+    # For every study (dvc.yaml versions them; DVC has no optional outputs): one without a
+    # sweep says so.
+    return written + sweeps.write_sweep_tables(sweep_rows, out_dir)
 
 
 def chance_levels(runs: pd.DataFrame) -> dict[Any, float]:
@@ -210,6 +213,5 @@ def expected_outputs(cfg: Mapping[str, Any], out_dir: Path) -> list[Path]:
             ("paired", "tex"),
         )
     ]
-    if cfg.get("sweeps"):
-        tables += [out_dir / "sweep.csv", out_dir / "sweep.md"]
+    tables += [out_dir / "sweep.csv", out_dir / "sweep.md"]
     return tables + [out_dir / FIGURES_DIR / f"{n}.{f}" for n in names for f in formats]

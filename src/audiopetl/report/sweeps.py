@@ -74,8 +74,16 @@ def sweep_table(runs: pd.DataFrame, selections: Selections) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# The columns every sweep table has (its values' and metrics' columns follow the sweep).
+EMPTY_COLUMNS = ("dataset", "model", "method", "variant", "selected", "runs")
+
+
 def write_sweep_tables(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     csv, md = Path(out_dir) / "sweep.csv", Path(out_dir) / "sweep.md"
+    if table.empty:
+        write_text(csv, ",".join(EMPTY_COLUMNS) + "\n")
+        write_text(md, "# Sweeps\n\nNo sweep in this study: every method ran at one setting.\n")
+        return [csv, md]
     write_text(csv, table.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
     lines = [
         "# Sweeps: every variant, selected on validation",

@@ -2,7 +2,8 @@
 
 :class:`Study` (``study``) answers, for the names of a validated configuration, the typed
 settings and paths of every dataset, cache, model, strategy and run; the configuration checks
-that need the kinds behind the names (``checks``); what the study's jobs ask of a scheduler
+that need the kinds behind the names (``checks``); what a probe's embeddings are computed
+from (``embeddings``); what the study's jobs ask of a scheduler
 (``resources``), how long they will take (``plan``, ``measure``).
 
 Imports: every stage below it (``core``, ``process``, ``data``, ``features``, ``models``,

@@ -107,6 +107,7 @@ def _measure(
     import torch.nn.functional as F
 
     from audiopetl.core import compat
+    from audiopetl.core.embedding import trains_on_embeddings
     from audiopetl.features.frontends import input_shape
     from audiopetl.models.build import build_model
     from audiopetl.models.hub import MIRROR_RECORD, is_hub_id, verify_mirror
@@ -148,7 +149,7 @@ def _measure(
     def logits(x: torch.Tensor) -> torch.Tensor:
         return model(input_values=x).logits.float()
 
-    if strategy.settings.on_embeddings:
+    if trains_on_embeddings(strategy.settings):
         # A probe's steps run its head on embeddings (their one-off computation is an
         # evaluation pass over the data, the embed job's).
         from audiopetl.training.embeddings import Embedder

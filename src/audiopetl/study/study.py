@@ -23,11 +23,9 @@ from audiopetl.core.paths import PRETRAINED, Layout, split_name
 from audiopetl.core.settings import (
     DEFAULT_SPLIT,
     DEFAULT_TASK,
-    EMBEDDING_VERSION,
     CacheSettings,
     ClipSettings,
     DatasetSettings,
-    EmbeddingSettings,
     FeatureSettings,
     Frozen,
     ModelSettings,
@@ -41,6 +39,7 @@ from audiopetl.data.datasets import get_kind
 from audiopetl.data.splits import get_scheme
 from audiopetl.features import FEATURE_VERSION
 from audiopetl.models.backbones import get_backbone
+from audiopetl.study import embeddings
 from audiopetl.study.checks import CHECKS
 
 # `Study.run(pretrained=RESOLVE)`: where the model's weights come from by its settings.
@@ -252,6 +251,7 @@ class Study:
         id; None: at random); by default what :meth:`weights_source` says."""
         split = split_name(split)
         features = self.features(dataset, model)
+        probe = embeddings.trains_on_embeddings(self.strategy(strategy))
         return RunSettings(
             dataset=self.dataset(dataset),
             features=features,
@@ -266,49 +266,7 @@ class Study:
             pretrained=self.weights_source(model) if pretrained is RESOLVE else pretrained,
             config=Frozen(self.config),
             min_split_clips=self.clips.min_split_clips,
-            embeddings=(
-                self.embedding_path(dataset, model)
-                if self.strategy(strategy).on_embeddings
-                else None
-            ),
-        )
-
-    # -- a probe's embeddings -------------------------------------------------------------------
-    def embedding_identity(self, dataset: str, model: str) -> dict[str, Any]:
-        """What decides a model's embeddings of a dataset: its feature cache, the model, and
-        where its weights come from (its own pretraining: that job's settings, in this
-        experiment). The embed rule's params; its cache's name hashes it."""
-        settings = self.model(model)
-        pretrain = None
-        if settings.pretrain is not None:
-            pretrain = {"experiment": self.name, **self.pretrain_params(model)}
-        return {
-            "version": EMBEDDING_VERSION,
-            "features": self.features(dataset, model).feature_id,
-            "model": settings.record(),
-            "pretrain": pretrain,
-        }
-
-    def embedding_path(self, dataset: str, model: str) -> Path:
-        eid = stable_hash(self.embedding_identity(dataset, model), 10)
-        return self.layout.embeddings(dataset, model, eid)
-
-    def embedding(self, dataset: str, model: str) -> EmbeddingSettings:
-        """The settings of the embed job of (dataset, model); its device, batch size and
-        threads are the global training block's."""
-        training = self.config["training"]
-        return EmbeddingSettings(
-            dataset=dataset,
-            model=self.model(model),
-            features=self.features(dataset, model),
-            cache=self.cache_path(dataset, model),
-            out=self.embedding_path(dataset, model),
-            pretrained=self.weights_source(model),
-            identity=Frozen(self.embedding_identity(dataset, model)),
-            device=str(training["device"]),
-            batch_size=int(training["eval_batch_size"]),
-            threads=int(training["threads"]),
-            deterministic=bool(training["deterministic"]),
+            embeddings=embeddings.path(self, dataset, model) if probe else None,
         )
 
     def pretrain_run(self, model: str, out: Path | None = None) -> RunSettings:

@@ -48,6 +48,12 @@ def load_run_data(run: RunSettings, embeddings: bool = False) -> RunData:
         if run.embeddings is None:
             raise TrainingError(f"strategy {run.strategy.name!r}: no embedding cache named")
         path = run.embeddings
+        if not path.is_file():
+            raise TrainingError(
+                f"{path}: the embedding cache strategy {run.strategy.name!r} trains on is "
+                f"missing; run `audiopetl embed --dataset {run.dataset.name} --model "
+                f"{run.model.name}` first (the workflow does)"
+            )
     meta = read_metadata(path)
     if meta["features"] != run.features.record():
         raise TrainingError(f"{path}: built with other feature settings; rerun `audiopetl cache`")

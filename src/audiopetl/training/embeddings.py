@@ -27,8 +27,9 @@ from tqdm import tqdm
 
 from audiopetl.core.atomic import atomic_path
 from audiopetl.core.checksums import file_sha256
+from audiopetl.core.embedding import EmbeddingSettings
 from audiopetl.core.errors import DataError, TrainingError
-from audiopetl.core.settings import EmbeddingSettings, thaw
+from audiopetl.core.settings import thaw
 from audiopetl.features import cachefile
 from audiopetl.features.cache import library_versions, read_metadata
 from audiopetl.models.backbones import DEFAULT_KIND, KIND_ATTRIBUTE, get_backbone

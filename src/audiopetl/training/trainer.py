@@ -72,7 +72,7 @@ class Trainer:
         self.test_from_best = run.training.test_epoch == "best"
         self.multilabel = run.dataset.multilabel
         # A probe trains its head on the frozen backbone's cached embeddings, not the features.
-        self.on_embeddings = run.strategy.on_embeddings
+        self.on_embeddings = run.embeddings is not None
 
     # -- setup ------------------------------------------------------------------------------
     def load_data(self) -> None:

@@ -105,6 +105,23 @@ def test_a_missing_embedding_cache_names_the_command(
     assert "`audiopetl embed --dataset synthetic --model tiny-ast` first" in str(err.value)
 
 
+def test_the_plan_counts_one_embed_job_per_dataset_and_model() -> None:
+    from audiopetl.study.plan import make_plan
+
+    estimates = make_plan(load_study(CONFIG, EXPERIMENT), samples_per_s=10.0)
+    embeds = [e for e in estimates if e.job.rule == "embed"]
+    assert [e.job.name for e in embeds] == ["embed synthetic/tiny-ast"]
+    # Every clip of the quick synthetic data (4 classes x 3 folds x 6), one evaluation pass.
+    (embed,) = embeds
+    assert embed.job.clips == (0, 0, 72)
+    assert embed.throughput is not None
+    assert embed.seconds == pytest.approx(72 / embed.throughput.evaluate)
+    names = [e.job.name for e in estimates]
+    assert names.index("embed synthetic/tiny-ast") < names.index(
+        "train synthetic/tiny-ast/probe/seed0/fold1"
+    )
+
+
 # -- a study with probes ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def probed(tmp_path_factory: pytest.TempPathFactory) -> Path:

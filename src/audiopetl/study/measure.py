@@ -149,9 +149,9 @@ def _measure(
     def logits(x: torch.Tensor) -> torch.Tensor:
         return model(input_values=x).logits.float()
 
-    if trains_on_embeddings(strategy.settings):
+    if trains_on_embeddings(strategy.settings) and job.rule != "embed":
         # A probe's steps run its head on embeddings (their one-off computation is an
-        # evaluation pass over the data, the embed job's).
+        # evaluation pass of the whole model over the data: the embed job, measured so).
         from audiopetl.training.embeddings import Embedder
 
         embedder = Embedder(model, device)
@@ -208,10 +208,11 @@ def _measure(
     else:  # ru_maxrss is in KiB on Linux
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
     memory = "GPU memory allocated" if device.type == "cuda" else "CPU memory (RSS growth)"
+    what = f"{job.model} embedding" if job.rule == "embed" else f"{job.model}/{job.strategy}"
     return Throughput(
         train_sps,
         eval_sps,
-        f"of {job.model}/{job.strategy} on {job.dataset}'s input measured on {device}: "
+        f"of {what} on {job.dataset}'s input measured on {device}: "
         f"{train_sps:.1f} training, {eval_sps:.1f} evaluation samples/s, training peak "
         f"{memory} {peak / 2**30:.2f} GiB at batch {s.batch_size}",
         device.type,

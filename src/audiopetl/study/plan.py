@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from audiopetl.core.embedding import trains_on_embeddings
 from audiopetl.core.errors import DataError
 from audiopetl.core.settings import TrainingSettings
 from audiopetl.core.sweeps import method_of
@@ -40,7 +41,7 @@ DEFAULT_PROFILE = Path("workflow/profiles/slurm/config.yaml")
 # -- the job matrix -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TrainingJob:
-    rule: str  # train or pretrain
+    rule: str  # train, pretrain, or embed (a probe's embeddings: one evaluation pass)
     dataset: str
     model: str
     strategy: str
@@ -56,6 +57,8 @@ class TrainingJob:
     def name(self) -> str:
         if self.rule == "pretrain":
             return f"pretrain {self.model} ({self.dataset})"
+        if self.rule == "embed":
+            return f"embed {self.dataset}/{self.model}"
         strategy = self.strategy if self.winner_of is None else f"{self.winner_of}:winner"
         return f"train {self.dataset}/{self.model}/{strategy}/seed{self.seed}/{self.split}"
 
@@ -113,6 +116,15 @@ def study_jobs(study: Study) -> list[TrainingJob]:
                 settings, clips,
             )  # fmt: skip
             jobs.append(job)
+    # A probe's embeddings: every clip through the backbone once per dataset and model (the
+    # test clips of the estimate), before its runs.
+    probes = [s for s in matrix["strategies"] if trains_on_embeddings(study.strategy(s))]
+    for d in matrix["datasets"] if probes else []:
+        split = study.split_names(d)[0]
+        every = sum(split_clips(study, d, split, study.training(probes[0]).split))
+        for m in matrix["models"]:
+            settings = study.training(probes[0])
+            jobs.append(TrainingJob("embed", d, m, probes[0], 0, split, settings, (0, 0, every)))
     # A sweep selected on its first split runs every variant there and one winner (not known
     # yet: counted with its first variant's settings) on each other split.
     first_fold = {method for method in study.sweeps() if study.select_on(method) == "first_fold"}
@@ -147,8 +159,11 @@ class Estimate:
 
 
 def estimate_seconds(job: TrainingJob, throughput: Throughput) -> float:
-    """Training and per-epoch validation for every epoch, then one test pass."""
+    """Training and per-epoch validation for every epoch, then one test pass (an embed job:
+    that pass alone, over every clip)."""
     train, val, test = job.clips
+    if job.rule == "embed":
+        return test / throughput.evaluate
     epochs = job.settings.epochs
     per_epoch = train / throughput.train + val / throughput.evaluate
     return epochs * per_epoch + test / throughput.evaluate
@@ -235,10 +250,9 @@ def format_plan(
     for e in estimates:
         clips = "/".join(str(n) for n in e.job.clips)
         est = _minutes(e.seconds) if e.seconds is not None else "-"
+        epochs = "-" if e.job.rule == "embed" else e.job.settings.epochs
         attempts = str(e.attempts) if e.attempts is not None else "-"
-        lines.append(
-            f"{e.job.name:<52} {clips:>15} {e.job.settings.epochs:>6} {est:>10} {attempts:>8}"
-        )
+        lines.append(f"{e.job.name:<52} {clips:>15} {epochs:>6} {est:>10} {attempts:>8}")
     per_model: dict[str, str] = {}
     for e in estimates:
         per_model.setdefault(e.job.model, describe_resources(e.resources, threads))

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from audiopetl.core.embedding import EMBEDDING_KINDS
 from audiopetl.data.datasets import get_kind
 from audiopetl.data.splits import get_scheme
 from audiopetl.models.backbones import DEFAULT_KIND, get_backbone
@@ -118,6 +119,17 @@ def splits_fit_datasets(cfg: Mapping[str, Any], where: Where, training: bool) ->
     return list(dict.fromkeys(problems))
 
 
+def _masking(cfg: Mapping[str, Any], strategy: str) -> list[str | int] | None:
+    """Where a strategy's runs get SpecAugment masks from (its own training block or the
+    global one); None when they mask nothing."""
+    own = (cfg["strategies"][strategy].get("training") or {}).get("specaugment")
+    masks = own or cfg["training"]["specaugment"]
+    if not (masks["freq_mask"] or masks["time_mask"]):
+        return None
+    return ["strategies", strategy, "training", "specaugment"] if own else [
+        "training", "specaugment"]  # fmt: skip
+
+
 def masks_fit_front_ends(cfg: Mapping[str, Any], where: Where, training: bool) -> list[str]:
     """SpecAugment masks bands of a spectrogram's bins and frames: a model that reads the
     waveform has neither, and masking its samples would train on something else silently."""
@@ -127,11 +139,8 @@ def masks_fit_front_ends(cfg: Mapping[str, Any], where: Where, training: bool) -
         if get_backbone(kind).front_end != "waveform":
             continue
         for name in cfg["study"]["strategies"]:
-            own = (cfg["strategies"][name].get("training") or {}).get("specaugment")
-            masks = own or cfg["training"]["specaugment"]
-            if masks["freq_mask"] or masks["time_mask"]:
-                path = ["strategies", name, "training", "specaugment"] if own else [
-                    "training", "specaugment"]  # fmt: skip
+            path = _masking(cfg, name)
+            if path:
                 problems.append(
                     f"{where(path)}: SpecAugment masks spectrogram bins and frames, but model "
                     f"{model_name!r} ({kind}) reads the waveform: set them to 0, or study that "
@@ -148,10 +157,7 @@ def sweeps_select_on_validation(cfg: Mapping[str, Any], where: Where, training: 
     """A sweep chooses its variant on validation: its runs need a validation split that is
     not the test fold (no train_test, no train_select_on_test)."""
     problems = []
-    used = set(cfg["study"]["strategies"])
     for method, sweep in (cfg.get("sweeps") or {}).items():
-        if not used & set(sweep["variants"]):
-            continue  # defined, not studied (the default's sweep under another preset)
         variant = next(iter(sweep["variants"]))
         own = cfg["strategies"][variant].get("training") or {}
         split = own.get("split", cfg["training"]["split"])
@@ -168,13 +174,12 @@ def probes_fit(cfg: Mapping[str, Any], where: Where, training: bool) -> list[str
     """A probe trains on cached embeddings of a pretrained backbone: a random one's would
     depend on the seed, and SpecAugment has no spectrogram to mask there."""
     problems = []
-    probes = [s for s in cfg["study"]["strategies"] if cfg["strategies"][s]["kind"] == "probe"]
+    probes = [
+        s for s in cfg["study"]["strategies"] if cfg["strategies"][s]["kind"] in EMBEDDING_KINDS
+    ]
     for name in probes:
-        own = (cfg["strategies"][name].get("training") or {}).get("specaugment")
-        masks = own or cfg["training"]["specaugment"]
-        if masks["freq_mask"] or masks["time_mask"]:
-            path = ["strategies", name, "training", "specaugment"] if own else [
-                "training", "specaugment"]  # fmt: skip
+        path = _masking(cfg, name)
+        if path:
             problems.append(
                 f"{where(path)}: strategy {name!r} is a probe, trained on embeddings: there is "
                 f"no spectrogram to mask; set strategies.{name}.training.specaugment to 0 "

@@ -34,21 +34,26 @@ def identity(study: Study, dataset: str, model: str) -> dict[str, Any]:
 
 
 def path(study: Study, dataset: str, model: str) -> Path:
-    return study.layout.embeddings(dataset, model, stable_hash(identity(study, dataset, model), 10))
+    return _path(study, dataset, model, identity(study, dataset, model))
+
+
+def _path(study: Study, dataset: str, model: str, ident: dict[str, Any]) -> Path:
+    return study.layout.embeddings(dataset, model, stable_hash(ident, 10))
 
 
 def settings(study: Study, dataset: str, model: str) -> EmbeddingSettings:
     """The embed job of (dataset, model); its device, batch size and threads are the global
     training block's."""
     training = study.config["training"]
+    ident = identity(study, dataset, model)
     return EmbeddingSettings(
         dataset=dataset,
         model=study.model(model),
         features=study.features(dataset, model),
         cache=study.cache_path(dataset, model),
-        out=path(study, dataset, model),
+        out=_path(study, dataset, model, ident),
         pretrained=study.weights_source(model),
-        identity=Frozen(identity(study, dataset, model)),
+        identity=Frozen(ident),
         device=str(training["device"]),
         batch_size=int(training["eval_batch_size"]),
         threads=int(training["threads"]),

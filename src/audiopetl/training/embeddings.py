@@ -75,10 +75,6 @@ class Embedder:
         return self.taken[0].float().cpu()
 
 
-def weights_of(settings: EmbeddingSettings) -> dict[str, Any]:
-    return weights_record(settings.pretrained, settings.model.revision)
-
-
 def build_embeddings(settings: EmbeddingSettings, progress: bool = False) -> Path:
     """Embed every clip of the feature cache ``settings.cache`` and write the embedding cache
     ``settings.out`` atomically (a row group of the feature cache in memory at a time)."""
@@ -148,7 +144,7 @@ def build_embeddings(settings: EmbeddingSettings, progress: bool = False) -> Pat
                 "identity": thaw(settings.identity),
                 "path": str(settings.out),
                 "model": settings.model.name,
-                "weights": weights_of(settings),
+                "weights": weights_record(settings.pretrained, settings.model.revision),
                 "cache": str(settings.cache),
                 "cache_sha256": file_sha256(settings.cache),
                 "versions": library_versions(),

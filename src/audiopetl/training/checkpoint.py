@@ -35,6 +35,8 @@ def rng_state() -> dict[str, Any]:
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+    if compat.MPS_GENERATOR and compat.mps_available():
+        state["mps"] = torch.mps.get_rng_state()
     return state
 
 
@@ -46,6 +48,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+    if "mps" in state and compat.MPS_GENERATOR and compat.mps_available():
+        torch.mps.set_rng_state(state["mps"])
 
 
 def _encode(value: Any, tensors: list[torch.Tensor]) -> Any:

@@ -10,14 +10,23 @@ from typing import Any
 import numpy as np
 import torch
 
+from audiopetl.core import compat
 from audiopetl.core.errors import TrainingError
 
 
 def select_device(name: str) -> torch.device:
+    """``auto``: CUDA, else Apple's MPS, else the CPU; a device asked for by name must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if compat.mps_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise TrainingError("training.device is cuda but no CUDA device is visible")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "mps" and not compat.mps_available():
+        raise TrainingError(
+            "training.device is mps but torch sees no Apple GPU (MPS needs an Apple-silicon "
+            "Mac and torch >= 1.12 built with it); set it to auto or cpu"
+        )
     return torch.device(name)
 
 
@@ -30,8 +39,9 @@ def make_deterministic(
     if device.type == "cuda":
         # cuBLAS is deterministic only with a fixed workspace; set before the first CUDA call.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    # warn_only on CUDA: a few fused attention kernels have no deterministic variant.
-    warn_only = device.type == "cuda"
+    # warn_only on a GPU: a few (CUDA's fused attention, MPS's scatter and index kernels) have
+    # no deterministic variant.
+    warn_only = device.type != "cpu"
     torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
     torch.backends.cudnn.benchmark = False
     seed_everything(seed)
@@ -39,7 +49,7 @@ def make_deterministic(
         enforced, bitwise = "no: training.deterministic is false", False
     elif warn_only:
         enforced = (
-            "where kernels allow: on CUDA some kernels (fused attention among them) have no "
+            f"where kernels allow: on {device.type.upper()} some kernels have no "
             "deterministic variant and only warn (warn_only), so reruns agree closely but not "
             "bitwise"
         )

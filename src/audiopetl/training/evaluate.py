@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from audiopetl.core import compat
 from audiopetl.core.atomic import write_json
 from audiopetl.core.errors import DataError, TrainingError
 from audiopetl.core.settings import RunSettings
@@ -50,9 +51,13 @@ def _check_finite(model: torch.nn.Module, folder: Path) -> None:
 
 def precision_of(info: Mapping[str, Any], run: RunSettings) -> str | None:
     """Score in the precision the run trained in (what `auto` became there), where this
-    device has it: fp16 autocast needs CUDA, so a fp16 GPU run is scored in fp32 on a CPU."""
+    device has it: fp16 autocast needs CUDA, so a fp16 GPU run is scored in fp32 on a CPU (and
+    a bf16 run in fp32 on a Mac whose MPS has no bf16)."""
     used = (info.get("runtime") or {}).get("precision")
-    if used == "fp16" and select_device(run.training.device).type != "cuda":
+    device = select_device(run.training.device)
+    if used == "fp16" and device.type != "cuda":
+        return "fp32"
+    if used == "bf16" and device.type == "mps" and not compat.mps_bf16_autocast():
         return "fp32"
     return used
 

@@ -52,25 +52,47 @@ class Runtime:
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:
+    """``auto``: bf16 where the device has it (fp16 with loss scaling on an older CUDA GPU),
+    else fp32. fp16 needs CUDA (its loss scaling is CUDA's); bf16 on MPS needs torch's MPS
+    autocast (torch >= 2.5, macOS 14)."""
     if requested == "auto":
-        if device.type != "cuda":
-            return "fp32"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if device.type == "mps":
+            return "bf16" if compat.mps_bf16_autocast() else "fp32"
+        return "fp32"
     if requested == "fp16" and device.type != "cuda":
         raise TrainingError("training.precision fp16 needs a CUDA device; use bf16 or fp32")
+    if requested == "bf16" and device.type == "mps" and not compat.mps_bf16_autocast():
+        raise TrainingError(
+            f"training.precision bf16 on MPS needs torch >= 2.5 on macOS 14 or newer (this is "
+            f"torch {torch.__version__}); use auto or fp32"
+        )
     return requested
 
 
 def resolve_fused(requested: str | bool, device: torch.device) -> bool:
+    """``auto``: fused AdamW on a GPU (CUDA, MPS) where torch has it; on the CPU the fused
+    kernel gains nothing over the default, so auto keeps the default there."""
     supported = compat.fused_adamw_supported(device)
     if requested == "auto":
-        return supported and device.type == "cuda"
+        return supported and device.type in ("cuda", "mps")
     if requested is True and not supported:
         raise TrainingError(
             f"training.fused_optimizer: torch {torch.__version__} has no fused AdamW on "
-            f"{device.type} (CUDA needs torch >= 2.0, the CPU >= 2.4); set it to auto"
+            f"{device.type} (CUDA needs torch >= 2.0, the CPU and MPS >= 2.4); set it to auto"
         )
     return bool(requested)
+
+
+def device_memory_budget(device: torch.device) -> int | None:
+    """The memory the device offers a process: a CUDA GPU's own, what Metal recommends on a Mac
+    (shared with the host); None on the CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    if device.type == "mps":
+        return compat.mps_memory_budget()
+    return None
 
 
 def resolve(
@@ -89,9 +111,8 @@ def resolve(
     precision = resolve_precision(settings.precision, device)
     on_device = settings.data_on_device
     if on_device == "auto":
-        on_device = device.type == "cuda" and feature_bytes <= DEVICE_DATA_SHARE * (
-            torch.cuda.get_device_properties(device).total_memory
-        )
+        budget = device_memory_budget(device)
+        on_device = budget is not None and feature_bytes <= DEVICE_DATA_SHARE * budget
     return Runtime(
         precision=precision,
         precision_requested=settings.precision,

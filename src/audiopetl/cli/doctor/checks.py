@@ -40,7 +40,7 @@ class RunNeeds:
     """The settings of the study's runs that decide what the hardware must do."""
 
     strategies: tuple[str, ...]
-    device: str  # auto | cpu | cuda
+    device: str  # auto | cpu | cuda | mps
     precision: str  # fp32 | bf16 | fp16
 
 

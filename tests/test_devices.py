@@ -19,7 +19,7 @@ import torch
 from packaging.version import Version
 from training_helpers import CONFIG_DIR, restore_torch_globals  # noqa: F401
 
-from audiopetl.core import compat
+from audiopetl.core import devices
 from audiopetl.core.errors import ConfigError, TrainingError
 from audiopetl.core.settings import TrainingSettings
 from audiopetl.study import load_study
@@ -143,7 +143,7 @@ def test_a_resume_state_carries_the_mps_generator(
     mac: Callable[[int], None], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     mac(15)
-    if not compat.MPS_GENERATOR:  # torch 1.13: no torch.mps, nothing to save
+    if not devices.MPS_GENERATOR:  # torch 1.13: no torch.mps, nothing to save
         assert "mps" not in checkpoint.rng_state()
         return
     generator = {"state": torch.arange(4, dtype=torch.uint8)}
@@ -157,11 +157,11 @@ def test_a_resume_state_carries_the_mps_generator(
 
 
 def test_device_memory_is_what_torch_holds_there(mac: Callable[[int], None]) -> None:
-    assert compat.device_memory_bytes(torch.device("cpu")) is None
+    assert devices.device_memory_bytes(torch.device("cpu")) is None
     mac(15)
     if hasattr(torch, "mps") and hasattr(torch.mps, "current_allocated_memory"):
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(torch.mps, "current_allocated_memory", lambda: 123)
-            assert compat.device_memory_bytes(MPS) == 123
+            assert devices.device_memory_bytes(MPS) == 123
     else:
-        assert compat.device_memory_bytes(MPS) is None
+        assert devices.device_memory_bytes(MPS) is None

@@ -30,7 +30,7 @@ from training_helpers import (  # noqa: F401
     train_args,
 )
 
-from audiopetl.core import compat
+from audiopetl.core import compat, devices
 from audiopetl.core.errors import TrainingError
 from audiopetl.core.settings import TrainingSettings
 from audiopetl.study import Study, load_study
@@ -89,6 +89,7 @@ def test_auto_on_the_cpu_is_plain_fp32() -> None:
         "compile": False,
         "log_every_steps": 50,
         "streamed": False,  # the features in memory unless the loader streamed them
+        "gradient_checkpointing": False,  # set by the trainer once the model is built
     }
     assert chosen.amp_dtype is None
     assert runtime.resolve(settings(precision="bf16"), CPU, "eager", 0).amp_dtype is torch.bfloat16
@@ -97,7 +98,7 @@ def test_auto_on_the_cpu_is_plain_fp32() -> None:
 def test_impossible_requests_are_errors() -> None:
     with pytest.raises(TrainingError, match=r"training\.precision fp16 needs a CUDA device"):
         runtime.resolve(settings(precision="fp16"), CPU, "sdpa", 0)
-    if compat.fused_adamw_supported(CPU):
+    if devices.fused_adamw_supported(CPU):
         assert runtime.resolve(settings(fused_optimizer=True), CPU, "sdpa", 0).fused_optimizer
     else:  # torch 1.13 (legacy)
         with pytest.raises(TrainingError, match="has no fused AdamW on cpu"):
@@ -136,7 +137,7 @@ def test_auto_on_cuda(
     assert chosen.grad_scaler is (precision == "fp16")
     assert chosen.tf32 is True
     assert chosen.data_on_device is on_device
-    assert chosen.fused_optimizer is compat.fused_adamw_supported(CUDA)
+    assert chosen.fused_optimizer is devices.fused_adamw_supported(CUDA)
 
 
 def test_evaluation_scores_in_the_precision_the_run_used() -> None:
@@ -170,6 +171,7 @@ def test_run_json_records_how_the_run_computed(quick_lora_run: Path) -> None:  #
         "compile": False,
         "log_every_steps": 50,
         "streamed": False,
+        "gradient_checkpointing": False,
     }
 
 
@@ -233,7 +235,7 @@ def test_fused_optimizer_where_torch_has_it(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / "run"
-    supported = compat.fused_adamw_supported(CPU)
+    supported = devices.fused_adamw_supported(CPU)
     refusal = "training.fused_optimizer: torch 1.13"
     if not trains_with("training.fused_optimizer=true", supported, refusal, out, capsys):
         return

@@ -165,71 +165,46 @@ def backward_guard() -> Any:
 HAS_COMPILE = hasattr(torch, "compile")
 
 
-def fused_adamw_supported(device: torch.device) -> bool:
-    """AdamW(fused=True): CUDA from torch 2.0, the CPU and Apple's MPS from torch 2.4; not in
-    1.13."""
-    if device.type == "cuda":
-        return Version("2.0") <= TORCH_VERSION
-    return device.type in ("cpu", "mps") and Version("2.4") <= TORCH_VERSION
-
-
-# -- Apple's MPS: every question the device decisions ask of it, here so that they can be
-# answered as an Apple-silicon Mac would (tests/test_devices.py) on a machine that has none.
-def mps_available() -> bool:
-    """An Apple GPU torch can use (torch >= 1.12 built with MPS, on a Mac that has one)."""
-    backend = getattr(torch.backends, "mps", None)
-    return bool(backend is not None and backend.is_available())
-
-
-# MPS's generator state is readable from torch 2.0 (torch.mps); 1.13 seeds it but cannot save it.
-MPS_GENERATOR = hasattr(torch, "mps")
-
-
-def mps_bf16_autocast() -> bool:
-    """bf16 autocast on MPS: torch >= 2.5 on macOS 14 and newer (the legacy 1.13 has no MPS
-    autocast at all)."""
-    if Version("2.5") > TORCH_VERSION:
-        return False
-    return bool(torch.backends.mps.is_macos_or_newer(14, 0))
-
-
-def mps_memory_budget() -> int | None:
-    """The memory Metal recommends a process use on this Mac (torch >= 2.5); None if unknown."""
-    query = getattr(getattr(torch, "mps", None), "recommended_max_memory", None)
-    return int(query()) if query is not None else None
-
-
-def device_memory_bytes(device: torch.device) -> int | None:
-    """What torch holds on ``device`` at most (CUDA) or now (MPS, which has no peak counter);
-    None on the CPU, whose memory is the process's."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    if device.type == "mps":
-        query = getattr(getattr(torch, "mps", None), "current_allocated_memory", None)
-        return int(query()) if query is not None else None
-    return None
-
-
-def adamw_kwargs(fused: bool) -> dict[str, Any]:
-    """torch 1.13's AdamW has no ``fused`` argument at all."""
-    return {"fused": True} if fused else {}
-
-
 def compile_module(model: nn.Module) -> nn.Module:
     return torch.compile(model)  # type: ignore[return-value]
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> bool:
+    """Turn on a transformers model's gradient checkpointing, non-reentrant where the
+    installed transformers lets us ask for it; True when it is the reentrant kind.
+
+    Non-reentrant checkpointing gives a layer's parameters their gradients whether or not its
+    input requires grad (a frozen backbone's does not). transformers 5.x names the method
+    ``activation_checkpointing_enable`` (``gradient_checkpointing_enable`` is a deprecated
+    alias there); 4.35 to 4.x take ``gradient_checkpointing_kwargs``; 4.28 (legacy) takes no
+    arguments and calls torch's checkpoint with its default, reentrant (torch 1.13).
+    """
+    import inspect
+
+    non_reentrant = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=non_reentrant)
+        return False
+    enable = model.gradient_checkpointing_enable
+    if "gradient_checkpointing_kwargs" in inspect.signature(enable).parameters:
+        enable(gradient_checkpointing_kwargs=non_reentrant)
+        return False
+    enable()
+    return True
+
+
+def disable_gradient_checkpointing(model: nn.Module) -> None:
+    """The same switch off (5.x: ``activation_checkpointing_disable``)."""
+    if hasattr(model, "activation_checkpointing_disable"):
+        model.activation_checkpointing_disable()
+    else:
+        model.gradient_checkpointing_disable()
 
 
 def model_attention(model: nn.Module) -> str:
     """The attention implementation a built model uses; transformers < 4.36 has eager only."""
     config = getattr(model, "config", None)
     return str(getattr(config, "_attn_implementation", None) or "eager")
-
-
-def grad_scaler(enabled: bool) -> Any:
-    """fp16 loss scaling; ``torch.amp.GradScaler`` replaced ``torch.cuda.amp`` in torch 2.3."""
-    if Version("2.3") <= TORCH_VERSION:
-        return torch.amp.GradScaler("cuda", enabled=enabled)
-    return torch.cuda.amp.GradScaler(enabled=enabled)
 
 
 def save_peft_adapter(model: Any, folder: Path | str) -> None:

@@ -93,6 +93,12 @@ class Layout:
         is fold{N}."""
         return self.runs() / dataset / model / strategy / f"seed{seed}" / split_name(split)
 
+    @property
+    def mlflow_store(self) -> Path:
+        """MLflow's file store when the config names no tracking URI: every experiment's runs,
+        beside them (`mlflow ui --backend-store-uri results/mlruns`)."""
+        return self.results / "mlruns"
+
     def pretrain_dir(self, model: str) -> Path:
         return self.experiment_dir() / PRETRAIN / model
 

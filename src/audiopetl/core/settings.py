@@ -16,69 +16,13 @@ schema; everything the code reads by name is a typed field. Nothing here imports
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-
-class Frozen(Mapping[str, Any]):
-    """A read-only mapping (nested mappings frozen too, lists as tuples). :func:`thaw` gives the
-    plain JSON-able value back, for records and hashes."""
-
-    __slots__ = ("_data",)
-
-    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
-        object.__setattr__(self, "_data", {str(k): freeze(v) for k, v in (data or {}).items()})
-
-    def __getitem__(self, key: str) -> Any:
-        return self._data[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError("Frozen settings cannot change")
-
-    def __repr__(self) -> str:
-        return f"Frozen({thaw(self)!r})"
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Mapping):
-            return thaw(self) == thaw(other)
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(repr(self))
-
-    def __reduce__(self) -> tuple[Any, ...]:  # pickle and deepcopy (no setattr on restore)
-        return (Frozen, (thaw(self),))
-
-
-def freeze(value: Any) -> Any:
-    if isinstance(value, Frozen):
-        return value
-    if isinstance(value, Mapping):
-        return Frozen(value)
-    if isinstance(value, (list, tuple)):
-        return tuple(freeze(v) for v in value)
-    return value
-
-
-def thaw(value: Any) -> Any:
-    """The plain value: dicts and lists, as the configuration holds them."""
-    if isinstance(value, Mapping):
-        return {k: thaw(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [thaw(v) for v in value]
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: thaw(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Path):
-        return str(value)
-    return value
+from audiopetl.core.frozen import Frozen, thaw
+from audiopetl.core.tracking import TrackingSettings
 
 
 def _typed(cls: type, block: Mapping[str, Any]) -> Any:
@@ -324,6 +268,8 @@ class TrainingSettings:
     # Where a run's features live: memory, or streamed from disk (bit-identical results).
     stream: str | bool = "auto"  # auto | true | false
     feature_memory_gb: float = 8.0
+    # Activations recomputed in the backward pass instead of kept (the same gradients).
+    gradient_checkpointing: bool = False
 
     # Settings added after the first runs were made, with the value every earlier run had:
     # at that value they are left out of what a run depends on (its rerun trigger and resume
@@ -335,13 +281,22 @@ class TrainingSettings:
         "focal_gamma": 2.0,
         "stream": "auto",
         "feature_memory_gb": 8.0,
+        "gradient_checkpointing": False,
     }
 
     # Settings that change how often a run reads its losses from the device or saves its
-    # resume state, or whether it reads its features from memory or streams them from disk
-    # (bit-identical), never what it computes: left out of what reruns a job and of what a
-    # resume must share, so changing them costs nothing.
-    BOOKKEEPING = ("log_every_steps", "save_state_every_s", "stream", "feature_memory_gb")
+    # resume state, whether it reads its features from memory or streams them from disk, or
+    # whether it keeps its activations for the backward pass or recomputes them (gradient
+    # checkpointing; both bit-identical, see audiopetl.models.checkpointing), never what it
+    # computes: left out of what reruns a job and of what a resume must share, so changing
+    # them costs nothing.
+    BOOKKEEPING = (
+        "log_every_steps",
+        "save_state_every_s",
+        "stream",
+        "feature_memory_gb",
+        "gradient_checkpointing",
+    )
     # Settings that decide where and how fast a run is scored, not what it computes: a GPU run
     # may be scored again on a CPU (`evaluate --set training.device=cpu`).
     EXECUTION = (
@@ -423,6 +378,14 @@ class RunSettings:
     min_split_clips: Frozen = field(default_factory=lambda: Frozen({}))
     # A probe's embedding cache (audiopetl.study.embeddings); None for every other strategy.
     embeddings: Path | None = None
+    # The experiment trackers it reports to: a view of the run, never part of its identity.
+    tracking: TrackingSettings | None = field(default=None, compare=False)
+
+    @property
+    def tracking_dir(self) -> Path:
+        # The trackers' files while the run trains (beside the run folder, like the resume
+        # state); moved into the finished folder as tracking/, which SHA256SUMS leaves out.
+        return self.out.parent / f".{self.out.name}.tracking"
 
     @property
     def resume_dir(self) -> Path:

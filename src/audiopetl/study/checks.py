@@ -7,7 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from audiopetl.core import provenance
 from audiopetl.core.embedding import EMBEDDING_KINDS
+from audiopetl.core.tracking import INSTALL_HINTS, missing_backends, template_errors
 from audiopetl.data.datasets import get_kind
 from audiopetl.data.splits import get_scheme
 from audiopetl.models.backbones import DEFAULT_KIND, get_backbone
@@ -197,7 +199,25 @@ def probes_fit(cfg: Mapping[str, Any], where: Where, training: bool) -> list[str
     return list(dict.fromkeys(problems))
 
 
+def trackers_installed(cfg: Mapping[str, Any], where: Where, training: bool) -> list[str]:
+    """A tracker the config names must be importable where jobs train (a report or a plan
+    needs none), and the run name template may use only the run's fields."""
+    block = cfg.get("tracking") or {}
+    problems = [
+        f"{where(['tracking', 'run_name'])}: {problem}"
+        for problem in template_errors(str(block.get("run_name", "")))
+    ]
+    if training:
+        problems += [
+            f"{where(['tracking', 'backends'])}: {name} is not installed in this environment "
+            f"({provenance.environment_name()}): {INSTALL_HINTS[name]}"
+            for name in missing_backends(block.get("backends") or ())
+        ]
+    return problems
+
+
 CHECKS = (
+    trackers_installed,
     strategies_fit_models,
     folds_exist,
     splits_fit_datasets,

@@ -33,6 +33,9 @@ class Throughput:
     # optimiser state, activations); on a CPU the process's resident-set growth while the model
     # was built and trained (measured in a forked process of its own). None: not measured.
     peak_bytes: int | None = None
+    # The activations one training batch keeps for the backward pass, without and with
+    # gradient checkpointing (bytes); None: not measured, or nothing to checkpoint.
+    activations: tuple[int, int] | None = None
 
 
 def given_throughput(samples_per_s: float) -> Throughput:
@@ -109,6 +112,7 @@ def _measure(
     from audiopetl.core import compat
     from audiopetl.core.embedding import trains_on_embeddings
     from audiopetl.features.frontends import input_shape
+    from audiopetl.models import checkpointing
     from audiopetl.models.build import build_model
     from audiopetl.models.hub import MIRROR_RECORD, is_hub_id, verify_mirror
     from audiopetl.models.strategies import get_strategy
@@ -190,6 +194,10 @@ def _measure(
     def eval_step(batch: int) -> None:
         forward(torch.randn(batch, *shape, device=device))
 
+    # A probe's head and an embed job's evaluation pass have no backbone activations to keep.
+    backbone_trains = job.rule != "embed" and not trains_on_embeddings(strategy.settings)
+    if backbone_trains and s.gradient_checkpointing:  # timed as the job will run
+        checkpointing.enable(model, strategy)
     model.train()
     train_sps = timed(steps, train_step, s.batch_size)
     model.eval()
@@ -209,6 +217,12 @@ def _measure(
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
     memory = "GPU memory allocated" if device.type == "cuda" else "CPU memory (RSS growth)"
     what = f"{job.model} embedding" if job.rule == "embed" else f"{job.model}/{job.strategy}"
+    activations = None
+    if backbone_trains and checkpointing.supported(model):
+        # After the peak is read: the forward pass without checkpointing must not raise it.
+        # Two forward passes, no backward: what is saved is known once the forward has run.
+        x = torch.randn(s.batch_size, *shape, device=device)
+        activations = checkpointing.measure(model, strategy, lambda: forward(x))
     return Throughput(
         train_sps,
         eval_sps,
@@ -217,4 +231,5 @@ def _measure(
         f"{memory} {peak / 2**30:.2f} GiB at batch {s.batch_size}",
         device.type,
         peak,
+        activations,
     )

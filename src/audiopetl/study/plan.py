@@ -261,6 +261,7 @@ def format_plan(
     sources = {e.throughput.source for e in estimates if e.throughput is not None}
     lines.extend(f"throughput {text}" for text in sorted(sources))
     lines += _memory_table(estimates)
+    lines += checkpointing_lines(estimates)
     lines += split_lines(study)
     known = [e.seconds for e in estimates if e.seconds is not None]
     if known:
@@ -407,6 +408,38 @@ def _memory_table(estimates: list[Estimate]) -> list[str]:
     for (model, strategy), (peak, batch, _) in peaks.items():
         lines.append(f"  {model:<{width}}{strategy:<24}{peak / 2**30:>7.2f} GiB at batch {batch}")
     return lines
+
+
+def checkpointing_lines(estimates: list[Estimate]) -> list[str]:
+    """Per model and strategy whose kind supports it: the activations one training batch
+    keeps for the backward pass without and with gradient checkpointing, and whether the
+    job's settings turn it on (when off, a hint of what it would save)."""
+    lines: dict[tuple[str, str], str] = {}
+    for e in estimates:
+        t = e.throughput
+        if t is None or t.activations is None:
+            continue
+        plain, checkpointed = t.activations
+        s = e.job.settings
+        on = s.gradient_checkpointing
+        state = "on" if on else "off (training.gradient_checkpointing: true)"
+        # A linear probe's frozen layers keep nothing for backward: there is nothing to save.
+        saved = f"{'saves' if on else 'would save'} {_size(plain - checkpointed)}"
+        lines.setdefault(
+            (e.job.model, e.job.strategy),
+            f"gradient checkpointing of {e.job.model}/{e.job.strategy}, {state}: activations "
+            f"kept for backward {_size(plain)} -> {_size(checkpointed)} per batch of "
+            f"{s.batch_size} ({saved if checkpointed < plain else 'saves nothing'})",
+        )
+    return list(lines.values())
+
+
+def _size(n: int) -> str:
+    """Bytes in decimal units (what a card's memory is sold in)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n / 1e3:.1f} kB"
 
 
 def _grouped(notes: list[tuple[str | None, str]]) -> list[str]:

@@ -35,6 +35,7 @@ from audiopetl.core.settings import (
     TrainingSettings,
     thaw,
 )
+from audiopetl.core.tracking import TrackingSettings
 from audiopetl.data.datasets import get_kind
 from audiopetl.data.splits import get_scheme
 from audiopetl.features import FEATURE_VERSION
@@ -267,6 +268,9 @@ class Study:
             config=Frozen(self.config),
             min_split_clips=self.clips.min_split_clips,
             embeddings=embeddings.path(self, dataset, model) if probe else None,
+            tracking=TrackingSettings.of(
+                self.config.get("tracking"), self.layout, dataset, model, strategy, split, seed
+            ),
         )
 
     def pretrain_run(self, model: str, out: Path | None = None) -> RunSettings:
@@ -282,6 +286,7 @@ class Study:
         config = copy.deepcopy(self.config)
         config["models"][model] = source.record()
         features = self.features(pretrain.dataset, model)
+        names = (pretrain.dataset, model, pretrain.strategy, "pretrain", pretrain.seed)
         from audiopetl.models.hub import resolve_pretrained
 
         return RunSettings(
@@ -298,6 +303,7 @@ class Study:
             pretrained=resolve_pretrained(source, self.layout.mirror(model)),
             config=Frozen(config),
             min_split_clips=self.clips.min_split_clips,
+            tracking=TrackingSettings.of(config.get("tracking"), self.layout, *names),
         )
 
     def run_params(self, model: str, strategy: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from audiopetl.core import compat
+from audiopetl.core import compat, devices
 from audiopetl.core.atomic import atomic_path
 from audiopetl.core.errors import TrainingError
 
@@ -35,7 +35,7 @@ def rng_state() -> dict[str, Any]:
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
-    if compat.MPS_GENERATOR and compat.mps_available():
+    if devices.MPS_GENERATOR and devices.mps_available():
         state["mps"] = torch.mps.get_rng_state()
     return state
 
@@ -48,7 +48,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-    if "mps" in state and compat.MPS_GENERATOR and compat.mps_available():
+    if "mps" in state and devices.MPS_GENERATOR and devices.mps_available():
         torch.mps.set_rng_state(state["mps"])
 
 

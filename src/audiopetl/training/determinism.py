@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from audiopetl.core import compat
+from audiopetl.core import devices
 from audiopetl.core.errors import TrainingError
 
 
@@ -19,10 +19,10 @@ def select_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        return torch.device("mps" if compat.mps_available() else "cpu")
+        return torch.device("mps" if devices.mps_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise TrainingError("training.device is cuda but no CUDA device is visible")
-    if name == "mps" and not compat.mps_available():
+    if name == "mps" and not devices.mps_available():
         raise TrainingError(
             "training.device is mps but torch sees no Apple GPU (MPS needs an Apple-silicon "
             "Mac and torch >= 1.12 built with it); set it to auto or cpu"

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from audiopetl.core import compat
+from audiopetl.core import devices
 from audiopetl.core.atomic import write_json
 from audiopetl.core.errors import DataError, TrainingError
 from audiopetl.core.settings import RunSettings
@@ -57,7 +57,7 @@ def precision_of(info: Mapping[str, Any], run: RunSettings) -> str | None:
     device = select_device(run.training.device)
     if used == "fp16" and device.type != "cuda":
         return "fp32"
-    if used == "bf16" and device.type == "mps" and not compat.mps_bf16_autocast():
+    if used == "bf16" and device.type == "mps" and not devices.mps_bf16_autocast():
         return "fp32"
     return used
 

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 import torch
 
-from audiopetl.core import compat
+from audiopetl.core import devices
 from audiopetl.core.settings import TrainingSettings
 
 
@@ -21,7 +21,7 @@ def adamw(
         betas=tuple(training.betas),
         eps=float(training.eps),
         weight_decay=float(training.weight_decay),
-        **compat.adamw_kwargs(fused),
+        **devices.adamw_kwargs(fused),
     )
 
 

@@ -114,7 +114,9 @@ def write(
             f"{margin}: check the learning rate, the data and the history in {run.resume_dir}"
         )
     record = provenance.run_record(
-        cfg=thaw(run.config),
+        # Trackers are a view of the run, not part of it: their settings stay out of run.json
+        # (the same bytes with or without them) and go to execution.json.
+        cfg={k: v for k, v in thaw(run.config).items() if k != "tracking"},
         run={
             **run.names,
             "pretrained": run.pretrained,
@@ -136,6 +138,8 @@ def write(
         startup_seconds=timings.since_start("first_step"),
         wall_seconds=time.perf_counter() - wall_started,
     )
+    if trainer.tracking.record():
+        execution["tracking"] = trainer.tracking.record()
     model = trainer.model
     write_run_folder(
         run.out,

@@ -54,15 +54,19 @@ def run_trainer(
         marker.refuse_a_repeat()
         try:
             state = trainer.try_resume()
+            trainer.tracking.open_run(run, trainer.params, state)
             state = trainer.fit(state, stop)
             # A stop asked for from here on waits: what is left is short.
             trainer.release_optimizer()
             trainer.metrics = trainer.finish(state, wall_started, extra_outputs)
+            trainer.tracking.close_run(trainer.metrics, run.out)
             if after is not None:
                 after(trainer)
         except (TrainingError, DataError) as err:
             marker.record(err)
             raise
+        finally:
+            trainer.tracking.close()  # a stop or a failure: let the trackers go unfinished
     shutil.rmtree(run.resume_dir, ignore_errors=True)
     marker.clear()
     return trainer

@@ -8,6 +8,7 @@ trusts it again.
     run.json            provenance: code, versions, hardware, config, data and weights
     SHA256SUMS          the sha256 of every file above (`sha256sum -c SHA256SUMS` checks it)
     execution.json      this machine's timings: seconds per epoch, samples/s, peak memory
+    tracking/           the experiment trackers' files, where `tracking:` names any
 
 Everything but execution.json is the same bytes for the same run on the same software
 (DVC hashes stay stable; .dvcignore leaves execution.json out). `audiopetl evaluate` verifies
@@ -37,6 +38,9 @@ EXECUTION = "execution.json"
 EVALUATION = "evaluation.json"
 # Written beside the run's own files, not part of what SHA256SUMS vouches for.
 UNSUMMED = {SUMS, EXECUTION, EVALUATION}
+# The experiment trackers' files (audiopetl.training.tracking), moved in once the run is
+# written: a view of the run with timestamps in it, left out of SHA256SUMS and DVC's hashes.
+TRACKING = "tracking"
 # Per-epoch wall-clock figures: they differ between identical runs, so they live in
 # execution.json, not in history.csv.
 TIMING_COLUMNS = ("seconds", "samples_per_s")
@@ -117,11 +121,8 @@ def write_predictions(
 
 
 def _files(folder: Path) -> list[str]:
-    return sorted(
-        p.relative_to(folder).as_posix()
-        for p in folder.rglob("*")
-        if p.is_file() and p.relative_to(folder).as_posix() not in UNSUMMED
-    )
+    names = (p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    return sorted(n for n in names if n not in UNSUMMED and not n.startswith(f"{TRACKING}/"))
 
 
 def write_sums(folder: Path) -> None:

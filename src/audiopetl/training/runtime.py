@@ -9,13 +9,14 @@ same settings agree within the tolerance the tests hold (tests/test_runtime.py).
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from audiopetl.core import compat
+from audiopetl.core import compat, devices
 from audiopetl.core.errors import TrainingError
 from audiopetl.core.settings import TrainingSettings
 
@@ -42,6 +43,8 @@ class Runtime:
     log_every_steps: int
     # The features read from disk a batch at a time (training.stream), not held in memory.
     streamed: bool = False
+    # Activations recomputed in the backward pass (training.gradient_checkpointing).
+    gradient_checkpointing: bool = False
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
@@ -59,11 +62,11 @@ def resolve_precision(requested: str, device: torch.device) -> str:
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         if device.type == "mps":
-            return "bf16" if compat.mps_bf16_autocast() else "fp32"
+            return "bf16" if devices.mps_bf16_autocast() else "fp32"
         return "fp32"
     if requested == "fp16" and device.type != "cuda":
         raise TrainingError("training.precision fp16 needs a CUDA device; use bf16 or fp32")
-    if requested == "bf16" and device.type == "mps" and not compat.mps_bf16_autocast():
+    if requested == "bf16" and device.type == "mps" and not devices.mps_bf16_autocast():
         raise TrainingError(
             f"training.precision bf16 on MPS needs torch >= 2.5 on macOS 14 or newer (this is "
             f"torch {torch.__version__}); use auto or fp32"
@@ -74,7 +77,7 @@ def resolve_precision(requested: str, device: torch.device) -> str:
 def resolve_fused(requested: str | bool, device: torch.device) -> bool:
     """``auto``: fused AdamW on a GPU (CUDA, MPS) where torch has it; on the CPU the fused
     kernel gains nothing over the default, so auto keeps the default there."""
-    supported = compat.fused_adamw_supported(device)
+    supported = devices.fused_adamw_supported(device)
     if requested == "auto":
         return supported and device.type in ("cuda", "mps")
     if requested is True and not supported:
@@ -91,7 +94,7 @@ def device_memory_budget(device: torch.device) -> int | None:
     if device.type == "cuda":
         return int(torch.cuda.get_device_properties(device).total_memory)
     if device.type == "mps":
-        return compat.mps_memory_budget()
+        return devices.mps_memory_budget()
     return None
 
 
@@ -140,3 +143,16 @@ def compiled(model: nn.Module, runtime: Runtime) -> nn.Module:
         return model
     log.info("compiling the model's forward pass (torch.compile); the first steps are slower")
     return compat.compile_module(model)
+
+
+def memory_figures(device: torch.device) -> dict[str, float]:
+    """What the trackers show of memory: what torch holds on the GPU (its peak on CUDA), else
+    the process's peak resident set on the host."""
+    held = devices.device_memory_bytes(device)
+    if held is not None:
+        return {"device/memory_mb": held / 2**20}
+    import resource
+
+    # ru_maxrss is in KiB on Linux, in bytes on macOS.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"host/max_rss_mb": peak / (2**20 if sys.platform == "darwin" else 2**10)}

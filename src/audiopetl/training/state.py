@@ -25,6 +25,8 @@ class TrainState:
     epoch_samples: int = 0
     # Where earlier processes stopped on a signal (a SLURM time limit): provenance of a resume.
     interruptions: list[dict[str, Any]] = field(default_factory=list)
+    # The experiment trackers' run ids (backend -> id): a resume continues those runs.
+    tracking: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -36,3 +38,4 @@ class StepStats:
     losses: list[torch.Tensor] = field(default_factory=list)  # one per accumulated batch
     sizes: list[int] = field(default_factory=list)
     grad_norm: torch.Tensor | None = None
+    lr: float | None = None  # the learning rate the step used (a host float: no wait)

@@ -16,6 +16,7 @@ non-finite loss or gradient stops the run at once; a run at chance accuracy fail
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import signal
@@ -31,10 +32,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from audiopetl.core import compat
+from audiopetl.core import compat, devices
 from audiopetl.core.errors import Stopped, TrainingError
 from audiopetl.core.settings import RunSettings
 from audiopetl.features.cache import FeatureSet
+from audiopetl.models import checkpointing
 from audiopetl.models.build import build_model
 from audiopetl.models.hub import weights_record
 from audiopetl.models.strategies import ParameterCount, Strategy, get_strategy
@@ -48,6 +50,7 @@ from audiopetl.training.metrics import classification_metrics
 from audiopetl.training.multilabel import DEFAULT_THRESHOLD, multilabel_metrics
 from audiopetl.training.signals import StopRequested, interruption
 from audiopetl.training.state import StepStats, TrainState
+from audiopetl.training.tracking import Tracking
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +113,10 @@ class Trainer:
         self.strategy: Strategy = get_strategy(self.run.strategy)
         self.strategy.total_steps = total  # a rank budget (AdaLoRA) is planned over them
         self.model = self.strategy.apply(base).to(self.device)
+        # Activations recomputed in the backward pass (a probe's head on embeddings has none).
+        if t.gradient_checkpointing and not self.on_embeddings:
+            checkpointing.enable(self.model, self.strategy)
+            self.runtime = dataclasses.replace(self.runtime, gradient_checkpointing=True)
         self.params: ParameterCount = self.strategy.check(self.model, t.max_trainable_fraction)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = optim.adamw(
@@ -122,10 +129,11 @@ class Trainer:
         self.sample_weights = (
             losses.sample_weights(self.train, n_classes) if t.sampler == "balanced" else None
         )
-        self.scaler = compat.grad_scaler(self.runtime.grad_scaler)
+        self.scaler = devices.grad_scaler(self.runtime.grad_scaler)
         self.pending: list[StepStats] = []  # read from the device at the next flush
         self.last_grad_norm: float | None = None
         self._compiled: tuple[nn.Module, nn.Module] | None = None
+        self.tracking = Tracking(self.run.tracking, self.run.tracking_dir)
 
     # -- the resume state -------------------------------------------------------------------
     def identity_parts(self) -> dict[str, str]:
@@ -203,7 +211,9 @@ class Trainer:
         t = self.training
         n_chunk = sum(len(idx) for idx in chunk)
         self.optimizer.zero_grad(set_to_none=True)
-        stats = StepStats(epoch=state.epoch + 1, step=state.global_step + 1)
+        stats = StepStats(
+            epoch=state.epoch + 1, step=state.global_step + 1, lr=self.scheduler.get_last_lr()[0]
+        )
         for idx in chunk:
             x, y = self.source(self.train).batch(idx)
             target = y.float() if self.multilabel else F.one_hot(y, len(self.class_names)).float()
@@ -267,6 +277,7 @@ class Trainer:
         else:
             state.best_epoch = state.epoch + 1
         state.history.append(row)
+        self.tracking.epoch(row, t.select_metric, state.global_step, self.device)
         state.epoch += 1
         state.batch_pos = 0
         state.epoch_loss_sum, state.epoch_samples = 0.0, 0
@@ -340,6 +351,7 @@ class Trainer:
                 self.fail_non_finite(state, stats, f"gradient norm {norm} (loss {mean:.4g})")
             state.epoch_loss_sum += loss_sum
             self.last_grad_norm = norm
+        self.tracking.steps(pending, losses, norms, self.device)
 
     def fail_non_finite(self, state: TrainState, stats: StepStats, what: str) -> None:
         params = [p for p in self.model.parameters() if p.requires_grad]

@@ -33,7 +33,7 @@ from training_helpers import (  # noqa: F401
 )
 
 from audiopetl.core import compat
-from audiopetl.core.errors import TrainingError
+from audiopetl.core.errors import ConfigError, TrainingError
 from audiopetl.models import checkpointing
 from audiopetl.models.build import build_model
 from audiopetl.models.strategies import get_strategy
@@ -215,6 +215,16 @@ def test_a_kind_without_checkpointing_is_a_one_line_error() -> None:
     assert "model kind 'clap-audio' (ClapAudioModel) does not support" in message
     assert message.endswith("set training.gradient_checkpointing: false")
     assert not checkpointing.supported(model)
+
+
+def test_a_study_of_such_a_kind_is_a_config_error_before_any_job() -> None:
+    sets = ["study.models=[tiny-clap, tiny-ast]", "training.gradient_checkpointing=true"]
+    with pytest.raises(ConfigError) as raised:
+        load_study(CONFIG_DIR / "config.yaml", "models", sets)
+    (line,) = str(raised.value).splitlines()[1:]  # one line, for the one model
+    assert "model 'tiny-clap' (clap-audio, strategies full, linear, lora)" in line
+    assert "ClapAudioModel does not support gradient checkpointing; set it to false" in line
+    load_study(CONFIG_DIR / "config.yaml", "models", ["study.models=[tiny-ast]", sets[1]])
 
 
 def test_the_error_comes_from_transformers_own_flag() -> None:

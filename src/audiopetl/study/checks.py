@@ -41,6 +41,24 @@ def strategies_fit_models(cfg: Mapping[str, Any], where: Where, training: bool) 
     return problems
 
 
+def checkpointing_fits_models(cfg: Mapping[str, Any], where: Where, training: bool) -> list[str]:
+    """training.gradient_checkpointing (global or a studied strategy's) on a model kind whose
+    transformers model cannot checkpoint, found before any job builds one."""
+    default = cfg["training"].get("gradient_checkpointing", False)
+    own = {s: cfg["strategies"][s].get("training") or {} for s in cfg["study"]["strategies"]}
+    on = [s for s, block in own.items() if block.get("gradient_checkpointing", default)]
+    problems = []
+    for model_name in cfg["study"]["models"] if on else []:
+        kind = cfg["models"][model_name].get("kind") or DEFAULT_KIND
+        why = get_backbone(kind).checkpointing_problem()
+        if why:
+            problems.append(
+                f"{where(['training', 'gradient_checkpointing'])}: model {model_name!r} ({kind}, "
+                f"strategies {', '.join(on)}): {why}; set it to false"
+            )
+    return problems
+
+
 def folds_exist(cfg: Mapping[str, Any], where: Where, training: bool) -> list[str]:
     """The study's folds are among each dataset's, and a train/validation/test split has the
     three folds it needs. Data commands skip this: a dataset can be fetched whatever
@@ -218,6 +236,7 @@ def trackers_installed(cfg: Mapping[str, Any], where: Where, training: bool) -> 
 
 CHECKS = (
     trackers_installed,
+    checkpointing_fits_models,
     strategies_fit_models,
     folds_exist,
     splits_fit_datasets,

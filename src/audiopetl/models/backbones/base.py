@@ -99,3 +99,8 @@ class Backbone:
     def problem_with(self, strategy_kind: str) -> str | None:
         """Why a strategy cannot apply to this kind, or None."""
         return self.unsupported.get(strategy_kind)
+
+    def checkpointing_problem(self) -> str | None:
+        """Why gradient checkpointing cannot apply to this kind, or None (a built model's own
+        transformers flag decides in the end: audiopetl.models.checkpointing)."""
+        return None

@@ -46,6 +46,13 @@ class ClapAudioKind(Backbone):
         "prefix": "prefix tuning is implemented for AST's self-attention only",
     }
 
+    def checkpointing_problem(self) -> str | None:
+        from transformers import ClapAudioModel
+
+        if ClapAudioModel.supports_gradient_checkpointing:
+            return None
+        return "transformers' ClapAudioModel does not support gradient checkpointing"
+
     def layout(self) -> ModuleLayout:
         return LAYOUT
 

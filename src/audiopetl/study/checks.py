@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from audiopetl.core import provenance
 from audiopetl.core.embedding import EMBEDDING_KINDS
 from audiopetl.core.tracking import INSTALL_HINTS, missing_backends, template_errors
 from audiopetl.data.datasets import get_kind
@@ -225,11 +224,15 @@ def trackers_installed(cfg: Mapping[str, Any], where: Where, training: bool) -> 
         f"{where(['tracking', 'run_name'])}: {problem}"
         for problem in template_errors(str(block.get("run_name", "")))
     ]
-    if training:
+    missing = missing_backends(block.get("backends") or ()) if training else []
+    if missing:
+        # Here only: provenance imports torch, which parsing the workflow must not.
+        from audiopetl.core.provenance import environment_name
+
         problems += [
             f"{where(['tracking', 'backends'])}: {name} is not installed in this environment "
-            f"({provenance.environment_name()}): {INSTALL_HINTS[name]}"
-            for name in missing_backends(block.get("backends") or ())
+            f"({environment_name()}): {INSTALL_HINTS[name]}"
+            for name in missing
         ]
     return problems
 

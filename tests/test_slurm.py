@@ -54,12 +54,13 @@ RESOURCES = {
         "tiny-ast-long": {"mem_mb": 1200, "runtime": 3, "retry_runtime": 5, "signal_before_s": 100}
     },
 }
-# The interrupted run: a bigger tiny AST trained from scratch for about 2 minutes on a 2-core
-# machine. SLURM's warning, 100 s before a first attempt's limit of 3 minutes (its evaluation
-# runs in the same job and process) and up to 30 s earlier (SLURM checks its timers every 30 s),
-# comes 50-80 s after the job starts: after the job's start-up, in the middle of its training
-# on a machine up to about 1.7 times as fast. A resubmitted attempt gets 5 minutes: enough for
-# the rest on a machine twice as slow.
+# The interrupted run: a bigger tiny AST trained from scratch for about 110 s on an idle 2-core
+# machine (400 epochs took 37 s there: a figure that once was 2 minutes under load, and a run
+# that ended before the warning failed this test). SLURM's warning, 100 s before a first
+# attempt's limit of 3 minutes (its evaluation runs in the same job and process) and up to 30 s
+# earlier (SLURM checks its timers every 30 s), comes 50-80 s after the job starts: after the
+# job's start-up, in the middle of its training on a machine up to about 1.5 times as fast. A
+# resubmitted attempt gets 5 minutes: enough for the rest on a machine 3 times as slow.
 LONG_MODEL, LONG_STRATEGY = "tiny-ast-long", "lora-long"
 LONG = {
     "models": {
@@ -82,7 +83,7 @@ LONG = {
             "alpha": 16,
             "dropout": 0.0,
             "targets": ["q", "v"],
-            "training": {"epochs": 400, "batch_size": 4},
+            "training": {"epochs": 1200, "batch_size": 4},
         }
     },
 }

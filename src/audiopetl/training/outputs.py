@@ -138,8 +138,8 @@ def write(
         startup_seconds=timings.since_start("first_step"),
         wall_seconds=time.perf_counter() - wall_started,
     )
-    if trainer.tracking.record():
-        execution["tracking"] = trainer.tracking.record()
+    if tracked := trainer.tracking.record():
+        execution["tracking"] = tracked
     model = trainer.model
     write_run_folder(
         run.out,

@@ -9,6 +9,7 @@ many SLURM jobs writing at once on a shared filesystem."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -55,7 +56,7 @@ class MlflowTracker(Tracker):
     def metrics(self, values: Mapping[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
-        stamp = _now_ms()
+        stamp = int(time.time() * 1000)
         batch = [Metric(key, float(value), stamp, step) for key, value in values.items()]
         self.client.log_batch(self.run_id, metrics=batch)
 
@@ -71,9 +72,3 @@ class MlflowTracker(Tracker):
     def close(self) -> None:
         if getattr(self, "run_id", None) is not None:
             self.client.set_terminated(self.run_id, "KILLED")
-
-
-def _now_ms() -> int:
-    import time
-
-    return int(time.time() * 1000)
